@@ -1,0 +1,3 @@
+from digitsjax.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,267 @@
+"""Pipelines: a TOML file that fully describes a run, parsed into frozen dataclasses.
+
+A run is a pure function of its resolved `Pipeline`, so parsing is strict: an unknown key, a
+value of the wrong type or out of range is a `ConfigError` naming the key (and the closest
+valid key for a typo). Defaults live here, in one place; the resolved pipeline, defaults
+filled in, is what a run records in its manifest and what `verify` replays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from digitsjax.errors import ConfigError
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+OUTPUT_ACTIVATIONS = ("linear", "sigmoid")
+INITS = ("he", "glorot", "small_normal", "standard_normal")
+LOSSES = ("softmax_cross_entropy", "quadratic")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+MNIST_TRAIN_SIZE = 60_000
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    validation_size: int = 5000
+    """Images held out from the end of the 60k training split for model selection."""
+    mnist_dir: str = ""
+    """Folder with the four IDX .gz files, used as tfds' manual download dir ("" = unset)."""
+    tfds_data_dir: str = ""
+    """Where tfds keeps prepared datasets ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden: tuple[int, ...] = (128, 64)
+    activation: str = "relu"
+    output_activation: str = "linear"
+    """"linear" emits logits (softmax lives in the loss); "sigmoid" is Nielsen's output layer."""
+    init: str = "he"
+    dropout: float = 0.0
+    """Dropout on hidden activations while training; the only per-step randomness."""
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    final_lr_fraction: float = 0.0
+    """For cosine schedules: the learning rate at the last step, as a fraction of the peak."""
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    loss: str = "softmax_cross_entropy"
+    batch_size: int = 128
+    epochs: int = 10
+    eval_every_epochs: int = 1
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 0
+    """Also save every N steps (0 = only at epoch ends, or at the end of training)."""
+    every_epoch: bool = True
+    keep: int = 3
+    """How many of the most recent checkpoints to keep."""
+    keep_best: bool = True
+    """Also keep the checkpoint with the best validation accuracy."""
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    @property
+    def train_size(self) -> int:
+        return MNIST_TRAIN_SIZE - self.data.validation_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full batches per epoch; the remainder of each epoch's permutation is skipped."""
+        return self.train_size // self.train.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.train.epochs
+
+
+def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> Pipeline:
+    """Read a pipeline file and apply `section.key=value` overrides (values in TOML syntax)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"pipeline file {path} not found; pass a path such as "
+                          "pipelines/mnist_mlp.toml") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read pipeline file {path}: {e.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    raw.setdefault("name", path.stem)
+    for override in overrides:
+        _apply_override(raw, override)
+    return pipeline_from_dict(raw, source=str(path))
+
+
+def pipeline_from_dict(raw: Mapping[str, Any], source: str = "pipeline") -> Pipeline:
+    """Build and validate a Pipeline from plain data (a parsed TOML file or a manifest)."""
+    pipeline = _build(Pipeline, raw, prefix="", source=source)
+    _validate(pipeline, source)
+    return pipeline
+
+
+def pipeline_to_dict(pipeline: Pipeline) -> dict[str, Any]:
+    """The resolved pipeline as JSON-ready data; `pipeline_from_dict` inverts it."""
+    return json.loads(json.dumps(dataclasses.asdict(pipeline)))
+
+
+def pipeline_sha256(pipeline: Pipeline) -> str:
+    """A fingerprint of everything that determines the run (key order independent)."""
+    canonical = json.dumps(pipeline_to_dict(pipeline), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, value = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {override!r} must look like section.key=value, "
+                          "e.g. --set optimizer.learning_rate=0.01")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()  # a bare word such as tanh is meant as a string
+    *sections, leaf = key.split(".")
+    table = raw
+    for section in sections:
+        table = table.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"--set {key}: {section} is a value, not a section")
+    table[leaf] = parsed
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str, source: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: [{prefix.rstrip('.')}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'"
+                              f"{_suggest(key, fields, prefix)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value, f"{prefix}{key}.", source)
+        else:
+            values[key] = _coerce(value, hint, f"{prefix}{key}", source)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check a TOML value against a field's type; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: '{key}' must be a list of {item_type.__name__}, "
+                              f"got {_describe(value)}")
+        return tuple(_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        raise AssertionError(f"unsupported field type {hint}")  # keep the schema simple
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool):
+        value = str(value)  # bool is an int subclass; reject it as the wrong type below
+    if not isinstance(value, hint):
+        raise ConfigError(f"{source}: '{key}' must be {hint.__name__}, got {_describe(value)}")
+    return value
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _suggest(key: str, valid: Iterable[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    return f" (valid: {', '.join(valid)})"
+
+
+def _check(ok: bool, source: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{source}: {message}")
+
+
+def _check_choice(value: str, choices: tuple[str, ...], key: str, source: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{source}: '{key}' is {value!r}{_suggest(value, choices)}; "
+                          f"choose one of {', '.join(choices)}")
+
+
+def _validate(p: Pipeline, source: str) -> None:
+    _check(p.seed >= 0, source, f"'seed' must be >= 0, got {p.seed}")
+    _check(0 < p.data.validation_size < MNIST_TRAIN_SIZE, source,
+           f"'data.validation_size' must be between 1 and {MNIST_TRAIN_SIZE - 1}, "
+           f"got {p.data.validation_size}")
+    m = p.model
+    for i, size in enumerate(m.hidden):
+        _check(size >= 1, source, f"'model.hidden[{i}]' must be >= 1, got {size}")
+    _check_choice(m.activation, ACTIVATIONS, "model.activation", source)
+    _check_choice(m.output_activation, OUTPUT_ACTIVATIONS, "model.output_activation", source)
+    _check_choice(m.init, INITS, "model.init", source)
+    _check(0.0 <= m.dropout < 1.0, source, f"'model.dropout' must be in [0, 1), got {m.dropout}")
+    o = p.optimizer
+    _check_choice(o.name, OPTIMIZERS, "optimizer.name", source)
+    _check_choice(o.schedule, SCHEDULES, "optimizer.schedule", source)
+    _check(o.learning_rate > 0, source,
+           f"'optimizer.learning_rate' must be > 0, got {o.learning_rate}")
+    _check(o.warmup_steps >= 0, source,
+           f"'optimizer.warmup_steps' must be >= 0, got {o.warmup_steps}")
+    _check(0.0 <= o.final_lr_fraction <= 1.0, source,
+           f"'optimizer.final_lr_fraction' must be in [0, 1], got {o.final_lr_fraction}")
+    _check(0.0 <= o.momentum < 1.0, source,
+           f"'optimizer.momentum' must be in [0, 1), got {o.momentum}")
+    _check(o.weight_decay >= 0, source,
+           f"'optimizer.weight_decay' must be >= 0, got {o.weight_decay}")
+    t = p.train
+    _check_choice(t.loss, LOSSES, "train.loss", source)
+    _check(t.loss != "softmax_cross_entropy" or m.output_activation == "linear", source,
+           "'train.loss' softmax_cross_entropy needs model.output_activation = \"linear\" "
+           "(the softmax is part of the loss)")
+    _check(1 <= t.batch_size <= p.train_size, source,
+           f"'train.batch_size' must be between 1 and {p.train_size} (the training images), "
+           f"got {t.batch_size}")
+    _check(t.epochs >= 1, source, f"'train.epochs' must be >= 1, got {t.epochs}")
+    _check(t.eval_every_epochs >= 1, source,
+           f"'train.eval_every_epochs' must be >= 1, got {t.eval_every_epochs}")
+    c = p.checkpoint
+    _check(c.every_steps >= 0, source,
+           f"'checkpoint.every_steps' must be >= 0, got {c.every_steps}")
+    _check(c.keep >= 1, source, f"'checkpoint.keep' must be >= 1, got {c.keep}")

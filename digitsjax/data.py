@@ -1,0 +1,186 @@
+"""MNIST through tensorflow-datasets, kept in memory as flat float32 arrays.
+
+tfds prepares the dataset once (downloading it, or reading the four IDX files from a manual
+download dir on air-gapped hosts, verifying their registered sha256 either way). We then decode
+both splits once and cache the raw uint8 arrays next to tfds' own files, with their sha256, so
+later runs load in a fraction of a second without importing TensorFlow at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitsjax.config import DataConfig
+from digitsjax.errors import DataError
+
+TFDS_NAME = "mnist"
+TFDS_VERSION = "3.0.1"
+MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+MNIST_DIR_ENV = "DIGITSJAX_MNIST_DIR"
+CACHE_NAME = "digitsjax-arrays.npz"
+_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+_SPLITS = ("train", "test")
+
+NUM_PIXELS = 28 * 28
+NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class MNIST:
+    """Train/validation/test arrays: images (N, 784) float32 in [0, 1], labels (N,) int32."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    checksums: dict[str, Any]
+    """What the manifest records: tfds' registered file sha256s and the decoded arrays' sha256s."""
+
+
+def resolve_mnist_dir(flag: str | None, config: DataConfig) -> Path | None:
+    """The manual download dir: the CLI flag, else $DIGITSJAX_MNIST_DIR, else the pipeline."""
+    for candidate in (flag, os.environ.get(MNIST_DIR_ENV), config.mnist_dir):
+        if candidate:
+            return Path(candidate).expanduser()
+    return None
+
+
+def resolve_tfds_data_dir(config: DataConfig) -> Path:
+    """tfds' data dir: the pipeline's, else $TFDS_DATA_DIR, else tfds' default."""
+    chosen = config.tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    return Path(chosen).expanduser()
+
+
+def load_mnist(config: DataConfig, mnist_dir: Path | None = None) -> MNIST:
+    """Load MNIST, preparing it with tfds first if needed; hold out the validation split."""
+    arrays, checksums = load_raw_arrays(resolve_tfds_data_dir(config), mnist_dir)
+    n_train = len(arrays["train_labels"]) - config.validation_size
+    images = {split: _to_float(arrays[f"{split}_images"]) for split in _SPLITS}
+    labels = {split: arrays[f"{split}_labels"].astype(np.int32) for split in _SPLITS}
+    return MNIST(
+        train_images=images["train"][:n_train],
+        train_labels=labels["train"][:n_train],
+        val_images=images["train"][n_train:],
+        val_labels=labels["train"][n_train:],
+        test_images=images["test"],
+        test_labels=labels["test"],
+        checksums=checksums,
+    )
+
+
+def load_raw_arrays(data_dir: Path, mnist_dir: Path | None) -> tuple[dict[str, np.ndarray], dict]:
+    """uint8 images (N, 28, 28) and labels (N,) for both splits, from the cache or from tfds."""
+    cache = data_dir / TFDS_NAME / TFDS_VERSION / CACHE_NAME
+    cached = _read_cache(cache)
+    if cached is not None:
+        return cached
+    arrays, registered = _decode_with_tfds(data_dir, mnist_dir)
+    checksums = {"tfds": f"{TFDS_NAME}/{TFDS_VERSION}", "files_sha256": registered,
+                 "arrays_sha256": _arrays_sha256(arrays)}
+    _write_cache(cache, arrays, checksums)
+    return arrays, checksums
+
+
+def _to_float(images: np.ndarray) -> np.ndarray:
+    return (images.reshape(len(images), NUM_PIXELS).astype(np.float32) / 255.0)
+
+
+def _arrays_sha256(arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    return {name: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+            for name, a in sorted(arrays.items())}
+
+
+def _read_cache(cache: Path) -> tuple[dict[str, np.ndarray], dict] | None:
+    """The cached arrays if present and intact; a damaged cache is ignored and rebuilt."""
+    sidecar = cache.with_suffix(".json")
+    try:
+        checksums = json.loads(sidecar.read_text())
+        with np.load(cache) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, KeyError):
+        return None
+    if _arrays_sha256(arrays) != checksums.get("arrays_sha256"):
+        return None
+    return arrays, checksums
+
+
+def _write_cache(cache: Path, arrays: dict[str, np.ndarray], checksums: dict) -> None:
+    """Write atomically (temp file + rename) so a crash never leaves a half-written cache."""
+    try:
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, cache)
+        tmp_json = cache.with_suffix(".json.tmp")
+        tmp_json.write_text(json.dumps(checksums, indent=1))
+        os.replace(tmp_json, cache.with_suffix(".json"))
+    except OSError:
+        pass  # a read-only data dir only costs the speed-up
+
+
+def _decode_with_tfds(data_dir: Path, mnist_dir: Path | None) -> tuple[dict, dict[str, str]]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    tf.config.set_visible_devices([], "GPU")  # TensorFlow only reads files; JAX owns devices
+    tfds.disable_progress_bar()
+    print(f"preparing MNIST with tensorflow-datasets in {data_dir} (once)", file=sys.stderr)
+    builder = tfds.builder(f"{TFDS_NAME}:{TFDS_VERSION}", data_dir=str(data_dir))
+    registered = {info.filename: info.checksum for info in builder.url_infos.values()}
+    if not builder.is_prepared():
+        _prepare(builder, tfds, data_dir, mnist_dir)
+    arrays = {}
+    for split in _SPLITS:
+        batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+        arrays[f"{split}_images"] = np.asarray(batch["image"][..., 0], dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.asarray(batch["label"], dtype=np.uint8)
+    return arrays, registered
+
+
+def _prepare(builder: Any, tfds: Any, data_dir: Path, mnist_dir: Path | None) -> None:
+    fix = (f"pass --mnist-dir DIR, or set {MNIST_DIR_ENV}=DIR, to a folder holding the four "
+           f"MNIST files ({', '.join(MNIST_FILES)})")
+    if mnist_dir is None:
+        if not _online():
+            raise DataError(f"MNIST is not prepared in {data_dir} and this host cannot reach "
+                            f"{_DOWNLOAD_HOST[0]} to download it; {fix}")
+        download_config = None
+    else:
+        missing = [name for name in MNIST_FILES if not (mnist_dir / name).is_file()]
+        if missing:
+            raise DataError(f"MNIST manual dir {mnist_dir} lacks {', '.join(missing)}; {fix}")
+        download_config = tfds.download.DownloadConfig(manual_dir=str(mnist_dir))
+    try:
+        builder.download_and_prepare(download_config=download_config)
+    except tfds.download.NonMatchingChecksumError as e:
+        bad = next((name for name in MNIST_FILES if name in str(e)), "a file")
+        raise DataError(f"MNIST file {bad} has the wrong sha256 (corrupt or not genuine "
+                        f"MNIST); replace it with a genuine copy. {e.__class__.__name__}") from None
+    except OSError as e:
+        raise DataError(f"could not prepare MNIST in {data_dir}: {e}; {fix}") from None
+
+
+def _online(timeout: float = 3.0) -> bool:
+    """A quick reachability probe: offline, tfds would otherwise retry for minutes."""
+    try:
+        with socket.create_connection(_DOWNLOAD_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False

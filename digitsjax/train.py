@@ -1,0 +1,168 @@
+"""Training: a pure train state, one compiled program per chunk of steps, and the epoch loop.
+
+The train state is a plain dict `{"params", "opt_state", "step", "key"}`. Everything random is
+derived from the root key with `fold_in`: epoch e's data order from (key, DATA, e) and step s's
+dropout from (key, DROPOUT, s). So the position in the data *is* the step, and a run is a pure
+function of its pipeline: resuming at step s replays exactly what an uninterrupted run does.
+
+A chunk of steps (an epoch, or up to the next checkpoint) is one `jax.lax.scan` over device-
+resident data: the epoch's permutation is computed on the device, batches are gathered there,
+the state is donated, and metrics come back to the host once per epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from digitsjax.config import OptimizerConfig, Pipeline
+from digitsjax.model import batched_forward, example_loss, forward, init_params
+
+TrainState = dict[str, Any]
+
+# Independent random streams folded out of the root key.
+INIT_STREAM, DATA_STREAM, DROPOUT_STREAM = 0, 1, 2
+
+
+def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
+    lr = config.learning_rate
+    match config.schedule:
+        case "constant":
+            return optax.constant_schedule(lr)
+        case "cosine":
+            return optax.cosine_decay_schedule(lr, decay_steps=total_steps,
+                                               alpha=config.final_lr_fraction)
+        case "warmup_cosine":
+            return optax.warmup_cosine_decay_schedule(
+                init_value=0.0, peak_value=lr, warmup_steps=config.warmup_steps,
+                decay_steps=max(total_steps, config.warmup_steps + 1),
+                end_value=lr * config.final_lr_fraction)
+    raise ValueError(f"unknown schedule {config.schedule!r}")
+
+
+def make_optimizer(pipeline: Pipeline) -> optax.GradientTransformation:
+    config = pipeline.optimizer
+    lr = make_schedule(config, pipeline.total_steps)
+    match config.name:
+        case "sgd":
+            return optax.sgd(lr)
+        case "momentum":
+            return optax.sgd(lr, momentum=config.momentum)
+        case "nesterov":
+            return optax.sgd(lr, momentum=config.momentum, nesterov=True)
+        case "adam":
+            return optax.adam(lr)
+        case "adamw":
+            return optax.adamw(lr, weight_decay=config.weight_decay)
+        case "rmsprop":
+            return optax.rmsprop(lr, momentum=config.momentum)
+    raise ValueError(f"unknown optimizer {config.name!r}")
+
+
+def init_train_state(pipeline: Pipeline) -> TrainState:
+    key = jax.random.PRNGKey(pipeline.seed)
+    params = init_params(jax.random.fold_in(key, INIT_STREAM), pipeline.model)
+    return {
+        "params": params,
+        "opt_state": make_optimizer(pipeline).init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "key": key,
+    }
+
+
+def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
+    """The data order of one epoch: a pure function of (root key, epoch)."""
+    return jax.random.permutation(
+        jax.random.fold_in(jax.random.fold_in(key, DATA_STREAM), epoch), num_examples)
+
+
+def train_step(pipeline: Pipeline, optimizer: optax.GradientTransformation, state: TrainState,
+               images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One update on a batch: images (B, 784), labels (B,)."""
+    model, loss_name = pipeline.model, pipeline.train.loss
+    if model.dropout > 0:
+        step_key = jax.random.fold_in(jax.random.fold_in(state["key"], DROPOUT_STREAM),
+                                      state["step"])
+        keys, key_axis = jax.random.split(step_key, images.shape[0]), 0
+    else:
+        keys, key_axis = None, None
+
+    def loss_fn(params):
+        outputs = jax.vmap(forward, in_axes=(None, 0, None, key_axis))(params, images, model,
+                                                                         keys)
+        losses = jax.vmap(example_loss, in_axes=(0, 0, None))(outputs, labels, loss_name)
+        return jnp.mean(losses), outputs
+
+    (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    new_state = {
+        "params": optax.apply_updates(state["params"], updates),
+        "opt_state": opt_state,
+        "step": state["step"] + 1,
+        "key": state["key"],
+    }
+    correct = jnp.sum(jnp.argmax(outputs, -1) == labels)
+    return new_state, {"loss": loss, "correct": correct}
+
+
+def make_train_chunk(pipeline: Pipeline) -> Callable[..., tuple[TrainState, dict]]:
+    """A jitted `(state, images, labels, num_steps) -> (state, metric sums)`.
+
+    Runs `num_steps` steps from `state["step"]`, which must all lie in one epoch. The state is
+    donated; `num_steps` is static, so each distinct chunk length compiles once.
+    """
+    optimizer = make_optimizer(pipeline)
+    batch_size, steps_per_epoch = pipeline.train.batch_size, pipeline.steps_per_epoch
+
+    @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0)
+    def train_chunk(state, images, labels, num_steps):
+        epoch = state["step"] // steps_per_epoch
+        order = epoch_permutation(state["key"], epoch, images.shape[0])
+
+        def body(state, _):
+            start = (state["step"] % steps_per_epoch) * batch_size
+            idx = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
+            state, metrics = train_step(pipeline, optimizer, state, images[idx], labels[idx])
+            return state, metrics
+
+        state, metrics = jax.lax.scan(body, state, length=num_steps)
+        return state, {"loss_sum": jnp.sum(metrics["loss"]),
+                       "correct": jnp.sum(metrics["correct"])}
+
+    return train_chunk
+
+
+def make_evaluate(pipeline: Pipeline) -> Callable[[Any, jax.Array, jax.Array], dict]:
+    """A jitted `(params, images, labels) -> {"loss", "accuracy"}` over a whole split."""
+    model, loss_name = pipeline.model, pipeline.train.loss
+
+    @jax.jit
+    def evaluate(params, images, labels):
+        outputs = batched_forward(params, images, model)
+        losses = jax.vmap(example_loss, in_axes=(0, 0, None))(outputs, labels, loss_name)
+        return {"loss": jnp.mean(losses),
+                "accuracy": jnp.mean(jnp.argmax(outputs, -1) == labels)}
+
+    return evaluate
+
+
+def chunk_plan(pipeline: Pipeline, start_step: int) -> list[tuple[int, int]]:
+    """(first step, number of steps) of every chunk from `start_step` to the end of training.
+
+    Chunks end at epoch ends and, with `checkpoint.every_steps`, at its multiples, so each
+    checkpoint falls on a chunk boundary and no chunk crosses an epoch.
+    """
+    every, spe = pipeline.checkpoint.every_steps, pipeline.steps_per_epoch
+    ends = set(range(spe, pipeline.total_steps + 1, spe))
+    if every:
+        ends |= set(range(every, pipeline.total_steps + 1, every))
+    plan, current = [], start_step
+    for end in sorted(e for e in ends if e > start_step):
+        plan.append((current, end - current))
+        current = end
+    return plan

@@ -1,0 +1,100 @@
+"""What a run leaves next to its checkpoints: `manifest.json` and `metrics.jsonl`.
+
+The manifest records everything needed to judge whether two runs should agree bit for bit:
+the resolved pipeline and its sha256, package versions, platform, devices and the dataset's
+checksums. Only the primary process writes these files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from digitsjax.config import Pipeline, pipeline_sha256, pipeline_to_dict
+from digitsjax.errors import CheckpointError
+
+MANIFEST = "manifest.json"
+METRICS = "metrics.jsonl"
+PACKAGES = ("digitsjax", "jax", "jaxlib", "optax", "orbax-checkpoint", "tensorflow-datasets",
+            "tensorflow-cpu", "tensorflow", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def platform_info() -> dict[str, Any]:
+    devices = jax.devices()
+    return {
+        "system": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "backend": jax.default_backend(),
+        "process_count": jax.process_count(),
+        "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
+        "device_count": len(devices),
+    }
+
+
+def build_manifest(pipeline: Pipeline, dataset_checksums: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "pipeline": pipeline_to_dict(pipeline),
+        "pipeline_sha256": pipeline_sha256(pipeline),
+        "versions": package_versions(),
+        "platform": platform_info(),
+        "dataset": dataset_checksums,
+        "command": " ".join(sys.argv),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(workdir: Path) -> dict[str, Any]:
+    path = Path(workdir) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{workdir} is not a digitsjax workdir (no {MANIFEST}); "
+                              "train into it first with `digitsjax train`") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is unreadable ({e}); "
+                              "restore it or retrain with --restart") from None
+
+
+def read_metrics(workdir: Path) -> list[dict[str, Any]]:
+    path = Path(workdir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_metrics(workdir: Path, record: dict[str, Any]) -> None:
+    with open(Path(workdir) / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(workdir: Path, last_step: int) -> None:
+    """Drop records written after `last_step`: a resumed run re-creates them identically."""
+    kept = [r for r in read_metrics(workdir) if r["step"] <= last_step]
+    path = Path(workdir) / METRICS
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)

@@ -138,14 +138,22 @@ def _decode_with_tfds(data_dir: Path, mnist_dir: Path | None) -> tuple[dict, dic
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
     import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
     tf.config.set_visible_devices([], "GPU")  # TensorFlow only reads files; JAX owns devices
     tfds.disable_progress_bar()
     print(f"preparing MNIST with tensorflow-datasets in {data_dir} (once)", file=sys.stderr)
     builder = tfds.builder(f"{TFDS_NAME}:{TFDS_VERSION}", data_dir=str(data_dir))
-    registered = {info.filename: info.checksum for info in builder.url_infos.values()}
+    # From the builder class: a builder restored from prepared files does not carry them.
+    url_infos = tfds.builder_cls(TFDS_NAME).url_infos
+    registered = {info.filename: info.checksum for info in url_infos.values()}
     if not builder.is_prepared():
-        _prepare(builder, tfds, data_dir, mnist_dir)
+        try:
+            _prepare(builder, tfds, data_dir, mnist_dir)
+        except NonMatchingChecksumError as e:
+            bad = next((name for name in MNIST_FILES if name in str(e)), "a file")
+            raise DataError(f"MNIST file {bad} has the wrong sha256 (corrupt or not genuine "
+                            "MNIST); replace it with a genuine copy") from None
     arrays = {}
     for split in _SPLITS:
         batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
@@ -169,10 +177,6 @@ def _prepare(builder: Any, tfds: Any, data_dir: Path, mnist_dir: Path | None) ->
         download_config = tfds.download.DownloadConfig(manual_dir=str(mnist_dir))
     try:
         builder.download_and_prepare(download_config=download_config)
-    except tfds.download.NonMatchingChecksumError as e:
-        bad = next((name for name in MNIST_FILES if name in str(e)), "a file")
-        raise DataError(f"MNIST file {bad} has the wrong sha256 (corrupt or not genuine "
-                        f"MNIST); replace it with a genuine copy. {e.__class__.__name__}") from None
     except OSError as e:
         raise DataError(f"could not prepare MNIST in {data_dir}: {e}; {fix}") from None
 

@@ -44,6 +44,12 @@ def trained_workdir(tmp_path_factory, mnist_dir) -> Path:
     return workdir
 
 
+def genuine_checksums(mnist_dir: Path) -> dict[str, str]:
+    """{file name: sha256} from the SHA256SUMS that ships beside the genuine IDX files."""
+    lines = (mnist_dir / "SHA256SUMS").read_text().splitlines()
+    return {name: digest for digest, name in (line.split() for line in lines)}
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
     """Run `python -m digitsjax ARGS` in a real process, as a user would."""
     import subprocess

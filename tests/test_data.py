@@ -1,0 +1,107 @@
+"""MNIST comes from tfds, verified, flattened to 784 floats in [0, 1], split as configured."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digitsjax import data
+from digitsjax.config import DataConfig
+from digitsjax.data import CACHE_NAME, MNIST_FILES, TFDS_NAME, TFDS_VERSION, load_mnist
+from digitsjax.errors import DataError
+
+from .conftest import genuine_checksums
+
+
+def test_real_mnist_has_the_expected_shapes_dtypes_ranges_and_splits(mnist):
+    assert mnist.train_images.shape == (55_000, 784)
+    assert mnist.val_images.shape == (5_000, 784)
+    assert mnist.test_images.shape == (10_000, 784)
+    for images in (mnist.train_images, mnist.val_images, mnist.test_images):
+        assert images.dtype == np.float32
+        assert images.min() == 0.0 and images.max() == 1.0
+    for labels in (mnist.train_labels, mnist.val_labels, mnist.test_labels):
+        assert labels.dtype == np.int32
+        assert set(np.unique(labels)) == set(range(10))
+    # MNIST digits are mostly background: about 19% of pixels carry ink.
+    assert 0.1 < float((mnist.test_images > 0.5).mean()) < 0.3
+
+
+def test_validation_size_moves_images_from_train_to_validation(mnist, mnist_dir):
+    other = load_mnist(DataConfig(validation_size=10_000), mnist_dir)
+    assert other.train_images.shape[0] == 50_000 and other.val_images.shape[0] == 10_000
+    np.testing.assert_array_equal(other.train_images, mnist.train_images[:50_000])
+    np.testing.assert_array_equal(other.val_images[5_000:], mnist.val_images)
+
+
+def test_checksums_are_the_genuine_files_registered_by_tfds(mnist, mnist_dir):
+    assert mnist.checksums["files_sha256"] == genuine_checksums(mnist_dir)
+    assert mnist.checksums["tfds"] == f"{TFDS_NAME}/{TFDS_VERSION}"
+    assert set(mnist.checksums["arrays_sha256"]) == {
+        "train_images", "train_labels", "test_images", "test_labels"}
+
+
+def test_cached_arrays_load_without_importing_tensorflow(mnist):
+    code = ("import sys; from digitsjax.config import DataConfig; "
+            "from digitsjax.data import load_mnist; d = load_mnist(DataConfig()); "
+            "print(d.train_images.shape, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(55000, 784) False"
+
+
+@pytest.fixture
+def prepared_copy(tmp_path, mnist) -> Path:
+    """A private copy of the prepared tfds dataset (without the array cache)."""
+    source = data.resolve_tfds_data_dir(DataConfig()) / TFDS_NAME / TFDS_VERSION
+    target = tmp_path / "tfds" / TFDS_NAME / TFDS_VERSION
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("digitsjax-arrays*"))
+    return tmp_path / "tfds"
+
+
+def test_a_corrupt_cache_is_ignored_and_rebuilt(prepared_copy, mnist):
+    cache = prepared_copy / TFDS_NAME / TFDS_VERSION / CACHE_NAME
+    cache.write_bytes(b"not an npz")
+    config = DataConfig(tfds_data_dir=str(prepared_copy))
+    rebuilt = load_mnist(config)
+    np.testing.assert_array_equal(rebuilt.test_images, mnist.test_images)
+    assert data._read_cache(cache) is not None  # rewritten intact
+
+
+def test_offline_without_a_manual_dir_says_how_to_fix_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_online", lambda: False)
+    with pytest.raises(DataError, match=r"cannot reach .* pass --mnist-dir DIR, or set "
+                                        r"DIGITSJAX_MNIST_DIR"):
+        load_mnist(DataConfig(tfds_data_dir=str(tmp_path)), None)
+
+
+def test_a_manual_dir_missing_a_file_names_it(tmp_path, mnist_dir):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    for name in MNIST_FILES[1:]:
+        (manual / name).symlink_to(mnist_dir / name)
+    with pytest.raises(DataError, match=f"lacks {MNIST_FILES[0]}"):
+        load_mnist(DataConfig(tfds_data_dir=str(tmp_path / "tfds")), manual)
+
+
+def test_a_corrupt_mnist_file_is_caught_by_tfds_checksums(tmp_path, mnist_dir):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    for name in MNIST_FILES:
+        shutil.copy(mnist_dir / name, manual / name)
+    with open(manual / "t10k-labels-idx1-ubyte.gz", "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz has the wrong sha256"):
+        load_mnist(DataConfig(tfds_data_dir=str(tmp_path / "tfds")), manual)
+
+
+def test_manual_dir_resolution_prefers_flag_then_env_then_pipeline(monkeypatch):
+    config = DataConfig(mnist_dir="/from/pipeline")
+    monkeypatch.setenv(data.MNIST_DIR_ENV, "/from/env")
+    assert data.resolve_mnist_dir("/from/flag", config) == Path("/from/flag")
+    assert data.resolve_mnist_dir(None, config) == Path("/from/env")
+    monkeypatch.delenv(data.MNIST_DIR_ENV)
+    assert data.resolve_mnist_dir(None, config) == Path("/from/pipeline")
+    assert data.resolve_mnist_dir(None, DataConfig()) is None

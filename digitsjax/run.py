@@ -177,14 +177,14 @@ def _meta(pipeline: Pipeline, step: int, epoch_sums: dict[str, Any]) -> dict[str
 
 
 def format_record(record: dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {record['epoch']:>3}/{epochs}", f"step {record['step']:>6}",
-             f"train_loss {record['train_loss']:.4f}"]
-    for name in ("val", "test"):
+    """One line per epoch: `loss accuracy` for train, validation and test, then speed."""
+    parts = [f"epoch {record['epoch']:>3}/{epochs}  step {record['step']:>6}"]
+    for name in ("train", "val", "test"):
         if f"{name}_accuracy" in record:
-            parts.append(f"{name}_acc {100 * record[f'{name}_accuracy']:.2f}%")
-    parts.append(f"{record['epoch_seconds']:.2f} s")
-    parts.append(f"{record['examples_per_second']:,.0f} ex/s")
-    return "  ".join(parts)
+            parts.append(f"{name} {record[f'{name}_loss']:.4f} "
+                         f"{100 * record[f'{name}_accuracy']:.2f}%")
+    parts.append(f"{record['epoch_seconds']:.2f} s  {record['examples_per_second']:,.0f} ex/s")
+    return " | ".join(parts)
 
 
 def pipeline_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

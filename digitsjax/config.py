@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -30,6 +31,7 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 MNIST_TRAIN_SIZE = 60_000
+MAX_LAYER_SIZE = 65_536  # beyond this a 784-input layer alone outgrows most devices' memory
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,9 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         raise AssertionError(f"unsupported field type {hint}")  # keep the schema simple
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: '{key}' must be a finite number, got {value}")
     if hint is int and isinstance(value, bool):
         value = str(value)  # bool is an int subclass; reject it as the wrong type below
     if not isinstance(value, hint):
@@ -232,7 +236,8 @@ def _validate(p: Pipeline, source: str) -> None:
            f"got {p.data.validation_size}")
     m = p.model
     for i, size in enumerate(m.hidden):
-        _check(size >= 1, source, f"'model.hidden[{i}]' must be >= 1, got {size}")
+        _check(1 <= size <= MAX_LAYER_SIZE, source,
+               f"'model.hidden[{i}]' must be between 1 and {MAX_LAYER_SIZE}, got {size}")
     _check_choice(m.activation, ACTIVATIONS, "model.activation", source)
     _check_choice(m.output_activation, OUTPUT_ACTIVATIONS, "model.output_activation", source)
     _check_choice(m.init, INITS, "model.init", source)

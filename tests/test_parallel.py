@@ -160,13 +160,14 @@ def two_processes(tmp_path_factory, one_device) -> dict:
     ]
     processes = [subprocess.Popen(args, env=env, cwd=REPO, text=True, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE) for args, env in launches]
-    try:
-        outputs = [p.communicate(timeout=300) for p in processes]
+    outputs = []
+    try:  # a failed process fails the test at once; the finally stops its waiting partner
+        for p in processes:
+            outputs.append(p.communicate(timeout=300))
+            assert p.returncode == 0, outputs[-1][1]
     finally:
         for p in processes:
             p.kill()
-    for p, (_, stderr) in zip(processes, outputs, strict=True):
-        assert p.returncode == 0, stderr
     return {"workdir": workdir, "stdout": [stdout for stdout, _ in outputs]}
 
 

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--restart", action="store_true",
                        help="discard the workdir's checkpoints and start over")
     _add_mnist_dir(train)
+    _add_cluster(train)
 
     evaluate = commands.add_parser("evaluate", help="test loss/accuracy of a trained workdir")
     evaluate.add_argument("workdir", type=Path)
@@ -45,11 +46,27 @@ def _add_mnist_dir(parser: argparse.ArgumentParser) -> None:
                         "without internet (also $DIGITSJAX_MNIST_DIR)")
 
 
+def _add_cluster(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "multi-process (several hosts)", "give all three on every process, or none: then JAX "
+        "detects Cloud TPU VMs, Slurm, Open MPI and Kubernetes, else the run is one process")
+    group.add_argument("--coordinator-address", metavar="HOST:PORT",
+                       help="process 0's address and a free port (also "
+                       "$DIGITSJAX_COORDINATOR_ADDRESS)")
+    group.add_argument("--num-processes", type=int, metavar="N",
+                       help="processes in the run (also $DIGITSJAX_NUM_PROCESSES)")
+    group.add_argument("--process-id", type=int, metavar="I",
+                       help="this process, 0..N-1 (also $DIGITSJAX_PROCESS_ID)")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from digitsjax import parallel
     from digitsjax.config import load_pipeline
     from digitsjax.run import train_pipeline
 
     pipeline = load_pipeline(args.pipeline, args.overrides)
+    parallel.initialize(parallel.resolve_cluster(args.coordinator_address, args.num_processes,
+                                                 args.process_id))
     workdir = args.workdir or DEFAULT_WORKDIR_ROOT / pipeline.name
     train_pipeline(pipeline, workdir, mnist_dir=args.mnist_dir, restart=args.restart,
                    progress=sys.stderr.isatty())

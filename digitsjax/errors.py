@@ -20,3 +20,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A workdir or checkpoint is missing, incompatible or unreadable."""
+
+
+class ClusterError(UserError):
+    """The multi-process setup (flags, environment, coordinator) is incomplete or unreachable."""

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from jax.sharding import Mesh
 from tqdm import tqdm
 
-from digitsjax import checkpoint
+from digitsjax import checkpoint, parallel
 from digitsjax.config import Pipeline, pipeline_from_dict, pipeline_sha256, pipeline_to_dict
 from digitsjax.data import MNIST, load_mnist, resolve_mnist_dir
 from digitsjax.errors import CheckpointError
@@ -57,18 +58,33 @@ class Trained:
 def train_pipeline(pipeline: Pipeline, workdir: str | Path, *, mnist_dir: str | None = None,
                    restart: bool = False, progress: bool = False,
                    echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train into `workdir`, continuing from its latest checkpoint; return the final record."""
+    """Train into `workdir`, continuing from its latest checkpoint; return the final record.
+
+    Uses every device of every process (call `parallel.initialize` first to join several);
+    all processes run this together, and only process 0 writes files other than checkpoints.
+    """
     started = time.perf_counter()
+    mesh = parallel.data_mesh()
+    parallel.check_batch_size(pipeline.train.batch_size, mesh.size)  # before touching the workdir
+    if not parallel.is_primary():
+        progress, echo = False, _silent
     workdir = _prepare_workdir(Path(workdir), restart)
     manager = checkpoint.open_manager(workdir, pipeline.checkpoint)
     try:
-        return _train(pipeline, workdir, manager, mnist_dir, progress, echo, started)
+        return _train(pipeline, workdir, manager, mesh, mnist_dir, progress, echo, started)
     finally:
         manager.wait_until_finished()
         manager.close()
 
 
 def _prepare_workdir(workdir: Path, restart: bool) -> Path:
+    if parallel.is_primary():
+        _clean_workdir(workdir, restart)
+    parallel.sync("workdir prepared")
+    return workdir
+
+
+def _clean_workdir(workdir: Path, restart: bool) -> None:
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         if restart:
@@ -81,32 +97,35 @@ def _prepare_workdir(workdir: Path, restart: bool) -> Path:
     except OSError as e:
         raise CheckpointError(f"workdir {workdir} is not writable ({e.strerror}); "
                               "choose another with --workdir") from None
-    return workdir
 
 
-def _train(pipeline: Pipeline, workdir: Path, manager: Any, mnist_dir: str | None,
+def _train(pipeline: Pipeline, workdir: Path, manager: Any, mesh: Mesh, mnist_dir: str | None,
            progress: bool, echo: Callable[[str], None], started: float) -> dict[str, Any]:
+    primary = parallel.is_primary()
     latest = manager.latest_step()
     if latest is not None:
         _check_compatible(workdir, pipeline)
-    data = load_mnist(pipeline.data, resolve_mnist_dir(mnist_dir, pipeline.data))
-    state = init_train_state(pipeline)
+    with parallel.primary_first("MNIST loaded"):  # prepares a shared data dir only once
+        data = load_mnist(pipeline.data, resolve_mnist_dir(mnist_dir, pipeline.data))
+    state = parallel.replicate(init_train_state(pipeline), mesh)
     epoch_sums = {"loss_sum": 0.0, "correct": 0}
     if latest is None:
-        write_json_atomic(workdir / MANIFEST, build_manifest(pipeline, data.checksums))
-    else:
+        if primary:
+            write_json_atomic(workdir / MANIFEST, build_manifest(pipeline, data.checksums))
+    else:  # onto this run's devices, whatever the devices that saved it
         state, meta = checkpoint.restore(manager, latest, state)
         epoch_sums = meta["epoch_sums"]
         echo(f"resuming {workdir} from step {latest} (epoch {meta['epoch']:.2f})")
     start_step = int(state["step"])
-    truncate_metrics(workdir, start_step)
+    if primary:
+        truncate_metrics(workdir, start_step)
 
     spe, batch = pipeline.steps_per_epoch, pipeline.train.batch_size
-    images, labels = jax.device_put(data.train_images), jax.device_put(data.train_labels)
-    splits = {name: (jax.device_put(x), jax.device_put(y)) for name, x, y in
+    images, labels = parallel.replicate((data.train_images, data.train_labels), mesh)
+    splits = {name: parallel.replicate((x, y), mesh) for name, x, y in
               (("val", data.val_images, data.val_labels),
                ("test", data.test_images, data.test_labels))}
-    train_chunk, evaluate = make_train_chunk(pipeline), make_evaluate(pipeline)
+    train_chunk, evaluate = make_train_chunk(pipeline, mesh), make_evaluate(pipeline)
     compiled: dict[int, Any] = {}
     record: dict[str, Any] = {}
     pending: list[dict[str, jax.Array]] = []
@@ -153,7 +172,8 @@ def _train(pipeline: Pipeline, workdir: Path, manager: Any, mnist_dir: str | Non
             metrics = ({checkpoint.BEST_METRIC: record[checkpoint.BEST_METRIC]}
                        if checkpoint.BEST_METRIC in record else None)
             checkpoint.save(manager, state, _meta(pipeline, end, epoch_sums), metrics)
-        append_metrics(workdir, record)
+        if primary:
+            append_metrics(workdir, record)
         bar.update(end - bar.n)
         log(format_record(record, pipeline.train.epochs))
         epoch_started, epoch_steps = time.perf_counter(), 0
@@ -163,6 +183,10 @@ def _train(pipeline: Pipeline, workdir: Path, manager: Any, mnist_dir: str | Non
     echo(f"done: step {int(state['step'])}, params_sha256 {fingerprint}, "
          f"{time.perf_counter() - started:.1f} s")
     return record | {"params_sha256": fingerprint, "step": int(state["step"])}
+
+
+def _silent(_: str) -> None:
+    """The echo of processes other than 0: one log per run, not one per process."""
 
 
 def _is_step_save(pipeline: Pipeline, step: int) -> bool:

@@ -19,7 +19,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
+from digitsjax import parallel
 from digitsjax.config import OptimizerConfig, Pipeline
 from digitsjax.model import batched_forward, example_loss, forward, init_params
 
@@ -110,16 +112,21 @@ def train_step(pipeline: Pipeline, optimizer: optax.GradientTransformation, stat
     return new_state, {"loss": loss, "correct": correct}
 
 
-def make_train_chunk(pipeline: Pipeline) -> Callable[..., tuple[TrainState, dict]]:
+def make_train_chunk(pipeline: Pipeline,
+                     mesh: Mesh | None = None) -> Callable[..., tuple[TrainState, dict]]:
     """A jitted `(state, images, labels, num_steps) -> (state, metric sums)`.
 
     Runs `num_steps` steps from `state["step"]`, which must all lie in one epoch. The state is
-    donated; `num_steps` is static, so each distinct chunk length compiles once.
+    donated; `num_steps` is static, so each distinct chunk length compiles once. With a `mesh`
+    (inputs replicated over it), each step's batch is split over its `data` axis and the
+    outputs stay replicated (see parallel.py); the maths is the same.
     """
     optimizer = make_optimizer(pipeline)
     batch_size, steps_per_epoch = pipeline.train.batch_size, pipeline.steps_per_epoch
+    split_batch = parallel.split_batch(mesh)
 
-    @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0)
+    @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0,
+                       **parallel.replicated_outputs(mesh))
     def train_chunk(state, images, labels, num_steps):
         epoch = state["step"] // steps_per_epoch
         order = epoch_permutation(state["key"], epoch, images.shape[0])
@@ -127,7 +134,8 @@ def make_train_chunk(pipeline: Pipeline) -> Callable[..., tuple[TrainState, dict
         def body(state, _):
             start = (state["step"] % steps_per_epoch) * batch_size
             idx = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
-            state, metrics = train_step(pipeline, optimizer, state, images[idx], labels[idx])
+            batch = split_batch((images[idx], labels[idx]))  # each device gathers its slice
+            state, metrics = train_step(pipeline, optimizer, state, *batch)
             return state, metrics
 
         state, metrics = jax.lax.scan(body, state, length=num_steps)

@@ -1,0 +1,180 @@
+"""Data parallelism over every device of every process, with JAX's own distributed runtime.
+
+One mesh axis, `data`. Every global batch is split over all devices, while parameters,
+optimizer state and the MNIST arrays are replicated on each device. A device gathers its own
+slice of each batch from its replica of the training set, so every process feeds exactly its
+devices' slices with no input pipeline, and nothing crosses the host inside a chunk. XLA's
+SPMD partitioner turns the batch-mean loss into per-device partial sums plus an all-reduce.
+The pipeline's batch size is the *global* batch size: a run computes the same maths on 1 or
+64 devices, up to the float rounding of those cross-device sums.
+
+Processes join through `jax.distributed.initialize` before anything touches a device: from
+flags or DIGITSJAX_* variables, else from JAX's own detection of Cloud TPU VMs, Slurm, Open
+MPI and Kubernetes. On CPU, processes all-reduce through gloo, JAX's default CPU collectives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from digitsjax.errors import ClusterError, ConfigError
+
+DATA_AXIS = "data"
+ADDRESS_ENV = "DIGITSJAX_COORDINATOR_ADDRESS"
+NUM_PROCESSES_ENV = "DIGITSJAX_NUM_PROCESSES"
+PROCESS_ID_ENV = "DIGITSJAX_PROCESS_ID"
+_FLAGS = f"--coordinator-address HOST:PORT --num-processes N --process-id I (or {ADDRESS_ENV}, " \
+         f"{NUM_PROCESSES_ENV}, {PROCESS_ID_ENV})"
+
+Tree = TypeVar("Tree")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """How this process joins a run. All None: JAX detects a cluster, or the run is one process."""
+
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+def resolve_cluster(coordinator_address: str | None = None, num_processes: int | None = None,
+                    process_id: int | None = None,
+                    environ: Mapping[str, str] | None = None) -> Cluster:
+    """Flags, else DIGITSJAX_* environment variables; checked here, before JAX waits on them."""
+    environ = os.environ if environ is None else environ
+    address = coordinator_address or environ.get(ADDRESS_ENV) or None
+    count = num_processes if num_processes is not None else _env_int(environ, NUM_PROCESSES_ENV)
+    index = process_id if process_id is not None else _env_int(environ, PROCESS_ID_ENV)
+    if count is not None and count < 1:
+        raise ClusterError(f"--num-processes must be >= 1, got {count}")
+    if count == 1 and index in (None, 0):
+        return Cluster(num_processes=1)  # explicitly alone: no cluster detection either
+    given = {"--coordinator-address": address, "--num-processes": count, "--process-id": index}
+    missing = [flag for flag, value in given.items() if value is None]
+    if len(missing) == len(given):
+        return Cluster()
+    if missing:
+        raise ClusterError(f"{' and '.join(missing)} missing: every process of a multi-process "
+                           f"run needs {_FLAGS}")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or " " in address:
+        raise ClusterError(f"--coordinator-address {address!r} must be HOST:PORT, the address "
+                           "of process 0 and a free port, e.g. 10.0.0.1:1234")
+    if not 0 <= index < count:
+        raise ClusterError(f"--process-id must be in 0..{count - 1} for --num-processes "
+                           f"{count}, got {index}")
+    return Cluster(address, count, index)
+
+
+def _env_int(environ: Mapping[str, str], name: str) -> int | None:
+    value = environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ClusterError(f"${name} must be an integer, got {value!r}") from None
+
+
+def initialize(cluster: Cluster) -> None:
+    """Join the other processes of the run; call before JAX uses a device. Alone: a no-op."""
+    if cluster.num_processes == 1:
+        return
+    if cluster.coordinator_address is None:
+        _initialize_detected()
+        return
+    try:
+        jax.distributed.initialize(cluster.coordinator_address, cluster.num_processes,
+                                   cluster.process_id)
+    except jax.errors.JaxRuntimeError as e:
+        raise ClusterError(
+            f"process {cluster.process_id} could not join the coordinator at "
+            f"{cluster.coordinator_address} ({str(e).splitlines()[0]}); start all "
+            f"{cluster.num_processes} processes with the same --coordinator-address (process "
+            "0's address and a free port) and --num-processes") from None
+
+
+def _initialize_detected() -> None:
+    try:
+        jax.distributed.initialize()
+    except ValueError as e:
+        # JAX found no Cloud TPU VM, Slurm, Open MPI or Kubernetes job to read the coordinator,
+        # process count and id from: a run of one process, unless JAX was half told otherwise.
+        if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+            raise ClusterError(f"$JAX_COORDINATOR_ADDRESS is set, but JAX cannot tell the rest "
+                               f"({e}); pass {_FLAGS}") from None
+
+
+def is_primary() -> bool:
+    """Process 0 alone writes the manifest, metrics and log lines (orbax saves collectively)."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """A barrier across processes, e.g. until process 0 has prepared the workdir."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def primary_first(name: str) -> Iterator[None]:
+    """Process 0 runs the block before the others do, e.g. to fill a shared cache once."""
+    if not is_primary():
+        sync(name)
+    yield
+    if is_primary():
+        sync(name)
+
+
+def data_mesh() -> Mesh:
+    """Every device of every process on the `data` axis, in JAX's topology-aware order."""
+    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_size(batch_size: int, devices: int) -> None:
+    """The global batch is split evenly, so that every device does the same work."""
+    if batch_size % devices:
+        multiple = -(-batch_size // devices) * devices
+        raise ConfigError(f"'train.batch_size' {batch_size} does not split evenly over the "
+                          f"{devices} devices; use a multiple of {devices}, e.g. "
+                          f"--set train.batch_size={multiple}")
+
+
+def replicate(tree: Tree, mesh: Mesh) -> Tree:
+    """A full copy of `tree` on every device of the mesh, from this process's copy of it.
+
+    Every process must pass the same values (the same pipeline gives the same init and data).
+    """
+    return jax.make_array_from_process_local_data(replicated(mesh), jax.device_get(tree))
+
+
+def split_batch(mesh: Mesh | None) -> Callable[[Tree], Tree]:
+    """Inside jit: split arrays with a leading batch axis over `data` (unchanged without a mesh)."""
+    if mesh is None:
+        return lambda tree: tree
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return lambda tree: jax.lax.with_sharding_constraint(tree, sharding)
+
+
+def replicated_outputs(mesh: Mesh | None) -> dict[str, Any]:
+    """`jax.jit` arguments that keep every output replicated (none without a mesh).
+
+    Inputs need none: `replicate` commits them to the mesh and jit follows committed arrays
+    (jit refuses `in_shardings` with keyword arguments such as `num_steps`).
+    """
+    if mesh is None:
+        return {}
+    return {"out_shardings": replicated(mesh)}

@@ -20,3 +20,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A workdir or checkpoint is missing, incompatible or unreadable."""
+
+
+class ImageError(UserError):
+    """An image to classify cannot be decoded, is too large, or shows no digit."""

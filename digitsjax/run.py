@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 from digitsjax import checkpoint
 from digitsjax.config import Pipeline, pipeline_from_dict, pipeline_sha256, pipeline_to_dict
-from digitsjax.data import MNIST, load_mnist, resolve_mnist_dir
+from digitsjax.data import load_mnist, resolve_mnist_dir
 from digitsjax.errors import CheckpointError
 from digitsjax.model import params_sha256
+from digitsjax.tensorboard_events import ScalarWriter, remove_event_files
 from digitsjax.train import (
     TrainState,
     chunk_plan,
@@ -75,6 +76,7 @@ def _prepare_workdir(workdir: Path, restart: bool) -> Path:
             shutil.rmtree(checkpoint.checkpoint_dir(workdir), ignore_errors=True)
             for name in (MANIFEST, METRICS):
                 (workdir / name).unlink(missing_ok=True)
+            remove_event_files(workdir)
         probe = workdir / ".write-test"
         probe.write_text("")
         probe.unlink()
@@ -100,6 +102,7 @@ def _train(pipeline: Pipeline, workdir: Path, manager: Any, mnist_dir: str | Non
         echo(f"resuming {workdir} from step {latest} (epoch {meta['epoch']:.2f})")
     start_step = int(state["step"])
     truncate_metrics(workdir, start_step)
+    scalars = ScalarWriter(workdir, start_step)
 
     spe, batch = pipeline.steps_per_epoch, pipeline.train.batch_size
     images, labels = jax.device_put(data.train_images), jax.device_put(data.train_labels)
@@ -154,10 +157,12 @@ def _train(pipeline: Pipeline, workdir: Path, manager: Any, mnist_dir: str | Non
                        if checkpoint.BEST_METRIC in record else None)
             checkpoint.save(manager, state, _meta(pipeline, end, epoch_sums), metrics)
         append_metrics(workdir, record)
+        scalars.write(record)
         bar.update(end - bar.n)
         log(format_record(record, pipeline.train.epochs))
         epoch_started, epoch_steps = time.perf_counter(), 0
     bar.close()
+    scalars.close()
     manager.wait_until_finished()
     fingerprint = params_sha256(state["params"])
     echo(f"done: step {int(state['step'])}, params_sha256 {fingerprint}, "
@@ -223,11 +228,3 @@ def load_trained(workdir: str | Path, which: str = "latest") -> Trained:
         manager.close()
     return Trained(pipeline=pipeline, state=state, meta=meta, step=step)
 
-
-def evaluate_trained(trained: Trained, data: MNIST) -> dict[str, Any]:
-    """Test loss and accuracy of a restored checkpoint, with its fingerprint."""
-    evaluate = make_evaluate(trained.pipeline)
-    result = jax.device_get(evaluate(trained.state["params"], data.test_images, data.test_labels))
-    return {"step": trained.step, "test_loss": float(result["loss"]),
-            "test_accuracy": float(result["accuracy"]),
-            "params_sha256": params_sha256(trained.state["params"])}

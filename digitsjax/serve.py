@@ -151,8 +151,8 @@ def decode_request(payload: Any) -> bytes:
         if not comma or not header.endswith(";base64"):
             raise RequestError(HTTPStatus.BAD_REQUEST, "the data: URL must be base64-encoded "
                                "(data:image/png;base64,...)")
-    try:
-        return base64.b64decode(text, validate=True)
+    try:  # line breaks, as `base64` writes them, are not part of the data
+        return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(HTTPStatus.BAD_REQUEST, "image is not valid base64") from None
 

@@ -50,9 +50,10 @@ def post_json(server, payload) -> tuple[int, dict]:
 
 
 def test_it_listens_on_this_machine_only_by_default():
-    import inspect
+    from digitsjax.cli import build_parser
 
-    assert inspect.signature(serve.make_server).parameters["host"].default == "127.0.0.1"
+    args = build_parser().parse_args(["serve", "checkpoints/mnist_mlp"])
+    assert (args.host, args.port) == ("127.0.0.1", 8000)
 
 
 def test_the_page_is_self_contained(server):

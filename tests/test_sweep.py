@@ -62,6 +62,7 @@ def test_a_pipeline_without_a_grid_asks_for_one():
         read_grid(REPO / "pipelines" / "mnist_mlp.toml", [])
 
 
+@pytest.mark.slow
 def test_sweep_trains_each_variant_into_its_own_workdir_and_summarises(tmp_path):
     result = run_cli("sweep", str(HIDDEN_SIZES), "--grid", "model.hidden=[[10],[40]]",
                      "--set", "train.epochs=1", "--workdir", str(tmp_path))

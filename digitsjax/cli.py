@@ -76,8 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint(serve)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1, this machine only)")
-    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    serve.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return int(text)
 
 
 def _add_checkpoint(parser: argparse.ArgumentParser) -> None:

@@ -163,7 +163,9 @@ def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000)
     try:
         return DigitServer((host, port), predictor)
     except OSError as e:
-        fix = "pass another --port" if e.errno == errno.EADDRINUSE else "check --host"
+        fix = {errno.EADDRINUSE: "pass another --port",
+               errno.EACCES: "ports below 1024 need root; pass --port 8000"}.get(
+                   e.errno, "check --host")
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); {fix}") from None
 
 

@@ -59,6 +59,9 @@ class RequestError(Exception):
 class RequestHandler(BaseHTTPRequestHandler):
     server: DigitServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle's algorithm the second waits for the
+    # client's delayed ACK (~40 ms) on a kept-alive connection.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]

@@ -10,8 +10,13 @@ import json
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from digitsjax.errors import UserError
+
+if TYPE_CHECKING:  # the commands import the library lazily, to start fast
+    from digitsjax.data import MNIST
+    from digitsjax.run import Trained
 
 DEFAULT_WORKDIR_ROOT = Path("checkpoints")
 EXIT_USER_ERROR = 2
@@ -33,12 +38,57 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mnist_dir(train)
     _add_cluster(train)
 
-    evaluate = commands.add_parser("evaluate", help="test loss/accuracy of a trained workdir")
+    evaluate = commands.add_parser(
+        "evaluate", help="test loss/accuracy, per-digit accuracy and confusion matrix")
     evaluate.add_argument("workdir", type=Path)
-    evaluate.add_argument("--checkpoint", default="latest", help="latest, best or a step")
+    _add_checkpoint(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     _add_mnist_dir(evaluate)
+
+    predict = commands.add_parser("predict", help="classify PNG/JPEG pictures of digits")
+    predict.add_argument("workdir", type=Path)
+    predict.add_argument("images", type=Path, nargs="+", metavar="IMAGE",
+                         help="any size, color or gray, dark ink on light paper or the reverse")
+    _add_checkpoint(predict)
+    predict.add_argument("--json", action="store_true", help="print one JSON object")
+
+    plots = commands.add_parser("plots", help="write PNG plots into DIR/plots/ (a workdir "
+                                "or a sweep)")
+    plots.add_argument("workdir", type=Path, metavar="DIR")
+    _add_checkpoint(plots)
+    _add_mnist_dir(plots)
+
+    sweep = commands.add_parser("sweep", help="train a pipeline once per point of a grid")
+    sweep.add_argument("pipeline", type=Path, help="a pipelines/*.toml file")
+    sweep.add_argument("--grid", dest="grid", action="append", default=[],
+                       metavar="KEY=[V,...]", help="values of a pipeline key, e.g. "
+                       "model.hidden=[[30],[100]] (adds to the pipeline's [sweep] table)")
+    sweep.add_argument("--workdir", type=Path,
+                       help="sweep folder, one workdir per variant inside "
+                       "(default: checkpoints/<pipeline name>)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a key of every variant")
+    sweep.add_argument("--restart", action="store_true",
+                       help="discard the variants' checkpoints and start over")
+    _add_mnist_dir(sweep)
+
+    serve = commands.add_parser("serve", help="a web page to draw digits for the network")
+    serve.add_argument("workdir", type=Path)
+    _add_checkpoint(serve)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return int(text)
+
+
+def _add_checkpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default="latest", help="latest, best or a step")
 
 
 def _add_mnist_dir(parser: argparse.ArgumentParser) -> None:
@@ -74,23 +124,97 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from digitsjax.data import load_mnist, resolve_mnist_dir
-    from digitsjax.run import evaluate_trained, load_trained
+    from digitsjax.evaluation import evaluate_trained
+    from digitsjax.run import load_trained
 
     trained = load_trained(args.workdir, args.checkpoint)
-    data_config = trained.pipeline.data
-    data = load_mnist(data_config, resolve_mnist_dir(args.mnist_dir, data_config))
-    result = evaluate_trained(trained, data)
+    result = evaluate_trained(trained, _load_data(trained, args.mnist_dir))
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"step {result['step']}  test_loss {result['test_loss']:.4f}  "
-              f"test_accuracy {100 * result['test_accuracy']:.2f}%  "
-              f"params_sha256 {result['params_sha256']}")
+        return 0
+    print(f"step {result['step']}  test_loss {result['test_loss']:.4f}  "
+          f"test_accuracy {100 * result['test_accuracy']:.2f}%  "
+          f"params_sha256 {result['params_sha256']}")
+    print("accuracy per digit:  " + "  ".join(
+        f"{digit}: {100 * accuracy:.1f}%"
+        for digit, accuracy in enumerate(result["per_class_accuracy"])))
+    print("confusion matrix (rows: true digit, columns: predicted digit):")
+    print("      " + "".join(f"{digit:>6}" for digit in range(10)))
+    for digit, row in enumerate(result["confusion_matrix"]):
+        print(f"{digit:>6}" + "".join(f"{count:>6}" for count in row))
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate}
+def _load_data(trained: Trained, mnist_dir: str | None) -> MNIST:
+    from digitsjax.data import load_mnist, resolve_mnist_dir
+
+    return load_mnist(trained.pipeline.data, resolve_mnist_dir(mnist_dir, trained.pipeline.data))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from digitsjax.imaging import load_digit_files
+
+    digits = load_digit_files(args.images)  # a bad file fails before the network loads
+
+    from digitsjax.predict import Predictor
+
+    predictor = Predictor.from_workdir(args.workdir, args.checkpoint)
+    predictions = predictor.classify(digits)
+    if args.json:
+        print(json.dumps({"step": predictor.trained.step, "predictions": [
+            {"image": str(path), "digit": p.digit, "probabilities": p.probabilities,
+             "top3": [{"digit": d, "probability": q} for d, q in p.top(3)]}
+            for path, p in zip(args.images, predictions, strict=True)]}))
+        return 0
+    for path, prediction in zip(args.images, predictions, strict=True):
+        top = "  ".join(f"{d}: {100 * q:5.1f}%" for d, q in prediction.top(3))
+        print(f"{path}: {prediction.digit}    ({top})")
+    return 0
+
+
+def cmd_plots(args: argparse.Namespace) -> int:
+    from digitsjax import sweep
+
+    if sweep.is_sweep(args.workdir):
+        paths = sweep.write_summary(args.workdir)
+    else:
+        from digitsjax.plots import write_plots
+        from digitsjax.run import load_trained
+
+        trained = load_trained(args.workdir, args.checkpoint)
+        paths = write_plots(args.workdir, trained, _load_data(trained, args.mnist_dir))
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from digitsjax.config import load_pipeline
+    from digitsjax.sweep import SUMMARY_MARKDOWN, read_grid, run_sweep
+
+    base = load_pipeline(args.pipeline, args.overrides)
+    grid = read_grid(args.pipeline, args.grid)
+    sweep_dir = args.workdir or DEFAULT_WORKDIR_ROOT / base.name
+    paths = run_sweep(base, grid, sweep_dir, mnist_dir=args.mnist_dir, restart=args.restart,
+                      progress=sys.stderr.isatty())
+    print((sweep_dir / SUMMARY_MARKDOWN).read_text(), end="")
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from digitsjax.predict import Predictor
+    from digitsjax.serve import make_server, serve_forever
+
+    server = make_server(Predictor.from_workdir(args.workdir, args.checkpoint),
+                         args.host, args.port)
+    serve_forever(server, echo=lambda line: print(line, flush=True))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "plots": cmd_plots, "sweep": cmd_sweep, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,13 +25,14 @@ from digitsjax.errors import ConfigError
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 OUTPUT_ACTIVATIONS = ("linear", "sigmoid")
-INITS = ("he", "glorot", "small_normal", "standard_normal")
+INITS = ("he", "glorot", "small_normal", "standard_normal", "scaled_normal")
 LOSSES = ("softmax_cross_entropy", "quadratic")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 MNIST_TRAIN_SIZE = 60_000
 MAX_LAYER_SIZE = 65_536  # beyond this a 784-input layer alone outgrows most devices' memory
+SWEEP_TABLE = "sweep"
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,16 @@ class Pipeline:
 def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> Pipeline:
     """Read a pipeline file and apply `section.key=value` overrides (values in TOML syntax)."""
     path = Path(path)
+    raw = read_pipeline_file(path)
+    raw.pop(SWEEP_TABLE, None)  # the grid of `digitsjax sweep`, not part of any one run
+    raw.setdefault("name", path.stem)
+    for override in overrides:
+        _apply_override(raw, override)
+    return pipeline_from_dict(raw, source=str(path))
+
+
+def read_pipeline_file(path: Path) -> dict[str, Any]:
+    """A pipeline file's TOML as plain data, unvalidated."""
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -121,13 +132,9 @@ def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> Pipeline:
     except OSError as e:
         raise ConfigError(f"cannot read pipeline file {path}: {e.strerror}") from None
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
-    raw.setdefault("name", path.stem)
-    for override in overrides:
-        _apply_override(raw, override)
-    return pipeline_from_dict(raw, source=str(path))
 
 
 def pipeline_from_dict(raw: Mapping[str, Any], source: str = "pipeline") -> Pipeline:
@@ -154,17 +161,26 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     if not sep or not key:
         raise ConfigError(f"--set {override!r} must look like section.key=value, "
                           "e.g. --set optimizer.learning_rate=0.01")
+    set_key(raw, key, parse_value(value), option="--set")
+
+
+def parse_value(text: str) -> Any:
+    """An option's value in TOML syntax; a bare word such as tanh is meant as a string."""
     try:
-        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        return tomllib.loads(f"v = {text.strip()}")["v"]
     except tomllib.TOMLDecodeError:
-        parsed = value.strip()  # a bare word such as tanh is meant as a string
+        return text.strip()
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any, option: str) -> None:
+    """Set dotted `key` (e.g. model.hidden) in nested plain data, creating sections."""
     *sections, leaf = key.split(".")
     table = raw
     for section in sections:
         table = table.setdefault(section, {})
         if not isinstance(table, dict):
-            raise ConfigError(f"--set {key}: {section} is a value, not a section")
-    table[leaf] = parsed
+            raise ConfigError(f"{option} {key}: {section} is a value, not a section")
+    table[leaf] = value
 
 
 def _build(cls: type, raw: Mapping[str, Any], prefix: str, source: str) -> Any:

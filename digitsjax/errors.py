@@ -24,3 +24,7 @@ class CheckpointError(UserError):
 
 class ClusterError(UserError):
     """The multi-process setup (flags, environment, coordinator) is incomplete or unreachable."""
+
+
+class ImageError(UserError):
+    """An image to classify cannot be decoded, is too large, or shows no digit."""

@@ -37,7 +37,9 @@ def init_params(key: jax.Array, config: ModelConfig) -> Params:
 
     he: N(0, 2/fan_in), for ReLU.  glorot: U(+-sqrt(6/(fan_in+fan_out))), for sigmoid/tanh.
     small_normal: N(0, 1) * 0.01, the from-scratch NumPy network's seed.
-    standard_normal: N(0, 1) weights and biases, Nielsen's network.py.
+    standard_normal: N(0, 1) weights and biases, Nielsen's network.py (chapter 1).
+    scaled_normal: N(0, 1/fan_in) weights, N(0, 1) biases, Nielsen's chapter 3 remedy for the
+        saturated sigmoids that standard_normal gives wider layers.
     """
     sizes = layer_sizes(config)
     params = []
@@ -54,6 +56,9 @@ def init_params(key: jax.Array, config: ModelConfig) -> Params:
                 w = jax.random.normal(w_key, shape) * 0.01
             case "standard_normal":
                 w = jax.random.normal(w_key, shape)
+                b = jax.random.normal(b_key, (fan_out,))
+            case "scaled_normal":
+                w = jax.random.normal(w_key, shape) / jnp.sqrt(fan_in)
                 b = jax.random.normal(b_key, (fan_out,))
             case _:
                 raise ValueError(f"unknown init {config.init!r}")

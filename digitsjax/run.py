@@ -20,9 +20,10 @@ from tqdm import tqdm
 
 from digitsjax import checkpoint, parallel
 from digitsjax.config import Pipeline, pipeline_from_dict, pipeline_sha256, pipeline_to_dict
-from digitsjax.data import MNIST, load_mnist, resolve_mnist_dir
+from digitsjax.data import load_mnist, resolve_mnist_dir
 from digitsjax.errors import CheckpointError
 from digitsjax.model import params_sha256
+from digitsjax.tensorboard_events import ScalarWriter, remove_event_files
 from digitsjax.train import (
     TrainState,
     chunk_plan,
@@ -91,6 +92,7 @@ def _clean_workdir(workdir: Path, restart: bool) -> None:
             shutil.rmtree(checkpoint.checkpoint_dir(workdir), ignore_errors=True)
             for name in (MANIFEST, METRICS):
                 (workdir / name).unlink(missing_ok=True)
+            remove_event_files(workdir)
         probe = workdir / ".write-test"
         probe.write_text("")
         probe.unlink()
@@ -117,6 +119,7 @@ def _train(pipeline: Pipeline, workdir: Path, manager: Any, mesh: Mesh, mnist_di
         epoch_sums = meta["epoch_sums"]
         echo(f"resuming {workdir} from step {latest} (epoch {meta['epoch']:.2f})")
     start_step = int(state["step"])
+    scalars = ScalarWriter(workdir, start_step)  # creates its file on the first write
     if primary:
         truncate_metrics(workdir, start_step)
 
@@ -174,10 +177,12 @@ def _train(pipeline: Pipeline, workdir: Path, manager: Any, mesh: Mesh, mnist_di
             checkpoint.save(manager, state, _meta(pipeline, end, epoch_sums), metrics)
         if primary:
             append_metrics(workdir, record)
+            scalars.write(record)
         bar.update(end - bar.n)
         log(format_record(record, pipeline.train.epochs))
         epoch_started, epoch_steps = time.perf_counter(), 0
     bar.close()
+    scalars.close()
     manager.wait_until_finished()
     fingerprint = params_sha256(state["params"])
     echo(f"done: step {int(state['step'])}, params_sha256 {fingerprint}, "
@@ -247,11 +252,3 @@ def load_trained(workdir: str | Path, which: str = "latest") -> Trained:
         manager.close()
     return Trained(pipeline=pipeline, state=state, meta=meta, step=step)
 
-
-def evaluate_trained(trained: Trained, data: MNIST) -> dict[str, Any]:
-    """Test loss and accuracy of a restored checkpoint, with its fingerprint."""
-    evaluate = make_evaluate(trained.pipeline)
-    result = jax.device_get(evaluate(trained.state["params"], data.test_images, data.test_labels))
-    return {"step": trained.step, "test_loss": float(result["loss"]),
-            "test_accuracy": float(result["accuracy"]),
-            "params_sha256": params_sha256(trained.state["params"])}

@@ -1,0 +1,66 @@
+"""How good a trained network is: test loss and accuracy, per-class accuracy, confusion matrix.
+
+Everything is computed over the whole test split in one compiled call; the confusion matrix is
+built on the host from the predicted classes (10,000 integers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from digitsjax.config import ModelConfig
+from digitsjax.data import MNIST, NUM_CLASSES
+from digitsjax.model import Params, batched_forward, params_sha256, probabilities
+from digitsjax.run import Trained
+from digitsjax.train import make_evaluate
+
+
+def make_classify(config: ModelConfig) -> Callable[[Params, jax.Array], jax.Array]:
+    """A jitted `(params, images (N, 784)) -> class probabilities (N, 10)`, without dropout.
+
+    It compiles once per batch size, so a server that always sends one image compiles once.
+    """
+
+    @jax.jit
+    def classify(params: Params, images: jax.Array) -> jax.Array:
+        return probabilities(batched_forward(params, images, config), config)
+
+    return classify
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """(10, 10) counts: row = true digit, column = predicted digit."""
+    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
+    return matrix
+
+
+def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
+    """The fraction of each true digit classified correctly (NaN for a digit never seen)."""
+    totals = matrix.sum(axis=1)
+    return np.divide(np.diag(matrix), totals, out=np.full(len(matrix), np.nan),
+                     where=totals > 0)
+
+
+def predict_classes(trained: Trained, images: np.ndarray) -> np.ndarray:
+    """Predicted digits (N,) for flat images (N, 784)."""
+    classify = make_classify(trained.pipeline.model)
+    return np.asarray(jnp.argmax(classify(trained.state["params"], images), axis=-1))
+
+
+def evaluate_trained(trained: Trained, data: MNIST) -> dict[str, Any]:
+    """Test loss and accuracy of a restored checkpoint, per digit, with its fingerprint."""
+    params = trained.state["params"]
+    result = jax.device_get(make_evaluate(trained.pipeline)(params, data.test_images,
+                                                            data.test_labels))
+    matrix = confusion_matrix(data.test_labels, predict_classes(trained, data.test_images))
+    return {"step": trained.step, "test_loss": float(result["loss"]),
+            "test_accuracy": float(result["accuracy"]),
+            "per_class_accuracy": per_class_accuracy(matrix).tolist(),
+            "confusion_matrix": matrix.tolist(),
+            "params_sha256": params_sha256(params)}

@@ -1,0 +1,182 @@
+"""The pictures of a trained workdir, written as PNGs into `WORKDIR/plots/`.
+
+Figures are built with matplotlib's object API (`Figure`, saved through the Agg canvas), never
+pyplot: no display is needed, and no global figure state leaks between calls or threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from digitsjax.data import MNIST, NUM_CLASSES
+from digitsjax.evaluation import confusion_matrix, predict_classes
+from digitsjax.run import Trained
+from digitsjax.workdir import read_metrics
+
+PLOTS_DIR = "plots"
+GRID_COLUMNS = 10
+GRID_ROWS = 6
+CELL_MARGIN, CELL_TITLE = 3, 10  # pixels of the mosaic around each digit and above it
+CORRECT, MISTAKE = "#1a7f37", "#cf222e"
+SPLIT_COLORS = {"train": "#0969da", "val": "#bf8700", "test": "#cf222e"}
+
+
+def write_plots(workdir: Path, trained: Trained, data: MNIST) -> list[Path]:
+    """Every plot of one trained workdir; returns the files written."""
+    out = Path(workdir) / PLOTS_DIR
+    out.mkdir(exist_ok=True)
+    predictions = predict_classes(trained, data.test_images)
+    count = GRID_COLUMNS * GRID_ROWS
+    paths = [
+        plot_samples(data.train_images[:count], data.train_labels[:count],
+                     out / "samples.png"),
+        plot_predictions(data.test_images[:count], data.test_labels[:count],
+                         predictions[:count], out / "predictions.png",
+                         title=f"The first {count} test images at step {trained.step}"),
+        plot_mistakes(data.test_images, data.test_labels, predictions, out / "mistakes.png"),
+        plot_confusion(confusion_matrix(data.test_labels, predictions), out / "confusion.png",
+                       title=f"Confusion matrix, {len(predictions):,} test images, "
+                             f"step {trained.step}"),
+    ]
+    records = read_metrics(workdir)
+    if records:
+        paths.append(plot_curves(records, out / "curves.png", title=trained.pipeline.name))
+    return paths
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def _digit_grid(images: np.ndarray, titles: Sequence[str], colors: Sequence[str],
+                title: str, framed: Sequence[bool] | None = None) -> Figure:
+    """Digits in rows of ten, each with a coloured title; `framed` ones get a red frame.
+
+    One mosaic image in one axes: a hundred small axes would take seconds to draw.
+    """
+    rows = max(1, -(-len(images) // GRID_COLUMNS))
+    cell = 28 + 2 * CELL_MARGIN
+    mosaic = np.zeros((rows * cell + CELL_TITLE * rows, GRID_COLUMNS * cell), np.float32)
+    figure = Figure(figsize=(GRID_COLUMNS * 0.95, rows * 1.1 + 0.5), layout="constrained")
+    figure.suptitle(title)
+    ax = figure.subplots()
+    ax.set_axis_off()
+    for i, image in enumerate(images):
+        top = (i // GRID_COLUMNS) * (cell + CELL_TITLE) + CELL_TITLE + CELL_MARGIN
+        left = (i % GRID_COLUMNS) * cell + CELL_MARGIN
+        mosaic[top:top + 28, left:left + 28] = image.reshape(28, 28)
+        ax.text(left + 14, top - CELL_MARGIN - 1, titles[i], color=colors[i], fontsize=9,
+                ha="center", va="bottom")
+        highlight = framed is not None and framed[i]
+        ax.add_patch(Rectangle((left - 1, top - 1), 29, 29, fill=False,
+                               edgecolor=MISTAKE if highlight else "#d0d7de",
+                               linewidth=2.5 if highlight else 0.6))
+    ax.imshow(mosaic, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+    return figure
+
+
+def plot_samples(images: np.ndarray, labels: np.ndarray, path: Path) -> Path:
+    """Training digits with their labels: what the network learns from."""
+    figure = _digit_grid(images, [str(label) for label in labels], ["black"] * len(images),
+                         f"The first {len(images)} training images and their labels")
+    return _save(figure, path)
+
+
+def plot_predictions(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                     path: Path, title: str) -> Path:
+    """Test digits titled with the prediction; a mistake shows `true -> predicted`, in red."""
+    wrong = predictions != labels
+    titles = [f"{t} → {p}" if w else str(p) for t, p, w in zip(labels, predictions, wrong,
+                                                              strict=True)]
+    colors = [MISTAKE if w else CORRECT for w in wrong]
+    figure = _digit_grid(images, titles, colors,
+                         f"{title}: predicted digit, mistakes (true → predicted) in red "
+                         f"({int(wrong.sum())} of {len(images)})", framed=wrong)
+    return _save(figure, path)
+
+
+def plot_mistakes(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                  path: Path, count: int = GRID_COLUMNS * GRID_ROWS) -> Path:
+    """The first test images the network gets wrong, titled `true -> predicted`."""
+    wrong = np.flatnonzero(predictions != labels)
+    shown = wrong[:count]
+    figure = _digit_grid(images[shown],
+                         [f"{labels[i]} → {predictions[i]}" for i in shown],
+                         [MISTAKE] * len(shown),
+                         f"The first {len(shown)} of {len(wrong)} misclassified test images "
+                         "(true → predicted)")
+    return _save(figure, path)
+
+
+def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Loss and accuracy per epoch for train, validation and test, from metrics.jsonl."""
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    figure.suptitle(f"{title}: loss and accuracy per epoch")
+    loss_ax, acc_ax = figure.subplots(1, 2)
+    for split, color in SPLIT_COLORS.items():
+        points = [(r["epoch"], r[f"{split}_loss"], r[f"{split}_accuracy"]) for r in records
+                  if f"{split}_accuracy" in r]
+        if not points:
+            continue
+        epochs, losses, accuracies = zip(*points, strict=True)
+        loss_ax.plot(epochs, losses, "o-", color=color, label=split, markersize=3)
+        acc_ax.plot(epochs, 100 * np.array(accuracies), "o-", color=color, label=split,
+                    markersize=3)
+    loss_ax.set(xlabel="epoch", ylabel="loss (mean over the split)", title="cost")
+    loss_ax.set_yscale("log")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return _save(figure, path)
+
+
+def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> Path:
+    """Counts of (true, predicted) pairs; a log colour scale makes rare confusions visible."""
+    figure = Figure(figsize=(7, 6.2), layout="constrained")
+    ax = figure.subplots()
+    shown = np.ma.masked_equal(matrix, 0)
+    image = ax.imshow(shown, cmap="Blues", norm=LogNorm(vmin=1, vmax=max(2, matrix.max())))
+    figure.colorbar(image, ax=ax, label="test images (log scale)")
+    threshold = np.sqrt(max(2, matrix.max()))  # the middle of the log scale
+    for (true, predicted), count in np.ndenumerate(matrix):
+        if count:
+            ax.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
+                    color="white" if count > threshold else "black")
+    ticks = range(NUM_CLASSES)
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted digit", ylabel="true digit",
+           title=title)
+    return _save(figure, path)
+
+
+def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Train, validation and test accuracy of each sweep variant, in the grid's order."""
+    figure = Figure(figsize=(max(6.0, 1.3 * len(rows) + 2), 4.5), layout="constrained")
+    ax = figure.subplots()
+    positions = np.arange(len(rows))
+    for split, color in SPLIT_COLORS.items():
+        key = f"{split}_accuracy"
+        values = [100 * r[key] if r.get(key) is not None else np.nan for r in rows]
+        ax.plot(positions, values, "o-", color=color, label=split)
+        if split == "test":
+            for x, y in zip(positions, values, strict=True):
+                if not np.isnan(y):
+                    ax.annotate(f"{y:.2f}%", (x, y), textcoords="offset points", xytext=(0, -14),
+                                ha="center", fontsize=8, color=color)
+    ax.set_xticks(positions, [f"{r['variant']}\n{r['parameters']:,} params" for r in rows],
+                  fontsize=8)
+    ax.set(ylabel="accuracy after the last epoch (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(figure, path)

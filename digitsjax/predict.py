@@ -1,0 +1,57 @@
+"""Classify pictures of digits with a trained workdir: the engine behind `predict` and `serve`.
+
+Every picture goes through `imaging.load_digit` (MNIST's own normalisation) and then through
+one compiled forward pass; the 28x28 image the network saw is returned with the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitsjax.data import NUM_PIXELS
+from digitsjax.evaluation import make_classify
+from digitsjax.imaging import load_digit
+from digitsjax.run import Trained, load_trained
+
+
+@dataclass(frozen=True)
+class Prediction:
+    digit: int
+    probabilities: list[float]
+    """One per digit 0-9, summing to one."""
+    input: np.ndarray
+    """The (28, 28) image in [0, 1] that the network classified."""
+
+    def top(self, k: int = 3) -> list[tuple[int, float]]:
+        order = np.argsort(self.probabilities)[::-1][:k]
+        return [(int(d), self.probabilities[d]) for d in order]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digit": self.digit, "probabilities": self.probabilities,
+                "input": np.round(self.input, 4).tolist()}
+
+
+class Predictor:
+    """A restored network with its compiled classifier, ready for many requests."""
+
+    def __init__(self, trained: Trained):
+        self.trained = trained
+        self._classify = make_classify(trained.pipeline.model)
+
+    @classmethod
+    def from_workdir(cls, workdir: str | Path, which: str = "latest") -> Predictor:
+        return cls(load_trained(workdir, which))
+
+    def classify(self, digits: np.ndarray) -> list[Prediction]:
+        """(N, 28, 28) MNIST-normalised images -> one `Prediction` each."""
+        flat = np.asarray(digits, np.float32).reshape(len(digits), NUM_PIXELS)
+        probs = np.asarray(self._classify(self.trained.state["params"], flat), np.float64)
+        return [Prediction(digit=int(p.argmax()), probabilities=p.tolist(), input=digit)
+                for p, digit in zip(probs, digits, strict=True)]
+
+    def predict_bytes(self, data: bytes, name: str = "image") -> Prediction:
+        return self.classify(load_digit(data, name)[None])[0]

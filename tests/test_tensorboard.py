@@ -1,0 +1,55 @@
+"""TensorBoard event files: what `tensorboard --logdir checkpoints` shows, read back with
+TensorBoard's own loader and compared with metrics.jsonl."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from digitsjax.checkpoint import checkpoint_dir
+from digitsjax.config import load_pipeline
+from digitsjax.run import train_pipeline
+from digitsjax.tensorboard_events import EVENT_FILES, TAGS
+from digitsjax.workdir import read_metrics
+
+
+def scalars(workdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series TensorBoard loads from the workdir: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir), purge_orphaned_data=True)
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
+
+
+def as_logged(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    return {tag: [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in records]
+            for key, tag in TAGS.items()}
+
+
+def test_every_epoch_record_is_a_tensorboard_scalar(trained_workdir):
+    assert scalars(trained_workdir) == as_logged(read_metrics(trained_workdir))
+
+
+def test_a_resumed_run_shows_each_step_once_and_restart_starts_a_clean_log(tmp_path, mnist_dir):
+    pipeline = load_pipeline(REPO / "pipelines" / "mnist_mlp.toml", [
+        "model.hidden=[16]", "train.batch_size=1000", "train.epochs=2"])
+    quiet = {"mnist_dir": str(mnist_dir), "echo": lambda _: None}
+    train_pipeline(pipeline, tmp_path, **quiet)
+    # A crash after epoch 2 was logged but before its checkpoint was written: the resumed run
+    # replays epoch 2, and TensorBoard must drop the first copy.
+    shutil.rmtree(checkpoint_dir(tmp_path) / str(pipeline.total_steps))
+    train_pipeline(pipeline, tmp_path, **quiet)
+    assert len(list(tmp_path.glob(EVENT_FILES))) == 2
+    shown = scalars(tmp_path)
+    assert [step for step, _ in shown["loss/train"]] == [pipeline.steps_per_epoch,
+                                                          pipeline.total_steps]
+    assert shown == as_logged(read_metrics(tmp_path))
+
+    train_pipeline(pipeline, tmp_path, restart=True, **quiet)
+    assert len(list(tmp_path.glob(EVENT_FILES))) == 1
+    assert scalars(tmp_path) == as_logged(read_metrics(tmp_path))

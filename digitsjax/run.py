@@ -2,7 +2,8 @@
 
 This is the only module that touches the filesystem during training; `train.py` stays pure.
 The loop dispatches compiled chunks without waiting, and synchronises with the device once
-per epoch (metrics, evaluation) and at checkpoints.
+per epoch (metrics, evaluation) and at checkpoints. A SIGTERM or SIGINT makes the end of the
+current chunk a checkpoint, after which the run stops with `Preempted` (see preemption.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from digitsjax.config import Pipeline, pipeline_from_dict, pipeline_sha256, pipe
 from digitsjax.data import MNIST, load_mnist, resolve_mnist_dir
 from digitsjax.errors import CheckpointError
 from digitsjax.model import params_sha256
+from digitsjax.preemption import Preempted, PreemptionGuard
 from digitsjax.train import (
     TrainState,
     chunk_plan,
@@ -34,6 +36,7 @@ from digitsjax.workdir import (
     METRICS,
     append_metrics,
     build_manifest,
+    differences,
     read_manifest,
     truncate_metrics,
     write_json_atomic,
@@ -57,15 +60,21 @@ class Trained:
 def train_pipeline(pipeline: Pipeline, workdir: str | Path, *, mnist_dir: str | None = None,
                    restart: bool = False, progress: bool = False,
                    echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train into `workdir`, continuing from its latest checkpoint; return the final record."""
+    """Train into `workdir`, continuing from its newest intact checkpoint; return the final record.
+
+    On SIGTERM/SIGINT the current chunk finishes and is checkpointed, and `Preempted` is raised
+    once that checkpoint is complete.
+    """
     started = time.perf_counter()
     workdir = _prepare_workdir(Path(workdir), restart)
-    manager = checkpoint.open_manager(workdir, pipeline.checkpoint)
-    try:
-        return _train(pipeline, workdir, manager, mnist_dir, progress, echo, started)
-    finally:
-        manager.wait_until_finished()
-        manager.close()
+    if checkpoint.has_checkpoints(workdir):
+        _check_compatible(workdir, pipeline)  # before anything in the workdir changes
+    with PreemptionGuard() as guard:
+        manager = checkpoint.open_manager(workdir, pipeline.checkpoint)
+        try:
+            return _train(pipeline, workdir, manager, guard, mnist_dir, progress, echo, started)
+        finally:
+            checkpoint.close(manager)
 
 
 def _prepare_workdir(workdir: Path, restart: bool) -> Path:
@@ -73,6 +82,7 @@ def _prepare_workdir(workdir: Path, restart: bool) -> Path:
         workdir.mkdir(parents=True, exist_ok=True)
         if restart:
             shutil.rmtree(checkpoint.checkpoint_dir(workdir), ignore_errors=True)
+            shutil.rmtree(checkpoint.unreadable_dir(workdir), ignore_errors=True)
             for name in (MANIFEST, METRICS):
                 (workdir / name).unlink(missing_ok=True)
         probe = workdir / ".write-test"
@@ -84,21 +94,22 @@ def _prepare_workdir(workdir: Path, restart: bool) -> Path:
     return workdir
 
 
-def _train(pipeline: Pipeline, workdir: Path, manager: Any, mnist_dir: str | None,
-           progress: bool, echo: Callable[[str], None], started: float) -> dict[str, Any]:
-    latest = manager.latest_step()
-    if latest is not None:
-        _check_compatible(workdir, pipeline)
+def _train(pipeline: Pipeline, workdir: Path, manager: Any, guard: PreemptionGuard,
+           mnist_dir: str | None, progress: bool, echo: Callable[[str], None],
+           started: float) -> dict[str, Any]:
     data = load_mnist(pipeline.data, resolve_mnist_dir(mnist_dir, pipeline.data))
     state = init_train_state(pipeline)
     epoch_sums = {"loss_sum": 0.0, "correct": 0}
-    if latest is None:
+    resumed = checkpoint.restore_newest_intact(manager, state, warn=echo)
+    if resumed is None:
         write_json_atomic(workdir / MANIFEST, build_manifest(pipeline, data.checksums))
     else:
-        state, meta = checkpoint.restore(manager, latest, state)
+        latest, state, meta = resumed
         epoch_sums = meta["epoch_sums"]
         echo(f"resuming {workdir} from step {latest} (epoch {meta['epoch']:.2f})")
     start_step = int(state["step"])
+    if start_step == pipeline.total_steps:
+        echo(f"{workdir} is already trained ({start_step} steps); pass --restart to train again")
     truncate_metrics(workdir, start_step)
 
     spe, batch = pipeline.steps_per_epoch, pipeline.train.batch_size
@@ -124,14 +135,19 @@ def _train(pipeline: Pipeline, workdir: Path, manager: Any, mnist_dir: str | Non
         state, sums = compiled[num_steps](state, images, labels)
         pending.append(sums)  # stays on the device until the next sync point
         end, epoch_steps = first + num_steps, epoch_steps + num_steps
-        if end % spe != 0 and not _is_step_save(pipeline, end):
+        if end % spe != 0 and not _is_step_save(pipeline, end) and guard.signum is None:
             continue
-        for sums in jax.device_get(pending):
+        for sums in jax.device_get(pending):  # waits for the chunk: a sync point
             epoch_sums = {k: epoch_sums[k] + sums[k].item() for k in epoch_sums}
         pending = []
+        # Read after the sync, once: a signal that arrived while the chunk ran stops us here;
+        # one that arrives from now on stops us at the next chunk's end.
+        stopping = guard.signum is not None and end < pipeline.total_steps
         if end % spe != 0:  # a mid-epoch checkpoint
             checkpoint.save(manager, state, _meta(pipeline, end, epoch_sums))
             bar.update(end - bar.n)
+            if stopping:
+                raise Preempted(guard.signum, end)  # the caller waits for the save
             continue
 
         epoch_seconds = time.perf_counter() - epoch_started
@@ -148,14 +164,18 @@ def _train(pipeline: Pipeline, workdir: Path, manager: Any, mnist_dir: str | Non
                    "examples_per_second": epoch_steps * batch / epoch_seconds,
                    "wall_seconds": time.perf_counter() - started}
         epoch_sums = {"loss_sum": 0.0, "correct": 0}
+        # The record before the checkpoint: a checkpoint never exists without its epoch's record
+        # (a record without its checkpoint is dropped by `truncate_metrics` on resume).
+        append_metrics(workdir, record)
         if pipeline.checkpoint.every_epoch or end == pipeline.total_steps or \
-                _is_step_save(pipeline, end):
+                _is_step_save(pipeline, end) or stopping:
             metrics = ({checkpoint.BEST_METRIC: record[checkpoint.BEST_METRIC]}
                        if checkpoint.BEST_METRIC in record else None)
             checkpoint.save(manager, state, _meta(pipeline, end, epoch_sums), metrics)
-        append_metrics(workdir, record)
         bar.update(end - bar.n)
         log(format_record(record, pipeline.train.epochs))
+        if stopping:
+            raise Preempted(guard.signum, end)
         epoch_started, epoch_steps = time.perf_counter(), 0
     bar.close()
     manager.wait_until_finished()
@@ -187,19 +207,9 @@ def format_record(record: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
-def pipeline_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def pipeline_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """`key: old -> new` for every result-affecting key that differs between two pipelines."""
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        path = f"{prefix}{key}"
-        if any(path == n or path.startswith(n) for n in RESULT_NEUTRAL if n):
-            continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += pipeline_differences(a, b, f"{path}.")
-        elif a != b:
-            diffs.append(f"{path}: {a!r} -> {b!r}")
-    return diffs
+    return differences(old, new, ignore=RESULT_NEUTRAL)
 
 
 def _check_compatible(workdir: Path, pipeline: Pipeline) -> None:
@@ -218,7 +228,12 @@ def load_trained(workdir: str | Path, which: str = "latest") -> Trained:
     manager = checkpoint.open_manager(workdir, pipeline.checkpoint, read_only=True)
     try:
         step = checkpoint.resolve_step(manager, which)
-        state, meta = checkpoint.restore(manager, step, init_train_state(pipeline))
+        try:
+            state, meta = checkpoint.restore(manager, step, init_train_state(pipeline))
+        except CheckpointError as e:
+            others = sorted(set(manager.all_steps()) - {step})
+            raise CheckpointError(f"{e}; choose another with --checkpoint (saved steps: {others})"
+                                  if others else f"{e}; retrain with --restart") from None
     finally:
         manager.close()
     return Trained(pipeline=pipeline, state=state, meta=meta, step=step)

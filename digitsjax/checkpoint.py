@@ -1,13 +1,18 @@
 """Orbax checkpoints of the train state, under `WORKDIR/checkpoints/<step>/`.
 
 Each checkpoint is a composite of two items: `state` (params, optimizer state, step, root key:
-everything the next step depends on) and `meta` (JSON: epoch, pipeline fingerprint, metrics).
-Orbax writes each step into a temporary directory and renames it when complete, so a
-checkpoint that exists is a checkpoint that was finished.
+everything the next step depends on) and `meta` (JSON: epoch, pipeline fingerprint, metrics,
+and a sha256 of the state's bytes). Orbax writes each step into a temporary directory and
+renames it when complete, so a killed save leaves only debris that the next writable manager
+removes. A finished checkpoint can still be damaged later (a truncated copy, a disk that lost
+its cache): the checksum catches that, and a resume falls back to the newest intact one.
 """
 
 from __future__ import annotations
 
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +21,49 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from digitsjax import parallel
 from digitsjax.config import CheckpointConfig
 from digitsjax.errors import CheckpointError
+from digitsjax.model import params_sha256
 
 CHECKPOINT_DIR = "checkpoints"
+UNREADABLE_DIR = "checkpoints-unreadable"  # where damaged checkpoints are moved, never deleted
 BEST_METRIC = "val_accuracy"
+STATE_SHA256 = "state_sha256"
 
 absl_logging.set_verbosity(absl_logging.ERROR)  # orbax narrates every save at INFO/WARNING
 
 
 def checkpoint_dir(workdir: Path) -> Path:
     return Path(workdir).absolute() / CHECKPOINT_DIR
+
+
+def unreadable_dir(workdir: Path) -> Path:
+    return Path(workdir).absolute() / UNREADABLE_DIR
+
+
+def state_sha256(state: dict[str, Any]) -> str:
+    """The bytes of every leaf of the train state, hashed as `params_sha256` hashes params."""
+    return params_sha256(state)
+
+
+def has_checkpoints(workdir: Path) -> bool:
+    """Whether `workdir` holds a finished checkpoint; reads only, so it changes nothing."""
+    if not checkpoint_dir(workdir).is_dir():
+        return False
+    manager = open_manager(workdir, read_only=True)
+    try:
+        return bool(manager.all_steps())
+    finally:
+        manager.close()
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+    """Wait for the save in flight (on every exit path, errors included), then release."""
+    try:
+        manager.wait_until_finished()
+    finally:
+        manager.close()
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
@@ -55,8 +92,12 @@ def open_manager(workdir: Path, config: CheckpointConfig | None = None,
 
 def save(manager: ocp.CheckpointManager, state: dict[str, Any], meta: dict[str, Any],
          metrics: dict[str, float] | None = None) -> None:
-    """Start an async save of `state` at its step; `metrics` feed the keep-best policy."""
+    """Start an async save of `state` at its step; `metrics` feed the keep-best policy.
+
+    The state's checksum goes into `meta`, so that a restore can prove it read back every byte.
+    """
     step = int(jax.device_get(state["step"]))
+    meta = meta | {STATE_SHA256: state_sha256(state)}
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)),
                  metrics=metrics, force=True)
@@ -64,16 +105,65 @@ def save(manager: ocp.CheckpointManager, state: dict[str, Any], meta: dict[str, 
 
 def restore(manager: ocp.CheckpointManager, step: int,
             like_state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore `step` into the structure, shapes and shardings of `like_state`."""
+    """Restore `step` into the structure, shapes and shardings of `like_state`.
+
+    Raises `CheckpointError` (without a fix: callers know which one applies) when the checkpoint
+    cannot be read back or its bytes do not match the checksum saved with it.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
+    where = f"checkpoint {step} in {manager.directory}"
     try:
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"checkpoint {step} in {manager.directory} does not match this pipeline's model or "
-            f"optimizer ({str(e).splitlines()[0]}); use --restart or another --workdir") from None
-    return restored["state"], restored["meta"]
+    except Exception as e:  # orbax and tensorstore raise anything from KeyError to Exception
+        while e.__cause__ is not None:  # the innermost error names the file and the fault
+            e = e.__cause__
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise CheckpointError(f"{where} cannot be read ({reason}): it is damaged or belongs to "
+                              "another model or optimizer") from None
+    state, meta = restored["state"], restored["meta"]
+    if not isinstance(meta, dict) or state_sha256(state) != meta.get(STATE_SHA256):
+        raise CheckpointError(f"{where} is damaged: its bytes do not match the checksum saved "
+                              "with it")
+    return state, meta
+
+
+def restore_newest_intact(manager: ocp.CheckpointManager, like_state: dict[str, Any],
+                          warn: Callable[[str], None]
+                          ) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
+    """(step, state, meta) of the newest checkpoint that restores intact; None if there are none.
+
+    Damaged checkpoints newer than it are moved to `checkpoints-unreadable/` with a warning, so
+    the resumed run can write those steps again. If no checkpoint restores, nothing is moved and
+    the error names the newest one's problem.
+    """
+    damaged: list[tuple[int, CheckpointError]] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state, meta = restore(manager, step, like_state)
+        except CheckpointError as e:
+            damaged.append((step, e))
+            continue
+        for bad_step, error in damaged:
+            if parallel.is_primary():
+                moved = _move_aside(manager, bad_step)
+                warn(f"warning: {error}; moved it to {moved} and falling back to step {step}")
+        if damaged:
+            parallel.sync("damaged checkpoints moved aside")
+            manager.reload()  # forget the moved steps
+        return step, state, meta
+    if damaged:
+        raise CheckpointError(f"no checkpoint can be restored, the newest: {damaged[0][1]}; "
+                              "pass --restart to start over, or choose another --workdir")
+    return None
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> Path:
+    source = Path(manager.directory) / str(step)  # orbax's default step names: the bare number
+    target = unreadable_dir(source.parent.parent) / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
+    target.parent.mkdir(exist_ok=True)
+    shutil.move(source, target)
+    return target
 
 
 def resolve_step(manager: ocp.CheckpointManager, which: str) -> int:

@@ -1,6 +1,8 @@
 """The `digitsjax` command: a thin layer of argument parsing over the library.
 
-A `UserError` becomes one line on stderr and exit status 2 (`--debug` shows the traceback).
+Exit statuses: 0 done; 1 `verify` could not reproduce the run; 2 a `UserError`, printed as one
+line on stderr (`--debug` shows the traceback); 143 / 130 training stopped by SIGTERM / SIGINT
+after checkpointing (see preemption.py), so re-running the same command continues it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from digitsjax.errors import UserError
+from digitsjax.preemption import Preempted
 
 if TYPE_CHECKING:  # the commands import the library lazily, to start fast
     from digitsjax.data import MNIST
     from digitsjax.run import Trained
 
 DEFAULT_WORKDIR_ROOT = Path("checkpoints")
+EXIT_NOT_REPRODUCED = 1
 EXIT_USER_ERROR = 2
 
 
@@ -78,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
+
+    verify = commands.add_parser(
+        "verify", help="replay a finished workdir's pipeline; check it ends bit for bit the same")
+    verify.add_argument("workdir", type=Path)
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_mnist_dir(verify)
     return parser
 
 
@@ -213,14 +223,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "plots": cmd_plots, "sweep": cmd_sweep, "serve": cmd_serve}
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from digitsjax.verify import verify_workdir
+
+    progress = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    result = verify_workdir(args.workdir, mnist_dir=args.mnist_dir, echo=progress)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    elif result.reproduced:
+        print(f"reproduced: params_sha256 {result.recorded_sha256} at step {result.step}, "
+              "bit for bit")
+    else:
+        print(f"NOT reproduced at step {result.step}: params_sha256 recorded "
+              f"{result.recorded_sha256}, replayed {result.replayed_sha256}")
+        if result.first_divergent_epoch is not None:
+            print(f"metrics first differ at epoch {result.first_divergent_epoch}")
+        print("manifest differences: " + ("; ".join(result.manifest_differences) or
+                                          "none (same versions and platform)"))
+    return 0 if result.reproduced else EXIT_NOT_REPRODUCED
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "verify": cmd_verify,
+            "predict": cmd_predict, "plots": cmd_plots, "sweep": cmd_sweep, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except Preempted as e:
+        hint = "; run the same command again to continue" if args.command == "train" else ""
+        print(f"digitsjax: {e}{hint}", file=sys.stderr)
+        return e.exit_code
     except UserError as e:
         if args.debug:
             traceback.print_exc()

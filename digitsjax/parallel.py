@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -123,6 +124,13 @@ def sync(name: str) -> None:
     """A barrier across processes, e.g. until process 0 has prepared the workdir."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if `flag` is true on any: decisions all processes must share."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 @contextlib.contextmanager

@@ -2,12 +2,14 @@
 
 This is the only module that touches the filesystem during training; `train.py` stays pure.
 The loop dispatches compiled chunks without waiting, and synchronises with the device once
-per epoch (metrics, evaluation) and at checkpoints.
+per epoch (metrics, evaluation) and at checkpoints. A SIGTERM or SIGINT makes the end of the
+current chunk a checkpoint, after which the run stops with `Preempted` (see preemption.py).
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from digitsjax.config import Pipeline, pipeline_from_dict, pipeline_sha256, pipe
 from digitsjax.data import load_mnist, resolve_mnist_dir
 from digitsjax.errors import CheckpointError
 from digitsjax.model import params_sha256
+from digitsjax.preemption import Preempted, PreemptionGuard
 from digitsjax.tensorboard_events import ScalarWriter, remove_event_files
 from digitsjax.train import (
     TrainState,
@@ -36,6 +39,7 @@ from digitsjax.workdir import (
     METRICS,
     append_metrics,
     build_manifest,
+    differences,
     read_manifest,
     truncate_metrics,
     write_json_atomic,
@@ -59,10 +63,12 @@ class Trained:
 def train_pipeline(pipeline: Pipeline, workdir: str | Path, *, mnist_dir: str | None = None,
                    restart: bool = False, progress: bool = False,
                    echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train into `workdir`, continuing from its latest checkpoint; return the final record.
+    """Train into `workdir`, continuing from its newest intact checkpoint; return the final record.
 
     Uses every device of every process (call `parallel.initialize` first to join several);
     all processes run this together, and only process 0 writes files other than checkpoints.
+    On SIGTERM/SIGINT the current chunk finishes and is checkpointed, and `Preempted` is raised
+    once that checkpoint is complete.
     """
     started = time.perf_counter()
     mesh = parallel.data_mesh()
@@ -70,12 +76,15 @@ def train_pipeline(pipeline: Pipeline, workdir: str | Path, *, mnist_dir: str | 
     if not parallel.is_primary():
         progress, echo = False, _silent
     workdir = _prepare_workdir(Path(workdir), restart)
-    manager = checkpoint.open_manager(workdir, pipeline.checkpoint)
-    try:
-        return _train(pipeline, workdir, manager, mesh, mnist_dir, progress, echo, started)
-    finally:
-        manager.wait_until_finished()
-        manager.close()
+    if checkpoint.has_checkpoints(workdir):
+        _check_compatible(workdir, pipeline)  # before anything in the workdir changes
+    with PreemptionGuard() as guard:
+        manager = checkpoint.open_manager(workdir, pipeline.checkpoint)
+        try:
+            return _train(pipeline, workdir, manager, mesh, guard, mnist_dir, progress, echo,
+                          started)
+        finally:
+            checkpoint.close(manager)
 
 
 def _prepare_workdir(workdir: Path, restart: bool) -> Path:
@@ -90,6 +99,7 @@ def _clean_workdir(workdir: Path, restart: bool) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         if restart:
             shutil.rmtree(checkpoint.checkpoint_dir(workdir), ignore_errors=True)
+            shutil.rmtree(checkpoint.unreadable_dir(workdir), ignore_errors=True)
             for name in (MANIFEST, METRICS):
                 (workdir / name).unlink(missing_ok=True)
             remove_event_files(workdir)
@@ -101,24 +111,26 @@ def _clean_workdir(workdir: Path, restart: bool) -> None:
                               "choose another with --workdir") from None
 
 
-def _train(pipeline: Pipeline, workdir: Path, manager: Any, mesh: Mesh, mnist_dir: str | None,
-           progress: bool, echo: Callable[[str], None], started: float) -> dict[str, Any]:
+def _train(pipeline: Pipeline, workdir: Path, manager: Any, mesh: Mesh, guard: PreemptionGuard,
+           mnist_dir: str | None, progress: bool, echo: Callable[[str], None],
+           started: float) -> dict[str, Any]:
     primary = parallel.is_primary()
-    latest = manager.latest_step()
-    if latest is not None:
-        _check_compatible(workdir, pipeline)
     with parallel.primary_first("MNIST loaded"):  # prepares a shared data dir only once
         data = load_mnist(pipeline.data, resolve_mnist_dir(mnist_dir, pipeline.data))
     state = parallel.replicate(init_train_state(pipeline), mesh)
     epoch_sums = {"loss_sum": 0.0, "correct": 0}
-    if latest is None:
+    # Onto this run's devices, whatever the devices that saved it.
+    resumed = checkpoint.restore_newest_intact(manager, state, warn=echo)
+    if resumed is None:
         if primary:
             write_json_atomic(workdir / MANIFEST, build_manifest(pipeline, data.checksums))
-    else:  # onto this run's devices, whatever the devices that saved it
-        state, meta = checkpoint.restore(manager, latest, state)
+    else:
+        latest, state, meta = resumed
         epoch_sums = meta["epoch_sums"]
         echo(f"resuming {workdir} from step {latest} (epoch {meta['epoch']:.2f})")
     start_step = int(state["step"])
+    if start_step == pipeline.total_steps:
+        echo(f"{workdir} is already trained ({start_step} steps); pass --restart to train again")
     scalars = ScalarWriter(workdir, start_step)  # creates its file on the first write
     if primary:
         truncate_metrics(workdir, start_step)
@@ -146,14 +158,24 @@ def _train(pipeline: Pipeline, workdir: Path, manager: Any, mesh: Mesh, mnist_di
         state, sums = compiled[num_steps](state, images, labels)
         pending.append(sums)  # stays on the device until the next sync point
         end, epoch_steps = first + num_steps, epoch_steps + num_steps
-        if end % spe != 0 and not _is_step_save(pipeline, end):
+        # Alone, a signal stops us at the end of any chunk; several processes only stop
+        # together, at the epoch ends and checkpoints where they all sync anyway.
+        signalled = guard.signum is not None and jax.process_count() == 1
+        if end % spe != 0 and not _is_step_save(pipeline, end) and not signalled:
             continue
-        for sums in jax.device_get(pending):
+        for sums in jax.device_get(pending):  # waits for the chunk: a sync point
             epoch_sums = {k: epoch_sums[k] + sums[k].item() for k in epoch_sums}
         pending = []
+        # Read after the sync, once: a signal that arrived while the chunk ran stops us here;
+        # one that arrives from now on stops us at the next chunk's end.
+        stopping = parallel.any_process(guard.signum is not None) and \
+            end < pipeline.total_steps
+        stop_signal = guard.signum or signal.SIGTERM  # or the signal another process got
         if end % spe != 0:  # a mid-epoch checkpoint
             checkpoint.save(manager, state, _meta(pipeline, end, epoch_sums))
             bar.update(end - bar.n)
+            if stopping:
+                raise Preempted(stop_signal, end)  # the caller waits for the save
             continue
 
         epoch_seconds = time.perf_counter() - epoch_started
@@ -170,16 +192,20 @@ def _train(pipeline: Pipeline, workdir: Path, manager: Any, mesh: Mesh, mnist_di
                    "examples_per_second": epoch_steps * batch / epoch_seconds,
                    "wall_seconds": time.perf_counter() - started}
         epoch_sums = {"loss_sum": 0.0, "correct": 0}
-        if pipeline.checkpoint.every_epoch or end == pipeline.total_steps or \
-                _is_step_save(pipeline, end):
-            metrics = ({checkpoint.BEST_METRIC: record[checkpoint.BEST_METRIC]}
-                       if checkpoint.BEST_METRIC in record else None)
-            checkpoint.save(manager, state, _meta(pipeline, end, epoch_sums), metrics)
+        # The record before the checkpoint: a checkpoint never exists without its epoch's record
+        # (a record without its checkpoint is dropped by `truncate_metrics` on resume).
         if primary:
             append_metrics(workdir, record)
             scalars.write(record)
+        if pipeline.checkpoint.every_epoch or end == pipeline.total_steps or \
+                _is_step_save(pipeline, end) or stopping:
+            metrics = ({checkpoint.BEST_METRIC: record[checkpoint.BEST_METRIC]}
+                       if checkpoint.BEST_METRIC in record else None)
+            checkpoint.save(manager, state, _meta(pipeline, end, epoch_sums), metrics)
         bar.update(end - bar.n)
         log(format_record(record, pipeline.train.epochs))
+        if stopping:
+            raise Preempted(stop_signal, end)
         epoch_started, epoch_steps = time.perf_counter(), 0
     bar.close()
     scalars.close()
@@ -216,19 +242,9 @@ def format_record(record: dict[str, Any], epochs: int) -> str:
     return " | ".join(parts)
 
 
-def pipeline_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def pipeline_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """`key: old -> new` for every result-affecting key that differs between two pipelines."""
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        path = f"{prefix}{key}"
-        if any(path == n or path.startswith(n) for n in RESULT_NEUTRAL if n):
-            continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += pipeline_differences(a, b, f"{path}.")
-        elif a != b:
-            diffs.append(f"{path}: {a!r} -> {b!r}")
-    return diffs
+    return differences(old, new, ignore=RESULT_NEUTRAL)
 
 
 def _check_compatible(workdir: Path, pipeline: Pipeline) -> None:
@@ -247,7 +263,12 @@ def load_trained(workdir: str | Path, which: str = "latest") -> Trained:
     manager = checkpoint.open_manager(workdir, pipeline.checkpoint, read_only=True)
     try:
         step = checkpoint.resolve_step(manager, which)
-        state, meta = checkpoint.restore(manager, step, init_train_state(pipeline))
+        try:
+            state, meta = checkpoint.restore(manager, step, init_train_state(pipeline))
+        except CheckpointError as e:
+            others = sorted(set(manager.all_steps()) - {step})
+            raise CheckpointError(f"{e}; choose another with --checkpoint (saved steps: {others})"
+                                  if others else f"{e}; retrain with --restart") from None
     finally:
         manager.close()
     return Trained(pipeline=pipeline, state=state, meta=meta, step=step)

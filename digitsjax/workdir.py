@@ -23,6 +23,8 @@ from digitsjax.errors import CheckpointError
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
+# Fields of a metrics record that measure the machine, not the run: they differ between replays.
+TIMING_FIELDS = ("epoch_seconds", "examples_per_second", "wall_seconds")
 PACKAGES = ("digitsjax", "jax", "jaxlib", "optax", "orbax-checkpoint", "tensorflow-datasets",
             "tensorflow-cpu", "tensorflow", "numpy")
 
@@ -77,6 +79,25 @@ def read_manifest(workdir: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path} is unreadable ({e}); "
                               "restore it or retrain with --restart") from None
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = (),
+                prefix: str = "") -> list[str]:
+    """`key: old -> new` for every leaf that differs between two nested dicts (two manifests).
+
+    `ignore` names dotted keys to skip; an entry ending in "." skips a whole table.
+    """
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        if any(path == n or (n.endswith(".") and path.startswith(n)) for n in ignore):
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += differences(a, b, ignore, f"{path}.")
+        elif a != b:
+            diffs.append(f"{path}: {a!r} -> {b!r}")
+    return diffs
 
 
 def read_metrics(workdir: Path) -> list[dict[str, Any]]:

@@ -57,3 +57,20 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     return subprocess.run([sys.executable, "-m", "digitsjax", *args], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, cwd=cwd or REPO,
                           timeout=600)
+
+
+# A small mnist_mlp (784-32-10, 2 epochs of 429 steps) fast enough to train many times, saving
+# every 143 steps: mid-epoch checkpoints to resume from, and chunks of one length (one compile).
+SMALL_RUN = ("model.hidden=[32]", "train.epochs=2", "checkpoint.every_steps=143")
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, mnist_dir) -> Path:
+    """The uninterrupted reference: interrupted, resumed and replayed runs must match it."""
+    from digitsjax.config import load_pipeline
+    from digitsjax.run import train_pipeline
+
+    workdir = tmp_path_factory.mktemp("small_run")
+    pipeline = load_pipeline(REPO / "pipelines" / "mnist_mlp.toml", SMALL_RUN)
+    train_pipeline(pipeline, workdir, mnist_dir=str(mnist_dir), echo=lambda _: None)
+    return workdir

@@ -1,0 +1,79 @@
+"""`digitsjax verify`: replay a finished workdir's recorded pipeline and compare fingerprints.
+
+The contract it checks: a run is a pure function of its resolved pipeline, so on the same
+platform with the same package versions a replay ends with the same `params_sha256`, bit for
+bit. When it does not, the manifests' differences (versions, platform, devices, dataset) and
+the first epoch whose metrics differ say where to look.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from digitsjax.errors import CheckpointError
+from digitsjax.model import params_sha256
+from digitsjax.run import load_trained, train_pipeline
+from digitsjax.workdir import TIMING_FIELDS, differences, read_manifest, read_metrics
+
+# Manifest entries that describe the invocation rather than the computation.
+MANIFEST_INVOCATION = ("command", "created")
+
+
+@dataclass(frozen=True)
+class Verification:
+    step: int
+    recorded_sha256: str
+    replayed_sha256: str
+    first_divergent_epoch: int | None
+    """The first epoch whose metrics (timings aside) differ between the runs, if any."""
+    manifest_differences: list[str] = field(default_factory=list)
+
+    @property
+    def reproduced(self) -> bool:
+        return self.recorded_sha256 == self.replayed_sha256
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reproduced": self.reproduced, "step": self.step,
+                "recorded_sha256": self.recorded_sha256,
+                "replayed_sha256": self.replayed_sha256,
+                "first_divergent_epoch": self.first_divergent_epoch,
+                "manifest_differences": self.manifest_differences}
+
+
+def verify_workdir(workdir: str | Path, *, mnist_dir: str | None = None,
+                   echo: Callable[[str], None] = print) -> Verification:
+    """Re-run `workdir`'s pipeline into a temporary workdir and compare the final params."""
+    workdir = Path(workdir)
+    trained = load_trained(workdir, "latest")
+    manifest = read_manifest(workdir)
+    if trained.step != trained.pipeline.total_steps:
+        raise CheckpointError(
+            f"{workdir} stopped at step {trained.step} of {trained.pipeline.total_steps}; "
+            f"finish it first (re-running `{manifest.get('command', 'digitsjax train')}` "
+            "continues it), then verify")
+    echo(f"replaying {workdir}'s pipeline {trained.pipeline.name!r} into a temporary workdir")
+    with tempfile.TemporaryDirectory(prefix="digitsjax-verify-") as replay_dir:
+        replayed = train_pipeline(trained.pipeline, replay_dir, mnist_dir=mnist_dir, echo=echo)
+        replay_manifest, replay_metrics = read_manifest(replay_dir), read_metrics(replay_dir)
+    return Verification(
+        step=trained.step,
+        recorded_sha256=params_sha256(trained.state["params"]),
+        replayed_sha256=replayed["params_sha256"],
+        first_divergent_epoch=_first_divergent_epoch(read_metrics(workdir), replay_metrics),
+        manifest_differences=differences(manifest, replay_manifest, ignore=MANIFEST_INVOCATION))
+
+
+def _first_divergent_epoch(recorded: list[dict[str, Any]],
+                           replayed: list[dict[str, Any]]) -> int | None:
+    def without_timings(record: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in record.items() if k not in TIMING_FIELDS}
+
+    by_epoch = {r["epoch"]: without_timings(r) for r in recorded}
+    for record in replayed:
+        if by_epoch.get(record["epoch"]) != without_timings(record):
+            return record["epoch"]
+    return None

@@ -107,6 +107,10 @@ def initialize(cluster: Cluster) -> None:
 def _initialize_detected() -> None:
     try:
         jax.distributed.initialize()
+    except RuntimeError:
+        # JAX already computes in this process (the CLI called from Python: a notebook, a
+        # test), so it can no longer join a cluster: it runs alone, as it already does.
+        return
     except ValueError as e:
         # JAX found no Cloud TPU VM, Slurm, Open MPI or Kubernetes job to read the coordinator,
         # process count and id from: a run of one process, unless JAX was half told otherwise.

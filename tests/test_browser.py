@@ -13,8 +13,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
 from PIL import Image
+
+from .conftest import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import pytest
-from conftest import REPO, SMALL_RUN
 
 from digitsjax import checkpoint
 from digitsjax.cli import main
@@ -22,6 +21,8 @@ from digitsjax.model import params_sha256
 from digitsjax.preemption import PreemptionGuard, exit_code
 from digitsjax.run import load_trained, train_pipeline
 from digitsjax.workdir import TIMING_FIELDS, read_metrics
+
+from .conftest import REPO, SMALL_RUN
 
 PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
 # When one array of a damaged checkpoint fails to read, orbax abandons the reads of the others;

@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
 from digitsjax.evaluation import confusion_matrix, evaluate_trained, per_class_accuracy
 from digitsjax.run import load_trained
 from digitsjax.workdir import read_metrics
+
+from .conftest import run_cli
 
 
 def test_confusion_matrix_counts_true_rows_against_predicted_columns():

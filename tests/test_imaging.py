@@ -6,12 +6,13 @@ import io
 
 import numpy as np
 import pytest
-from digit_pictures import VARIANTS, dark_ink_gray_png
 from PIL import Image
 
 from digitsjax import imaging
 from digitsjax.errors import ImageError, UserError
 from digitsjax.imaging import BOX, CENTRE, FIELD, decode_image, load_digit, normalize_digit
+
+from .digit_pictures import VARIANTS, dark_ink_gray_png
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,14 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
 
 from digitsjax import parallel
 from digitsjax.config import load_pipeline
 from digitsjax.errors import ClusterError, ConfigError
 from digitsjax.run import load_trained, train_pipeline
 from digitsjax.workdir import read_manifest, read_metrics
+
+from .conftest import REPO, run_cli
 
 PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
 OVERRIDES = ["model.hidden=[32]", "model.dropout=0.1", "data.validation_size=50000",

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import run_cli
 from PIL import Image
+
+from .conftest import run_cli
 
 EXPECTED = {  # file -> its size in pixels (matplotlib figure size x 100 dpi)
     "samples.png": (950, 710),

@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
-from digit_pictures import VARIANTS, dark_ink_gray_png
 
 from digitsjax.predict import Predictor
+
+from .conftest import run_cli
+from .digit_pictures import VARIANTS, dark_ink_gray_png
 
 COUNT = 200  # test digits per picture variant
 

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SMALL_RUN, run_cli
 
 from digitsjax import checkpoint
 from digitsjax.cli import main
@@ -23,6 +22,8 @@ from digitsjax.config import load_pipeline
 from digitsjax.model import params_sha256
 from digitsjax.run import load_trained
 from digitsjax.workdir import MANIFEST, METRICS, TIMING_FIELDS, read_manifest, read_metrics
+
+from .conftest import REPO, SMALL_RUN, run_cli
 
 PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
 SMALL = load_pipeline(PIPELINE, SMALL_RUN)

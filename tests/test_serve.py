@@ -9,12 +9,13 @@ import threading
 
 import numpy as np
 import pytest
-from digit_pictures import blue_ink_on_cream_jpeg, dark_ink_gray_png
 
 from digitsjax import serve
 from digitsjax.errors import UserError
 from digitsjax.imaging import load_digit
 from digitsjax.predict import Predictor
+
+from .digit_pictures import blue_ink_on_cream_jpeg, dark_ink_gray_png
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import csv
 import re
 
 import pytest
-from conftest import REPO, run_cli
 from PIL import Image
 
 from digitsjax.config import load_pipeline
@@ -14,6 +13,8 @@ from digitsjax.errors import ConfigError
 from digitsjax.run import load_trained
 from digitsjax.sweep import make_variants, parse_grid_option, read_grid, write_summary
 from digitsjax.workdir import read_metrics
+
+from .conftest import REPO, run_cli
 
 HIDDEN_SIZES = REPO / "pipelines" / "hidden_sizes.toml"
 
@@ -53,7 +54,7 @@ def test_a_misspelt_grid_key_fails_before_anything_trains():
     base = load_pipeline(HIDDEN_SIZES)
     with pytest.raises(ConfigError, match=r"did you mean 'model\.hidden'"):
         make_variants(base, {"model.hiden": [[10], [20]]})
-    with pytest.raises(ConfigError, match=r"'model\.hidden\[0\]' must be >= 1"):
+    with pytest.raises(ConfigError, match=r"'model\.hidden\[0\]' must be between 1 and"):
         make_variants(base, {"model.hidden": [[10], [0]]})
 
 

@@ -7,13 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from digitsjax.checkpoint import checkpoint_dir
 from digitsjax.config import load_pipeline
 from digitsjax.run import train_pipeline
 from digitsjax.tensorboard_events import EVENT_FILES, TAGS
 from digitsjax.workdir import read_metrics
+
+from .conftest import REPO
 
 
 def scalars(workdir: Path) -> dict[str, list[tuple[int, float]]]:

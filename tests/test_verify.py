@@ -6,13 +6,14 @@ import json
 import shutil
 
 import pytest
-from conftest import run_cli
 
 from digitsjax import checkpoint
 from digitsjax.cli import main
 from digitsjax.errors import CheckpointError
 from digitsjax.verify import verify_workdir
 from digitsjax.workdir import MANIFEST, read_manifest, write_json_atomic
+
+from .conftest import run_cli
 
 
 @pytest.mark.slow

@@ -10,9 +10,11 @@ its cache): the checksum catches that, and a resume falls back to the newest int
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +62,54 @@ def has_checkpoints(workdir: Path) -> bool:
 
 def close(manager: ocp.CheckpointManager) -> None:
     """Wait for the save in flight (on every exit path, errors included), then release."""
+    with _storage_errors(manager):
+        try:
+            manager.wait_until_finished()
+        finally:
+            manager.close()
+
+
+@contextlib.contextmanager
+def _storage_errors(manager: ocp.CheckpointManager) -> Iterator[None]:
+    """A write that failed (disk full, read-only or vanished filesystem) -> one clear line.
+
+    Orbax reports an async save's failure at the next save or wait, as tensorstore's
+    ValueError or an OSError. The step being written never reaches its final name, so the
+    earlier checkpoints stand, and the error lists them.
+    """
     try:
-        manager.wait_until_finished()
-    finally:
-        manager.close()
+        yield
+    except (OSError, ValueError) as e:
+        text = str(e)
+        if not isinstance(e, OSError) and "os_error_code" not in text:
+            raise  # not the filesystem: a bug, which should stay loud
+        reason = next((r for r in _STORAGE_REASONS if r in text), text.splitlines()[0][:200])
+        raise _cannot_write(manager, reason) from None
+
+
+def _cannot_write(manager: ocp.CheckpointManager, reason: str) -> CheckpointError:
+    intact = sorted(manager.all_steps(read=True))
+    return CheckpointError(
+        f"could not write a checkpoint in {manager.directory} ({reason}); the checkpoints "
+        f"{intact or 'written before'} are intact: free space or make the workdir writable, "
+        "then run the same command again to continue")
+
+
+def _check_room(manager: ocp.CheckpointManager, state: dict[str, Any]) -> None:
+    """Refuse a save that cannot fit before orbax starts it: a save that fails half-written
+    is reported by tensorstore's callbacks at length, long after the fact."""
+    directory = Path(manager.directory)
+    if not os.access(directory, os.W_OK):  # a read-only filesystem fails this even for root
+        raise _cannot_write(manager, "the workdir is not writable")
+    needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state)) + 2**18  # + metadata
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise _cannot_write(manager, f"No space left on device: {free / 2**20:.1f} MiB free, "
+                                     f"a checkpoint needs about {needed / 2**20:.1f} MiB")
+
+
+_STORAGE_REASONS = ("No space left on device", "Read-only file system", "Permission denied",
+                    "Disk quota exceeded", "No such file or directory")
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
@@ -98,9 +144,11 @@ def save(manager: ocp.CheckpointManager, state: dict[str, Any], meta: dict[str, 
     """
     step = int(jax.device_get(state["step"]))
     meta = meta | {STATE_SHA256: state_sha256(state)}
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               meta=ocp.args.JsonSave(meta)),
-                 metrics=metrics, force=True)
+    _check_room(manager, state)
+    with _storage_errors(manager):
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   meta=ocp.args.JsonSave(meta)),
+                     metrics=metrics, force=True)
 
 
 def restore(manager: ocp.CheckpointManager, step: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import traceback
 from pathlib import Path
@@ -250,6 +251,8 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "verify": cmd_verify,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:  # orbax logs each failure with a traceback; we report it in one line
+        logging.getLogger("absl").addFilter(lambda record: record.levelno >= logging.CRITICAL)
     try:
         return COMMANDS[args.command](args)
     except Preempted as e:

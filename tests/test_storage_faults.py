@@ -1,0 +1,125 @@
+"""A full disk or a read-only workdir while saving: one clear error, earlier checkpoints intact,
+and the run continues to the uninterrupted fingerprint once there is room again.
+
+The faults are real: the workdir is a small tmpfs (ENOSPC), or its checkpoints folder becomes
+a read-only bind mount (EROFS) while the trainer is paused between two saves. Mounting needs
+root, as on the CI machines.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, SMALL_RUN, run_cli
+
+PIPELINE = str(REPO / "pipelines" / "mnist_mlp.toml")
+TRAIN = ["train", PIPELINE, *(arg for kv in SMALL_RUN for arg in ("--set", kv))]
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    """`mounts.tmpfs(kib)` mounts a small filesystem; `mounts.read_only(folder)` freezes one
+    folder with a read-only bind mount. Everything is unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def mount(*args: str) -> None:
+        result = subprocess.run(["mount", *args], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount here (needs root): {result.stderr.strip()}")
+        mounted.append(Path(args[-1]))
+
+    class Mounts:
+        @staticmethod
+        def tmpfs(size_kib: int) -> Path:
+            target = tmp_path / f"tmpfs{len(mounted)}"
+            target.mkdir()
+            mount("-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(target))
+            return target
+
+        @staticmethod
+        def read_only(folder: Path) -> None:
+            mount("--bind", str(folder), str(folder))
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+
+        @staticmethod
+        def resize(target: Path, size: str) -> None:
+            subprocess.run(["mount", "-o", f"remount,size={size}", str(target)], check=True)
+
+        @staticmethod
+        def unmount(target: Path) -> None:
+            subprocess.run(["umount", str(target)], check=True)
+            mounted.remove(target)
+
+    yield Mounts
+    for target in reversed(mounted):
+        subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def steps_on_disk(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def fingerprint(workdir: Path) -> str:
+    out = run_cli("evaluate", str(workdir), "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["params_sha256"]
+
+
+def assert_one_line_error(stderr: str, *fragments: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("digitsjax: error: "), stderr
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_a_full_disk_stops_with_one_line_and_the_run_continues_once_there_is_room(
+        mounts, small_run):
+    mount = mounts.tmpfs(1024)  # room for a few of its checkpoints (0.3 MiB each), not all
+    workdir = mount / "run"
+    out = run_cli(*TRAIN, "--workdir", str(workdir))
+    assert out.returncode == 2
+    assert_one_line_error(out.stderr, "No space left on device", "are intact",
+                          "run the same command again to continue")
+    saved = steps_on_disk(workdir)
+    assert saved and saved[-1] < 858  # it stopped early, and kept what it had saved
+    assert f"the checkpoints {saved} are intact" in out.stderr
+
+    mounts.resize(mount, "8m")
+    out = run_cli(*TRAIN, "--workdir", str(workdir))
+    assert out.returncode == 0, out.stderr
+    assert f"from step {saved[-1]}" in out.stdout
+    assert fingerprint(workdir) == fingerprint(small_run)
+
+
+def test_checkpoints_turned_read_only_while_training_stop_cleanly(mounts, tmp_path, small_run):
+    workdir = tmp_path / "run"
+    checkpoints = workdir / "checkpoints"
+    trainer = subprocess.Popen([sys.executable, "-m", "digitsjax", *TRAIN, "--workdir",
+                                str(workdir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 120
+    while not (checkpoints / "143").is_dir():  # the first save has completed
+        assert trainer.poll() is None and time.monotonic() < deadline, trainer.communicate()
+        time.sleep(0.005)
+    os.kill(trainer.pid, signal.SIGSTOP)  # between two saves: freeze the folder under it
+    try:
+        before = steps_on_disk(workdir)
+        mounts.read_only(checkpoints)
+    finally:
+        os.kill(trainer.pid, signal.SIGCONT)
+    _, stderr = trainer.communicate(timeout=120)
+    assert trainer.returncode == 2
+    assert_one_line_error(stderr, "not writable", "are intact")
+    assert steps_on_disk(workdir) == before  # nothing lost, nothing half-written
+
+    mounts.unmount(checkpoints)
+    out = run_cli(*TRAIN, "--workdir", str(workdir))
+    assert out.returncode == 0, out.stderr
+    assert fingerprint(workdir) == fingerprint(small_run)

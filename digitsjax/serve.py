@@ -22,6 +22,7 @@ import binascii
 import errno
 import json
 import os
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -66,6 +67,9 @@ class DigitServer(ThreadingHTTPServer):
     """An HTTP server holding one `Predictor` (its compiled network) for all requests."""
 
     daemon_threads = True
+    request_queue_size = 128
+    """socketserver's listen backlog of 5 makes the kernel reset connections when more clients
+    than that connect at once (measured: 99 of 1,280 in bursts of 64)."""
 
     def __init__(self, address: tuple[str, int], predictor: Predictor, limits: Limits):
         super().__init__(address, RequestHandler)
@@ -76,6 +80,16 @@ class DigitServer(ThreadingHTTPServer):
         trained = predictor.trained
         self.info = {"pipeline": trained.pipeline.name, "step": trained.step,
                      "hidden": list(trained.pipeline.model.hidden)}
+
+
+    def handle_error(self, request: Any, client_address: tuple[str, int]) -> None:
+        """A client that hung up is one line in the log, not a traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            print(f"{client_address[0]} - - the client closed the connection ({error})",
+                  file=sys.stderr)
+        else:
+            super().handle_error(request, client_address)
 
 
 class RequestError(Exception):
@@ -122,6 +136,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._send_error(e)
         except ImageError as e:
             self._send_error(RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, str(e)))
+        except ConnectionError:
+            raise  # the client is gone: nothing to answer (`handle_error` logs one line)
         except Exception:  # a bug: answer, log it, and keep serving the other clients
             self.log_error("internal error answering %s %s:", self.command, self.path)
             traceback.print_exc()

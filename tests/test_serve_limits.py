@@ -10,8 +10,10 @@ import http.client
 import io
 import json
 import socket
+import struct
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -35,10 +37,14 @@ def predictor(trained_workdir) -> Predictor:
 
 
 @pytest.fixture(scope="module")
-def server(trained_workdir, tmp_path_factory) -> tuple[str, int]:
+def server_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("serve") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(trained_workdir, server_log) -> tuple[str, int]:
     """(host, port) of `digitsjax serve` with the default limits and a 2 s timeout."""
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    with serving(trained_workdir, "--timeout", str(TIMEOUT), log=log) as url:
+    with serving(trained_workdir, "--timeout", str(TIMEOUT), log=server_log) as url:
         address = urlsplit(url)
         yield address.hostname, address.port
 
@@ -255,6 +261,39 @@ def test_a_failing_prediction_is_500_and_the_server_keeps_serving(predictor, mon
     finally:
         in_process.shutdown()
         in_process.server_close()
+
+
+def test_a_burst_of_connections_is_accepted_not_reset(server):
+    """64 clients connecting at the same moment each get an answer (the stdlib's backlog of
+    5 made the kernel reset some of them)."""
+    burst = 64
+    start, statuses = threading.Barrier(burst), []
+
+    def client() -> None:
+        start.wait()
+        try:
+            statuses.append(request(server, "GET", "/api/info")[0])
+        except OSError as e:
+            statuses.append(repr(e))
+
+    threads = [threading.Thread(target=client) for _ in range(burst)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * burst
+
+
+def test_a_client_that_hangs_up_is_one_log_line(server, server_log):
+    with socket.create_connection(server, timeout=30) as rude:
+        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        rude.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 99\r\n\r\n{")
+    # SO_LINGER 0: closing sends a reset, as a crashed client or a dropped network does.
+    deadline = time.monotonic() + 10
+    while "the client closed the connection" not in server_log.read_text():
+        assert time.monotonic() < deadline, server_log.read_text()
+        time.sleep(0.05)
+    assert "Traceback" not in server_log.read_text()
 
 
 CLIENTS, PREDICTIONS = 16, 2000

@@ -11,8 +11,11 @@ its cache): the checksum catches that, and a resume falls back to the newest int
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +35,7 @@ CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "checkpoints-unreadable"  # where damaged checkpoints are moved, never deleted
 BEST_METRIC = "val_accuracy"
 STATE_SHA256 = "state_sha256"
+_ORBAX_SOURCE = f"{os.sep}orbax{os.sep}"
 
 absl_logging.set_verbosity(absl_logging.ERROR)  # orbax narrates every save at INFO/WARNING
 
@@ -160,6 +164,7 @@ def restore(manager: ocp.CheckpointManager, step: int,
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
     where = f"checkpoint {step} in {manager.directory}"
+    _quiet_abandoned_reads()  # before, not after: the leftovers may fail before we catch
     try:
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -174,6 +179,35 @@ def restore(manager: ocp.CheckpointManager, step: int,
         raise CheckpointError(f"{where} is damaged: its bytes do not match the checksum saved "
                               "with it")
     return state, meta
+
+
+@functools.cache  # once per process
+def _quiet_abandoned_reads() -> None:
+    """Keep a failed restore's leftovers off stderr; the error itself is raised as usual.
+
+    When one array cannot be read, orbax closes its event loop while its other reads are still
+    under way, and each of those fails on its own, later: tensorstore posts its result to the
+    closed loop ("RuntimeError: Event loop is closed"), orbax's abandoned coroutines raise as
+    they are finalised, and asyncio logs their tasks' unretrieved exceptions. Python prints each
+    as a traceback, at any moment up to exit: hundreds of lines under the one-line error the
+    user got, or under a run that fell back to an older checkpoint and is fine. None of them
+    reaches a caller; only these are hidden, any other such message still shows.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        error, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+        closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+        if not (closed_loop or (code is not None and _ORBAX_SOURCE in code.co_filename)):
+            previous(unraisable)
+
+    def unretrieved_by_orbax(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Task exception was never retrieved") and
+                    _ORBAX_SOURCE in message)
+
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(unretrieved_by_orbax)
 
 
 def restore_newest_intact(manager: ocp.CheckpointManager, like_state: dict[str, Any],

@@ -1,8 +1,9 @@
 """The `digitsjax` command: a thin layer of argument parsing over the library.
 
-Exit statuses: 0 done; 1 `verify` could not reproduce the run; 2 a `UserError`, printed as one
-line on stderr (`--debug` shows the traceback); 143 / 130 training stopped by SIGTERM / SIGINT
-after checkpointing (see preemption.py), so re-running the same command continues it.
+Exit statuses: 0 done; 1 `verify` could not reproduce the run; 2 a `UserError` or a malformed
+command line, printed as one line on stderr (`--debug` shows the traceback); 143 / 130 training
+stopped by SIGTERM / SIGINT after checkpointing (see preemption.py), so re-running the same
+command continues it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import json
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from digitsjax.errors import UserError
 from digitsjax.preemption import Preempted
@@ -27,8 +29,15 @@ EXIT_NOT_REPRODUCED = 1
 EXIT_USER_ERROR = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="digitsjax", description=__doc__.splitlines()[0])
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors in the one-line form of every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"digitsjax: error: {message}; see `{self.prog} --help`\n")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="digitsjax", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -83,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
+    from digitsjax.serve import Limits  # light: numpy and Pillow, not JAX
+
+    defaults = Limits()
+    limits = serve.add_argument_group("limits per request (what a bad client can cost)")
+    limits.add_argument("--max-body-bytes", type=_positive(int), metavar="N",
+                        default=defaults.max_body_bytes,
+                        help="larger requests get 413 (default: %(default)s)")
+    limits.add_argument("--max-pixels", type=_positive(int), metavar="N",
+                        default=defaults.max_pixels,
+                        help="larger images get 422 (default: %(default)s)")
+    limits.add_argument("--timeout", type=_positive(float), metavar="SECONDS",
+                        default=defaults.timeout_seconds,
+                        help="close connections silent for this long (default: %(default)s)")
 
     verify = commands.add_parser(
         "verify", help="replay a finished workdir's pipeline; check it ends bit for bit the same")
@@ -96,6 +118,20 @@ def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
     return int(text)
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a finite number of `kind` above zero."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive {kind.__name__}")
+        return value
+
+    return parse
 
 
 def _add_checkpoint(parser: argparse.ArgumentParser) -> None:
@@ -121,11 +157,13 @@ def _add_cluster(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from digitsjax import parallel
     from digitsjax.config import load_pipeline
+
+    pipeline = load_pipeline(args.pipeline, args.overrides)  # a mistake shows before JAX loads
+
+    from digitsjax import parallel
     from digitsjax.run import train_pipeline
 
-    pipeline = load_pipeline(args.pipeline, args.overrides)
     parallel.initialize(parallel.resolve_cluster(args.coordinator_address, args.num_processes,
                                                  args.process_id))
     workdir = args.workdir or DEFAULT_WORKDIR_ROOT / pipeline.name
@@ -216,13 +254,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from digitsjax.predict import Predictor
-    from digitsjax.serve import make_server, serve_forever
+    from digitsjax.serve import Limits, make_server, serve_forever
 
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels,
+                    timeout_seconds=args.timeout)
     server = make_server(Predictor.from_workdir(args.workdir, args.checkpoint),
-                         args.host, args.port)
+                         args.host, args.port, limits)
     serve_forever(server, echo=lambda line: print(line, flush=True))
     return 0
-
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

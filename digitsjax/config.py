@@ -124,13 +124,19 @@ def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> Pipeline:
 
 def read_pipeline_file(path: Path) -> dict[str, Any]:
     """A pipeline file's TOML as plain data, unvalidated."""
+    example = "pass a path such as pipelines/mnist_mlp.toml"
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"pipeline file {path} not found; pass a path such as "
-                          "pipelines/mnist_mlp.toml") from None
+        raise ConfigError(f"pipeline file {path} not found; {example}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"pipeline {path} is a folder, not a file; {example}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"pipeline file {path} is not UTF-8 text (TOML is); {example}") \
+            from None
     except OSError as e:
-        raise ConfigError(f"cannot read pipeline file {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read pipeline file {path} ({e.strerror}); check its "
+                          f"permissions, or {example}") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

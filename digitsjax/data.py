@@ -136,6 +136,9 @@ def _write_cache(cache: Path, arrays: dict[str, np.ndarray], checksums: dict) ->
 
 def _decode_with_tfds(data_dir: Path, mnist_dir: Path | None) -> tuple[dict, dict[str, str]]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # TensorFlow only decodes files here, so its oneDNN math kernels do not matter; their
+    # start-up notice is the one log line TF_CPP_MIN_LOG_LEVEL does not silence once Python runs.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import tensorflow as tf
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
@@ -171,6 +174,8 @@ def _prepare(builder: Any, tfds: Any, data_dir: Path, mnist_dir: Path | None) ->
                             f"{_DOWNLOAD_HOST[0]} to download it; {fix}")
         download_config = None
     else:
+        if not mnist_dir.is_dir():
+            raise DataError(f"MNIST manual dir {mnist_dir} is not a folder; {fix}")
         missing = [name for name in MNIST_FILES if not (mnist_dir / name).is_file()]
         if missing:
             raise DataError(f"MNIST manual dir {mnist_dir} lacks {', '.join(missing)}; {fix}")
@@ -178,7 +183,12 @@ def _prepare(builder: Any, tfds: Any, data_dir: Path, mnist_dir: Path | None) ->
     try:
         builder.download_and_prepare(download_config=download_config)
     except OSError as e:
-        raise DataError(f"could not prepare MNIST in {data_dir}: {e}; {fix}") from None
+        culprit = str(e.filename or "")
+        if mnist_dir is None or not culprit.startswith(str(mnist_dir)):  # tfds' own folder
+            fix = ("make it writable, or set $TFDS_DATA_DIR (or the pipeline's "
+                   "data.tfds_data_dir) to a folder that is")
+        reason = f"{e.strerror}: {culprit}" if e.strerror and culprit else str(e)
+        raise DataError(f"could not prepare MNIST in {data_dir} ({reason}); {fix}") from None
 
 
 def _online(timeout: float = 3.0) -> bool:

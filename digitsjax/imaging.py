@@ -33,13 +33,14 @@ MAX_PIXELS = 40_000_000
 FORMATS = ("PNG", "JPEG")
 
 
-def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
     """PNG or JPEG bytes -> grayscale float32 (H, W) in [0, 1], 1 = white, alpha flattened."""
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-            if image.width * image.height > MAX_PIXELS:
+            if image.width * image.height > max_pixels:
                 raise ImageError(f"{name} is {image.width}x{image.height} pixels, more than "
-                                 f"{MAX_PIXELS:,}; scale it down first")
+                                 f"{max_pixels:,}; scale it down first")
             image.load()
             return _grayscale(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:
@@ -107,9 +108,9 @@ def _centre_by_mass(box: np.ndarray) -> np.ndarray:
     return field
 
 
-def load_digit(data: bytes, name: str = "image") -> np.ndarray:
+def load_digit(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
     """PNG or JPEG bytes -> the (28, 28) float32 image the network sees."""
-    return normalize_digit(decode_image(data, name))
+    return normalize_digit(decode_image(data, name, max_pixels))
 
 
 def load_digit_files(paths: Sequence[Path]) -> np.ndarray:
@@ -118,9 +119,13 @@ def load_digit_files(paths: Sequence[Path]) -> np.ndarray:
 
 
 def _read(path: Path) -> bytes:
+    fix = "pass the path of a PNG or JPEG file"
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise ImageError(f"image {path} not found; pass the path of a PNG or JPEG file") from None
+        raise ImageError(f"image {path} not found; {fix}") from None
+    except IsADirectoryError:
+        raise ImageError(f"image {path} is a folder; {fix}") from None
     except OSError as e:
-        raise ImageError(f"cannot read image {path}: {e.strerror}") from None
+        raise ImageError(f"cannot read image {path} ({e.strerror}); check its permissions, or "
+                         f"{fix}") from None

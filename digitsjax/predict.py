@@ -53,5 +53,6 @@ class Predictor:
         return [Prediction(digit=int(p.argmax()), probabilities=p.tolist(), input=digit)
                 for p, digit in zip(probs, digits, strict=True)]
 
-    def predict_bytes(self, data: bytes, name: str = "image") -> Prediction:
-        return self.classify(load_digit(data, name)[None])[0]
+    def predict_bytes(self, data: bytes, name: str = "image",
+                      max_pixels: int | None = None) -> Prediction:
+        return self.classify(load_digit(data, name, max_pixels)[None])[0]

@@ -49,7 +49,7 @@ def verify_workdir(workdir: str | Path, *, mnist_dir: str | None = None,
     """Re-run `workdir`'s pipeline into a temporary workdir and compare the final params."""
     workdir = Path(workdir)
     trained = load_trained(workdir, "latest")
-    manifest = read_manifest(workdir)
+    manifest, recorded_metrics = read_manifest(workdir), read_metrics(workdir)  # before a replay
     if trained.step != trained.pipeline.total_steps:
         raise CheckpointError(
             f"{workdir} stopped at step {trained.step} of {trained.pipeline.total_steps}; "
@@ -63,7 +63,7 @@ def verify_workdir(workdir: str | Path, *, mnist_dir: str | None = None,
         step=trained.step,
         recorded_sha256=params_sha256(trained.state["params"]),
         replayed_sha256=replayed["params_sha256"],
-        first_divergent_epoch=_first_divergent_epoch(read_metrics(workdir), replay_metrics),
+        first_divergent_epoch=_first_divergent_epoch(recorded_metrics, replay_metrics),
         manifest_differences=differences(manifest, replay_manifest, ignore=MANIFEST_INVOCATION))
 
 

@@ -72,13 +72,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def read_manifest(workdir: Path) -> dict[str, Any]:
     path = Path(workdir) / MANIFEST
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
+        manifest = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):
         raise CheckpointError(f"{workdir} is not a digitsjax workdir (no {MANIFEST}); "
                               "train into it first with `digitsjax train`") from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
         raise CheckpointError(f"{path} is unreadable ({e}); "
                               "restore it or retrain with --restart") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("pipeline"), dict):
+        raise CheckpointError(f"{path} is not a digitsjax manifest (it has no pipeline table); "
+                              "restore it or retrain with --restart")
+    return manifest
 
 
 def differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = (),
@@ -101,10 +105,39 @@ def differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...
 
 
 def read_metrics(workdir: Path) -> list[dict[str, Any]]:
+    """The epoch records, oldest first.
+
+    A last line without its newline is an append that a crash or a full disk cut short; its
+    epoch has no checkpoint yet (the record is written first), so it is dropped, and the
+    resumed run writes it again. Any other unreadable line is damage, reported as such.
+    """
     path = Path(workdir) / METRICS
-    if not path.exists():
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is unreadable ({e}); restore it or retrain with "
+                              "--restart") from None
+    complete, _, _torn = text.rpartition("\n")
+    records = []
+    for number, line in enumerate(complete.splitlines(), 1):
+        if not line.strip():
+            continue
+        record = _parse_record(line)
+        if record is None:
+            raise CheckpointError(f"{path} line {number} is not an epoch record; restore the "
+                                  "file, delete the line, or retrain with --restart")
+        records.append(record)
+    return records
+
+
+def _parse_record(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 def append_metrics(workdir: Path, record: dict[str, Any]) -> None:

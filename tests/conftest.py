@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,13 +52,37 @@ def genuine_checksums(mnist_dir: Path) -> dict[str, str]:
     return {name: digest for digest, name in (line.split() for line in lines)}
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
-    """Run `python -m digitsjax ARGS` in a real process, as a user would."""
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            prefix: Sequence[str] = ()):
+    """Run `python -m digitsjax ARGS` in a real process, as a user would; `prefix` is a
+    command to run it under (e.g. `setpriv ...` for another user)."""
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", "digitsjax", *args], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, cwd=cwd or REPO,
-                          timeout=600)
+    return subprocess.run([*prefix, sys.executable, "-m", "digitsjax", *args],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=cwd or REPO, timeout=600)
+
+
+@contextmanager
+def serving(workdir: Path, *options: str, log: Path | None = None) -> Iterator[str]:
+    """`digitsjax serve WORKDIR OPTIONS` in its own process on a free port of the loopback
+    interface; yields its URL. Its log (refused requests) goes to `log`: a pipe could fill up
+    and block it."""
+    import select
+    import subprocess
+
+    with open(log or os.devnull, "w") as errors:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "digitsjax", "serve", str(workdir), "--port", "0", *options],
+            stdout=subprocess.PIPE, stderr=errors, text=True, cwd=REPO)
+    try:
+        ready, _, _ = select.select([server.stdout], [], [], 120)
+        line = server.stdout.readline() if ready else ""
+        assert "http://127.0.0.1:" in line, f"server did not start: {line!r}"
+        yield line.split(" on ")[1].split()[0]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 # A small mnist_mlp (784-32-10, 2 epochs of 429 steps) fast enough to train many times, saving

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import math
 import os
-import select
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import REPO
+from .conftest import serving
 
 pytestmark = pytest.mark.slow
 
@@ -33,18 +30,8 @@ def find(program: str, debian_path: str) -> str:
 
 @pytest.fixture(scope="module")
 def page_url(trained_workdir):
-    """`digitsjax serve` in its own process, on a free port of the loopback interface."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "digitsjax", "serve", str(trained_workdir), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        ready, _, _ = select.select([server.stdout], [], [], 120)
-        line = server.stdout.readline() if ready else ""
-        assert "http://127.0.0.1:" in line, f"server did not start: {line!r}"
-        yield line.split(" on ")[1].split()[0]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with serving(trained_workdir) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,11 @@ where the uninterrupted `small_run` ends, with the same per-epoch metrics."""
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,16 +16,23 @@ import pytest
 from digitsjax import checkpoint
 from digitsjax.cli import main
 from digitsjax.config import load_pipeline
-from digitsjax.model import params_sha256
-from digitsjax.run import load_trained
-from digitsjax.workdir import MANIFEST, METRICS, TIMING_FIELDS, read_manifest, read_metrics
+from digitsjax.workdir import MANIFEST, read_manifest, read_metrics
 
+from . import training_processes
 from .conftest import REPO, SMALL_RUN, run_cli
+from .training_processes import (
+    comparable,
+    finished_epochs,
+    freeze,
+    saved_steps,
+    saves_in_progress,
+    start_training,
+    wait_until,
+)
 
 PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
 SMALL = load_pipeline(PIPELINE, SMALL_RUN)
 SPE = SMALL.steps_per_epoch
-TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint still being written
 
 
 def train_args(workdir: Path, *overrides: str) -> list[str]:
@@ -36,54 +40,12 @@ def train_args(workdir: Path, *overrides: str) -> list[str]:
     return ["train", str(PIPELINE), "--workdir", str(workdir), *sets]
 
 
-def start_training(workdir: Path, log: Path) -> subprocess.Popen:
-    """`digitsjax train` in its own process, output to `log` (a pipe could fill and block it)."""
-    with open(log, "a") as out:
-        return subprocess.Popen([sys.executable, "-m", "digitsjax", *train_args(workdir)],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def wait_until(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 300):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, f"training exited ({proc.returncode}) before the moment"
-        assert time.monotonic() < deadline, "timed out waiting for the moment to interrupt"
-        time.sleep(0.002)
-
-
-def freeze(proc: subprocess.Popen) -> None:
-    """SIGSTOP, and wait until the kernel has really stopped every thread of the process."""
-    proc.send_signal(signal.SIGSTOP)
-    stat = Path(f"/proc/{proc.pid}/stat")
-    while stat.read_text().rsplit(")", 1)[1].split()[0] != "T":
-        time.sleep(0.001)
-
-
-def finished_epochs(workdir: Path) -> int:
-    path = workdir / METRICS
-    return path.read_text().count("\n") if path.exists() else 0
-
-
-def saved_steps(workdir: Path) -> list[int]:
-    root = checkpoint.checkpoint_dir(workdir)
-    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() \
-        else []
-
-
-def saves_in_progress(workdir: Path) -> list[str]:
-    root = checkpoint.checkpoint_dir(workdir)
-    return [p.name for p in root.iterdir() if TMP_SUFFIX in p.name] if root.exists() else []
+def start_run(workdir: Path, log: Path) -> subprocess.Popen:
+    return start_training(train_args(workdir), log)
 
 
 def fingerprint(workdir: Path) -> str:
-    trained = load_trained(workdir)
-    assert trained.step == SMALL.total_steps
-    return params_sha256(trained.state["params"])
-
-
-def comparable(workdir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in read_metrics(workdir)]
+    return training_processes.fingerprint(workdir, SMALL.total_steps)
 
 
 def assert_same_as_uninterrupted(workdir: Path, reference: Path) -> None:
@@ -96,7 +58,7 @@ def assert_same_as_uninterrupted(workdir: Path, reference: Path) -> None:
 def test_a_signal_mid_epoch_checkpoints_and_exits_and_rerunning_continues_exactly(
         tmp_path, small_run, signum, capsys):
     workdir, log = tmp_path / "run", tmp_path / "log"
-    proc = start_training(workdir, log)
+    proc = start_run(workdir, log)
     wait_until(lambda: finished_epochs(workdir) == 1, proc)  # now early in epoch 2
     sent = time.monotonic()
     proc.send_signal(signum)
@@ -129,7 +91,7 @@ def test_sigkill_at_any_moment_loses_only_the_work_since_the_last_complete_check
     workdir, log = tmp_path / "run", tmp_path / "log"
 
     # 1. Killed before its first checkpoint: the next run starts over.
-    proc = start_training(workdir, log)
+    proc = start_run(workdir, log)
     wait_until(lambda: (workdir / MANIFEST).exists(), proc)
     proc.kill()
     proc.wait()
@@ -137,7 +99,7 @@ def test_sigkill_at_any_moment_loses_only_the_work_since_the_last_complete_check
 
     # 2. Killed while a checkpoint is being written: frozen (SIGSTOP) while orbax's temporary
     # directory exists, so the SIGKILL lands mid-save, never after the rename.
-    proc = start_training(workdir, log)
+    proc = start_run(workdir, log)
     killed_save = None
     while killed_save is None:
         wait_until(lambda: any(int(name.split(".")[0]) > SPE
@@ -155,7 +117,7 @@ def test_sigkill_at_any_moment_loses_only_the_work_since_the_last_complete_check
 
     # 3. Resumes from the last complete checkpoint; the debris is cleaned up. Killed again
     # between two saves.
-    proc = start_training(workdir, log)
+    proc = start_run(workdir, log)
     wait_until(lambda: saved_steps(workdir)[-1] > killed_save, proc)
     assert not any(n.startswith(f"{killed_save}.") for n in saves_in_progress(workdir))
     proc.kill()

@@ -128,13 +128,6 @@ def test_a_blank_drawing_is_unprocessable_not_a_crash(server):
     assert status == 422 and "blank" in answer["error"]
 
 
-def test_an_oversized_body_is_refused_unread(server, monkeypatch):
-    monkeypatch.setattr(serve, "MAX_BODY_BYTES", 1000)
-    status, _, answer = request(server, "POST", "/api/predict", b"x" * 5000,
-                                {"Content-Type": "application/json"})
-    assert status == 413 and "limit is 1,000" in json.loads(answer)["error"]
-
-
 def test_a_taken_port_is_a_one_line_user_error(server, predictor):
     with pytest.raises(UserError, match="pass another --port"):
         serve.make_server(predictor, "127.0.0.1", server.server_address[1])

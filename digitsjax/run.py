@@ -95,6 +95,9 @@ def _prepare_workdir(workdir: Path, restart: bool) -> Path:
 
 
 def _clean_workdir(workdir: Path, restart: bool) -> None:
+    if workdir.exists() and not workdir.is_dir():
+        raise CheckpointError(f"workdir {workdir} is a file, not a folder; "
+                              "choose another with --workdir")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         if restart:

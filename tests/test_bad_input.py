@@ -221,7 +221,7 @@ CASES = {
                                "is not writable (Permission denied)",
                                "choose another with --workdir", prefix=NOBODY),
     "workdir is a file": Case(lambda x: ["train", PIPELINE, "--workdir", str(x.a_file)],
-                              "is not writable", "choose another with --workdir"),
+                              "is a file, not a folder", "choose another with --workdir"),
     "workdir inside a file": Case(lambda x: ["train", PIPELINE, "--workdir",
                                              str(x.a_file / "run")],
                                   "is not writable (Not a directory)",

@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from digitsjax.data import load_mnist, resolve_mnist_dir
-    from digitsjax.run import evaluate_trained, load_trained
+    from digitsjax.run import evaluate_trained, format_spread, load_trained
 
     trained = load_trained(args.workdir, args.checkpoint)
     data_config = trained.pipeline.data
@@ -66,10 +66,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_trained(trained, data)
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"step {result['step']}  test_loss {result['test_loss']:.4f}  "
-              f"test_accuracy {100 * result['test_accuracy']:.2f}%  "
-              f"params_sha256 {result['params_sha256']}")
+        return 0
+    ensemble = (f" {format_spread(result, 'test')}" if "test_model_accuracies" in result
+                else "")
+    print(f"step {result['step']}  test_loss {result['test_loss']:.4f}  "
+          f"test_accuracy {100 * result['test_accuracy']:.2f}%{ensemble}  "
+          f"params_sha256 {result['params_sha256']}")
+    for k, sha in enumerate(result.get("model_params_sha256", [])):
+        print(f"  model {k} (seed {trained.pipeline.seed + k})  test_loss "
+              f"{result['test_model_losses'][k]:.4f}  test_accuracy "
+              f"{100 * result['test_model_accuracies'][k]:.2f}%  params_sha256 {sha}")
     return 0
 
 

@@ -84,6 +84,9 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate}
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from digitsjax.compilation_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # a second run of a pipeline skips compilation
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

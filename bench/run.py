@@ -1,0 +1,149 @@
+"""`make bench`: digitsjax against what users would otherwise pick, measured side by side.
+
+Every contender trains the same network (784-128-64-10 ReLU, Adam + cosine decay, batch 128,
+float32, mnist_mlp's 15 epochs) on the same 55,000 images, in its own fresh process, one after
+another on this machine. The table reports the steady-state epoch (median of epochs 2..N,
+evaluation excluded), examples per second, the time from process start to 97.8 % test accuracy,
+and ratios to digitsjax and to the arithmetic floor measured here (see flops.py).
+
+    python bench/run.py [--only SUBSTRING ...] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import RESULT_PREFIX, T0_ENV, TARGET_ACCURACY, workload
+from flops import gemm_gflops, training_flops_per_example
+
+HERE = Path(__file__).resolve().parent
+MLP = "pipelines/mnist_mlp.toml"
+FAST = "pipelines/mnist_fast.toml"
+K = 8
+
+# (label, script and arguments). digitsjax runs each pipeline twice: the first run fills the
+# persistent compilation cache (a first run on a machine), the second reads it (every later run).
+CONTENDERS = [
+    ("digitsjax mnist_mlp, 1st run", ["digitsjax_cli.py", "--pipeline", MLP]),
+    ("digitsjax mnist_mlp", ["digitsjax_cli.py", "--pipeline", MLP]),
+    ("digitsjax mnist_fast, 1st run", ["digitsjax_cli.py", "--pipeline", FAST]),
+    ("digitsjax mnist_fast", ["digitsjax_cli.py", "--pipeline", FAST]),
+    (f"digitsjax mnist_mlp K={K}, 1st run",
+     ["digitsjax_cli.py", "--pipeline", MLP, "--set", f"train.num_models={K}"]),
+    ("plain JAX loop", ["plain_jax.py"]),
+    ("PyTorch, index batching", ["torch_mlp.py", "--loader", "index"]),
+    ("PyTorch, DataLoader", ["torch_mlp.py", "--loader", "dataloader"]),
+    ("Keras 3 fit, TF backend", ["keras_fit.py", "--backend", "tensorflow"]),
+    ("Keras 3 fit, JAX backend", ["keras_fit.py", "--backend", "jax"]),
+]
+REFERENCE = "digitsjax mnist_mlp"
+
+
+def run_contender(args: list[str], env: dict[str, str]) -> dict:
+    env = {**env, T0_ENV: repr(time.time())}
+    proc = subprocess.run([sys.executable, str(HERE / args[0]), *args[1:]], env=env,
+                          capture_output=True, text=True, cwd=HERE.parent, timeout=900)
+    results = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not results:
+        tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-15:])
+        return {"error": f"exit status {proc.returncode}: {tail}"}
+    return json.loads(results[-1].removeprefix(RESULT_PREFIX))
+
+
+def steady_epoch(result: dict) -> float:
+    return statistics.median(result["epoch_seconds"][1:] or result["epoch_seconds"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only contenders whose label contains this (repeatable)")
+    parser.add_argument("--json", type=Path, help="also write all results here")
+    args = parser.parse_args()
+    chosen = [c for c in CONTENDERS if not args.only or any(o in c[0] for o in args.only)]
+
+    load_before = os.getloadavg()
+    rates = gemm_gflops()
+    peak = max(rates.values())
+    w = workload()
+    flops_per_example = training_flops_per_example((784, *w.hidden, 10))
+    env = {**os.environ, "DIGITSJAX_COMPILATION_CACHE": tempfile.mkdtemp(prefix="bench-jax-")}
+
+    results = {}
+    for label, script in chosen:
+        print(f"running {label} ...", file=sys.stderr, flush=True)
+        results[label] = run_contender(script, env)
+    load_after = os.getloadavg()
+
+    print(table(results, flops_per_example, peak))
+    print()
+    print(f"GEMM float32 2048^3, best of 5: NumPy {rates['numpy']:.0f} GFLOP/s, XLA "
+          f"{rates['jax']:.0f} GFLOP/s; floor = {flops_per_example:,} FLOP/example "
+          f"(training matmuls) over {peak:.0f} GFLOP/s.")
+    print(f"{os.cpu_count()} CPUs; load average {load_before[0]:.1f} before, "
+          f"{load_after[0]:.1f} after (others' work on a shared machine makes timings noisy).")
+    for line in notes(results):
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "gemm_gflops": rates,
+                                         "flops_per_example": flops_per_example,
+                                         "load_average": [load_before, load_after]}, indent=1))
+
+
+def table(results: dict, flops_per_example: int, peak_gflops: float) -> str:
+    ref = results.get(REFERENCE, {})
+    ref_epoch = steady_epoch(ref) if "epoch_seconds" in ref else None
+    ref_target = ref.get("seconds_to_target")
+    header = ("| contender | s/epoch | examples/s | x digitsjax | x FLOP floor "
+              f"| epochs to {100 * TARGET_ACCURACY:.1f}% | s to {100 * TARGET_ACCURACY:.1f}% "
+              "| x digitsjax | final test acc |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, r in results.items():
+        if "error" in r:
+            lines.append(f"| {label} | failed: {r['error'].splitlines()[-1][:80]} |")
+            continue
+        epoch = steady_epoch(r)
+        floor = r["examples_per_epoch"] * flops_per_example / (peak_gflops * 1e9)
+        reached = r["seconds_to_target"]
+        epochs_to = next((i + 1 for i, a in enumerate(r["test_accuracy"])
+                          if a >= TARGET_ACCURACY), None)
+        lines.append(
+            f"| {label} | {epoch:.3f} | {r['examples_per_epoch'] / epoch:,.0f} "
+            f"| {_ratio(epoch, ref_epoch)} | {epoch / floor:.2f} "
+            f"| {epochs_to or 'not reached'} | {f'{reached:.1f}' if reached else '-'} "
+            f"| {_ratio(reached, ref_target)} | {100 * r['test_accuracy'][-1]:.2f}% |")
+    return "\n".join(lines)
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    return f"{value / reference:.2f}" if value and reference else "-"
+
+
+def notes(results: dict) -> list[str]:
+    lines = []
+    single, many = results.get(REFERENCE), results.get(f"digitsjax mnist_mlp K={K}, 1st run")
+    if single and many and "error" not in single and "error" not in many:
+        ratio = steady_epoch(many) / (K * steady_epoch(single))
+        lines.append(f"K={K} models in one program: {steady_epoch(many):.3f} s/epoch for all "
+                     f"{K} = {ratio:.2f} x the time of {K} separate runs "
+                     f"({K} x {steady_epoch(single):.3f} s); its accuracy is the ensemble's.")
+    for name in ("mnist_mlp", "mnist_fast"):
+        first, second = results.get(f"digitsjax {name}, 1st run"), results.get(f"digitsjax {name}")
+        if first and second and "params_sha256" in first and "params_sha256" in second:
+            same = first["params_sha256"] == second["params_sha256"]
+            lines.append(f"digitsjax {name}: params_sha256 {second['params_sha256'][:16]}... "
+                         f"{'identical' if same else 'DIFFERENT'} in both runs "
+                         "(compiled fresh, then read from the compilation cache).")
+    return lines
+
+
+if __name__ == "__main__":
+    main()

@@ -84,9 +84,11 @@ def main() -> None:
     for mode, setting in MODES.items():
         env = {**os.environ, "DIGITSJAX_COMPILATION_CACHE": setting or cache_dir,
                T0_ENV: repr(time.time())}
-        out = subprocess.run([sys.executable, __file__, "--child", "--pipeline", args.pipeline],
-                             env=env, capture_output=True, text=True, check=True).stdout
-        columns[mode] = json.loads(out.split(RESULT_PREFIX)[-1])
+        proc = subprocess.run([sys.executable, __file__, "--child", "--pipeline", args.pipeline],
+                              env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"cold_start: the measured run failed:\n{proc.stderr[-2000:]}")
+        columns[mode] = json.loads(proc.stdout.split(RESULT_PREFIX)[-1])
     phases = list(next(iter(columns.values())))
     print("| phase | " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * len(columns))

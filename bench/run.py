@@ -4,7 +4,8 @@ Every contender trains the same network (784-128-64-10 ReLU, Adam + cosine decay
 float32, mnist_mlp's 15 epochs) on the same 55,000 images, in its own fresh process, one after
 another on this machine. The table reports the steady-state epoch (median of epochs 2..N,
 evaluation excluded), examples per second, the time from process start to 97.8 % test accuracy,
-and ratios to digitsjax and to the arithmetic floor measured here (see flops.py).
+and ratios to digitsjax, to the arithmetic floor measured here, and to an epoch of the same
+matmuls alone (see flops.py).
 
     python bench/run.py [--only SUBSTRING ...] [--json results.json]
 """
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 from common import RESULT_PREFIX, T0_ENV, TARGET_ACCURACY, workload
-from flops import gemm_gflops, training_flops_per_example
+from flops import gemm_gflops, matmul_only_epoch_seconds, training_flops_per_example
 
 HERE = Path(__file__).resolve().parent
 MLP = "pipelines/mnist_mlp.toml"
@@ -74,7 +75,11 @@ def main() -> None:
     rates = gemm_gflops()
     peak = max(rates.values())
     w = workload()
-    flops_per_example = training_flops_per_example((784, *w.hidden, 10))
+    sizes = (784, *w.hidden, 10)
+    flops_per_example = training_flops_per_example(sizes)
+    matmuls_alone = matmul_only_epoch_seconds(sizes, w.batch_size, w.steps_per_epoch)
+    floors = {"flops": flops_per_example / (peak * 1e9),
+              "matmuls": matmuls_alone / (w.steps_per_epoch * w.batch_size)}  # s per example
     env = {**os.environ, "DIGITSJAX_COMPILATION_CACHE": tempfile.mkdtemp(prefix="bench-jax-")}
 
     results = {}
@@ -83,11 +88,13 @@ def main() -> None:
         results[label] = run_contender(script, env)
     load_after = os.getloadavg()
 
-    print(table(results, flops_per_example, peak))
+    print(table(results, floors))
     print()
-    print(f"GEMM float32 2048^3, best of 5: NumPy {rates['numpy']:.0f} GFLOP/s, XLA "
+    print(f"Best float32 GEMM (1024^3, 2048^3): NumPy {rates['numpy']:.0f} GFLOP/s, XLA "
           f"{rates['jax']:.0f} GFLOP/s; floor = {flops_per_example:,} FLOP/example "
-          f"(training matmuls) over {peak:.0f} GFLOP/s.")
+          f"(training matmuls) over {peak:.0f} GFLOP/s = "
+          f"{floors['flops'] * w.steps_per_epoch * w.batch_size:.3f} s/epoch.")
+    print(f"The same matmuls alone, one epoch in one jitted scan: {matmuls_alone:.3f} s.")
     print(f"{os.cpu_count()} CPUs; load average {load_before[0]:.1f} before, "
           f"{load_after[0]:.1f} after (others' work on a shared machine makes timings noisy).")
     for line in notes(results):
@@ -95,29 +102,31 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"results": results, "gemm_gflops": rates,
                                          "flops_per_example": flops_per_example,
+                                         "matmuls_alone_epoch_seconds": matmuls_alone,
                                          "load_average": [load_before, load_after]}, indent=1))
 
 
-def table(results: dict, flops_per_example: int, peak_gflops: float) -> str:
+def table(results: dict, floors: dict[str, float]) -> str:
+    """The markdown table; `floors` are seconds per example (FLOP floor, matmuls alone)."""
     ref = results.get(REFERENCE, {})
     ref_epoch = steady_epoch(ref) if "epoch_seconds" in ref else None
     ref_target = ref.get("seconds_to_target")
-    header = ("| contender | s/epoch | examples/s | x digitsjax | x FLOP floor "
+    header = ("| contender | s/epoch | examples/s | x digitsjax | x FLOP floor | x matmuls alone "
               f"| epochs to {100 * TARGET_ACCURACY:.1f}% | s to {100 * TARGET_ACCURACY:.1f}% "
               "| x digitsjax | final test acc |")
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "|---|" + "---:|" * (header.count("|") - 2)]
     for label, r in results.items():
         if "error" in r:
             lines.append(f"| {label} | failed: {r['error'].splitlines()[-1][:80]} |")
             continue
         epoch = steady_epoch(r)
-        floor = r["examples_per_epoch"] * flops_per_example / (peak_gflops * 1e9)
+        flop_floor, matmuls = (r["examples_per_epoch"] * floors[k] for k in ("flops", "matmuls"))
         reached = r["seconds_to_target"]
         epochs_to = next((i + 1 for i, a in enumerate(r["test_accuracy"])
                           if a >= TARGET_ACCURACY), None)
         lines.append(
             f"| {label} | {epoch:.3f} | {r['examples_per_epoch'] / epoch:,.0f} "
-            f"| {_ratio(epoch, ref_epoch)} | {epoch / floor:.2f} "
+            f"| {_ratio(epoch, ref_epoch)} | {epoch / flop_floor:.2f} | {epoch / matmuls:.2f} "
             f"| {epochs_to or 'not reached'} | {f'{reached:.1f}' if reached else '-'} "
             f"| {_ratio(reached, ref_target)} | {100 * r['test_accuracy'][-1]:.2f}% |")
     return "\n".join(lines)

@@ -50,18 +50,23 @@ def main() -> None:
     for _ in range(w.epochs):
         model.train()
         started = time.perf_counter()
+        loss_sum, correct = 0.0, 0  # the training metrics digitsjax and Keras report too
         for xb, yb in (dataloader if loader == "dataloader" else index_batches()):
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(xb), yb)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
             loss.backward()
             optimizer.step()
             schedule.step()
+            loss_sum += loss.item()
+            correct += (logits.argmax(1) == yb).sum().item()
         seconds = time.perf_counter() - started
         model.eval()
         with torch.no_grad():
             accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
         log.epoch(seconds, accuracy)
-    log.report(w.steps_per_epoch * b, threads=torch.get_num_threads())
+    log.report(w.steps_per_epoch * b, threads=torch.get_num_threads(),
+               train_loss=loss_sum / w.steps_per_epoch)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class TrainConfig:
     epochs: int = 10
     eval_every_epochs: int = 1
     num_models: int = 1
-    """Train K models at once (one vmapped program); model k is the run with seed = seed + k."""
+    """Train K models in one vmapped program; model k is the run with seed = seed + k."""
 
 
 @dataclass(frozen=True)

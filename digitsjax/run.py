@@ -235,7 +235,9 @@ def pipeline_differences(old: dict[str, Any], new: dict[str, Any], prefix: str =
 
 
 def _check_compatible(workdir: Path, pipeline: Pipeline) -> None:
-    recorded = read_manifest(workdir)["pipeline"]
+    # Round-tripped so that keys added since the manifest was written compare as defaults.
+    recorded = pipeline_to_dict(pipeline_from_dict(read_manifest(workdir)["pipeline"],
+                                                   source=str(workdir)))
     diffs = pipeline_differences(recorded, pipeline_to_dict(pipeline))
     if diffs:
         raise CheckpointError(

@@ -10,8 +10,9 @@ resident data: the epoch's permutation is computed on the device, batches are ga
 the state is donated, and metrics come back to the host once per epoch.
 
 With `train.num_models = K > 1` the state gains a leading model axis (on everything but the
-shared step) and the same chunk runs under `jax.vmap`: model k is exactly the single run with
-seed `seed + k` (its own init, data order and dropout), and all K train in one program.
+shared step) and the same chunk runs under `jax.vmap`, all K models in one program. Model k is
+the single run with seed `seed + k`: the same init, data order and dropout, bit for bit at
+step 0, and equal after training up to float32 rounding (XLA batches the K models' matmuls).
 """
 
 from __future__ import annotations

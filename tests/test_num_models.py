@@ -4,6 +4,7 @@ test_perf_equivalence.py.)"""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import jax
@@ -12,11 +13,11 @@ import pytest
 from conftest import REPO, run_cli
 
 from digitsjax.config import load_pipeline
-from digitsjax.errors import ConfigError
+from digitsjax.errors import CheckpointError, ConfigError
 from digitsjax.model import batched_forward, probabilities
 from digitsjax.run import evaluate_trained, load_trained, train_pipeline
 from digitsjax.train import model_params
-from digitsjax.workdir import read_metrics
+from digitsjax.workdir import MANIFEST, read_metrics
 
 NUM_MODELS = 3
 TIMING = ("epoch_seconds", "examples_per_second", "wall_seconds")
@@ -101,3 +102,21 @@ def test_a_single_model_run_keeps_its_plain_results(trained_workdir):
     assert not any("model" in key for key in record)
     assert isinstance(record["test_accuracy"], float)
     assert jax.tree.leaves(trained.state["params"])[0].ndim == 1  # no model axis
+
+
+def test_resuming_with_another_num_models_is_refused(k_run, tmp_path):
+    workdir, _ = k_run
+    copy = shutil.copytree(workdir, tmp_path / "copy")
+    single = load_pipeline(REPO / "pipelines" / "mnist_mlp.toml",
+                           ["train.epochs=2", "data.validation_size=50000"])
+    with pytest.raises(CheckpointError, match=r"train.num_models: 3 -> 1"):
+        train(copy, single)
+
+
+def test_a_workdir_from_before_num_models_existed_still_resumes(trained_workdir, tmp_path):
+    copy = shutil.copytree(trained_workdir, tmp_path / "old")
+    manifest = json.loads((copy / MANIFEST).read_text())
+    del manifest["pipeline"]["train"]["num_models"]  # as written before the key existed
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    pipeline = load_pipeline(REPO / "pipelines" / "mnist_mlp.toml", ["train.epochs=2"])
+    assert train(copy, pipeline)["step"] == pipeline.total_steps  # resumed, nothing left to do

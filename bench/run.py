@@ -152,6 +152,10 @@ def notes(results: dict) -> list[str]:
         lines.append(f"K={K} models in one program: {steady_epoch(many):.3f} s/epoch for all "
                      f"{K} = {ratio:.2f} x the time of {K} separate runs "
                      f"({K} x {steady_epoch(single):.3f} s); its accuracy is the ensemble's.")
+        whole = many["total_seconds"] / (K * single["total_seconds"])
+        lines.append(f"  Whole runs, process start to exit: {many['total_seconds']:.1f} s (its "
+                     f"1st run) = {whole:.2f} x {K} separate runs of {single['total_seconds']:.1f}"
+                     " s each.")
     for name in ("mnist_mlp", "mnist_fast"):
         first, second = results.get(f"digitsjax {name}, 1st run"), results.get(f"digitsjax {name}")
         if first and second and "params_sha256" in first and "params_sha256" in second:

@@ -47,6 +47,8 @@ def measure_phases(pipeline_path: str) -> dict[str, float]:
     pipeline = load_pipeline(pipeline_path)
     data = load_mnist(pipeline.data, resolve_mnist_dir(None, pipeline.data))
     mark("load MNIST (decoded-array cache)")
+    jax.jit(lambda x: x + 1)(0.0).block_until_ready()
+    mark("first compilation of the process (a trivial one)")
     state = jax.block_until_ready(init_train_state(pipeline))
     mark("initialise parameters (eager ops)")
     images, labels = jax.device_put((data.train_images, data.train_labels))

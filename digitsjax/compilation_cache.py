@@ -10,6 +10,7 @@ compile in well under JAX's default one-second threshold for caching, so it is s
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -27,12 +28,20 @@ def enable_compilation_cache() -> Path | None:
     """Turn the cache on (once per process, before compiling); return its folder, or None.
 
     The folder is $DIGITSJAX_COMPILATION_CACHE, else JAX's own $JAX_COMPILATION_CACHE_DIR,
-    else ~/.cache/digitsjax/jax-compilation-cache. "off" disables it.
+    else ~/.cache/digitsjax/jax-compilation-cache. "off" disables it. A folder that cannot
+    be created only costs the speed-up, so it is reported in one line and training goes on.
     """
     chosen = os.environ.get(CACHE_DIR_ENV, "").strip()
     if chosen.lower() == "off":
         return None
     path = Path(chosen or jax.config.jax_compilation_cache_dir or default_cache_dir())
-    jax.config.update("jax_compilation_cache_dir", str(path.expanduser()))
+    path = path.expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"digitsjax: compilation cache off: cannot create {path} ({e.strerror}); set "
+              f"{CACHE_DIR_ENV} to a writable folder, or to off", file=sys.stderr)
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    return path.expanduser()
+    return path

@@ -41,3 +41,16 @@ def test_by_default_the_cache_lives_in_the_user_cache_dir(monkeypatch, tmp_path)
     monkeypatch.delenv(CACHE_DIR_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / "digitsjax" / "jax-compilation-cache"
+
+
+def test_an_unusable_cache_folder_is_reported_and_training_goes_on(monkeypatch, tmp_path,
+                                                                     capsys):
+    from digitsjax.compilation_cache import CACHE_DIR_ENV, enable_compilation_cache
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(CACHE_DIR_ENV, str(blocker / "cache"))
+    assert enable_compilation_cache() is None
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"digitsjax: compilation cache off: cannot create {blocker}")
+    assert len(message.splitlines()) == 1

@@ -7,7 +7,7 @@ ARGS     ?=
 # Genuine MNIST for air-gapped hosts: $DIGITSJAX_MNIST_DIR, else ../shared/data/mnist if present.
 export DIGITSJAX_MNIST_DIR ?= $(wildcard $(abspath ../shared/data/mnist))
 
-.PHONY: install train test lint clean
+.PHONY: install train test lint bench cold-start clean
 .DEFAULT_GOAL := train
 
 # Exact versions from constraints.txt: fingerprints are bitwise only on identical versions.
@@ -26,7 +26,18 @@ test: install
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: install
-	$(BIN)/ruff check digitsjax tests
+	$(BIN)/ruff check digitsjax tests bench
+
+# Not part of `make test`: ~5-10 minutes, needs the [bench] extra (PyTorch CPU, Keras 3).
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $@
+
+bench: $(BIN)/.bench-installed
+	$(BIN)/python bench/run.py $(ARGS)
+
+cold-start: install
+	$(BIN)/python bench/cold_start.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

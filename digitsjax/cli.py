@@ -174,16 +174,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from digitsjax.evaluation import evaluate_trained
-    from digitsjax.run import load_trained
+    from digitsjax.run import format_spread, load_trained
 
     trained = load_trained(args.workdir, args.checkpoint)
     result = evaluate_trained(trained, _load_data(trained, args.mnist_dir))
     if args.json:
         print(json.dumps(result))
         return 0
+    ensemble = (f" {format_spread(result, 'test')}" if "test_model_accuracies" in result
+                else "")
     print(f"step {result['step']}  test_loss {result['test_loss']:.4f}  "
-          f"test_accuracy {100 * result['test_accuracy']:.2f}%  "
+          f"test_accuracy {100 * result['test_accuracy']:.2f}%{ensemble}  "
           f"params_sha256 {result['params_sha256']}")
+    for k, sha in enumerate(result.get("model_params_sha256", [])):
+        print(f"  model {k} (seed {trained.pipeline.seed + k})  test_loss "
+              f"{result['test_model_losses'][k]:.4f}  test_accuracy "
+              f"{100 * result['test_model_accuracies'][k]:.2f}%  params_sha256 {sha}")
     print("accuracy per digit:  " + "  ".join(
         f"{digit}: {100 * accuracy:.1f}%"
         for digit, accuracy in enumerate(result["per_class_accuracy"])))
@@ -292,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:  # orbax logs each failure with a traceback; we report it in one line
         logging.getLogger("absl").addFilter(lambda record: record.levelno >= logging.CRITICAL)
+    from digitsjax.compilation_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # a second run of a pipeline skips compilation
     try:
         return COMMANDS[args.command](args)
     except Preempted as e:

@@ -74,6 +74,8 @@ class TrainConfig:
     batch_size: int = 128
     epochs: int = 10
     eval_every_epochs: int = 1
+    num_models: int = 1
+    """Train K models in one vmapped program; model k is the run with seed = seed + k."""
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,7 @@ def _validate(p: Pipeline, source: str) -> None:
     _check(t.epochs >= 1, source, f"'train.epochs' must be >= 1, got {t.epochs}")
     _check(t.eval_every_epochs >= 1, source,
            f"'train.eval_every_epochs' must be >= 1, got {t.eval_every_epochs}")
+    _check(t.num_models >= 1, source, f"'train.num_models' must be >= 1, got {t.num_models}")
     c = p.checkpoint
     _check(c.every_steps >= 0, source,
            f"'checkpoint.every_steps' must be >= 0, got {c.every_steps}")

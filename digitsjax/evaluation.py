@@ -15,8 +15,8 @@ import numpy as np
 
 from digitsjax.config import ModelConfig
 from digitsjax.data import MNIST, NUM_CLASSES
-from digitsjax.model import Params, batched_forward, params_sha256, probabilities
-from digitsjax.run import Trained
+from digitsjax.model import Params, batched_forward, probabilities
+from digitsjax.run import Trained, fingerprints
 from digitsjax.train import make_evaluate
 
 
@@ -24,11 +24,18 @@ def make_classify(config: ModelConfig) -> Callable[[Params, jax.Array], jax.Arra
     """A jitted `(params, images (N, 784)) -> class probabilities (N, 10)`, without dropout.
 
     It compiles once per batch size, so a server that always sends one image compiles once.
+    The params of K models (`train.num_models`, stacked on a leading axis) classify as their
+    ensemble: the models' probabilities averaged.
     """
+
+    def one_model(params: Params, images: jax.Array) -> jax.Array:
+        return probabilities(batched_forward(params, images, config), config)
 
     @jax.jit
     def classify(params: Params, images: jax.Array) -> jax.Array:
-        return probabilities(batched_forward(params, images, config), config)
+        if params[0]["w"].ndim == 3:  # (K, fan_in, fan_out): a stack of K models
+            return jnp.mean(jax.vmap(one_model, in_axes=(0, None))(params, images), axis=0)
+        return one_model(params, images)
 
     return classify
 
@@ -54,13 +61,17 @@ def predict_classes(trained: Trained, images: np.ndarray) -> np.ndarray:
 
 
 def evaluate_trained(trained: Trained, data: MNIST) -> dict[str, Any]:
-    """Test loss and accuracy of a restored checkpoint, per digit, with its fingerprint."""
+    """Test loss and accuracy of a restored checkpoint, per digit, with its fingerprint.
+
+    For K models: the ensemble's accuracy and confusion matrix, and each model's accuracy and
+    fingerprint.
+    """
     params = trained.state["params"]
     result = jax.device_get(make_evaluate(trained.pipeline)(params, data.test_images,
                                                             data.test_labels))
     matrix = confusion_matrix(data.test_labels, predict_classes(trained, data.test_images))
-    return {"step": trained.step, "test_loss": float(result["loss"]),
-            "test_accuracy": float(result["accuracy"]),
-            "per_class_accuracy": per_class_accuracy(matrix).tolist(),
-            "confusion_matrix": matrix.tolist(),
-            "params_sha256": params_sha256(params)}
+    return ({"step": trained.step}
+            | {f"test_{key}": value.tolist() for key, value in result.items()}
+            | {"per_class_accuracy": per_class_accuracy(matrix).tolist(),
+               "confusion_matrix": matrix.tolist()}
+            | fingerprints(trained.pipeline, params))

@@ -8,6 +8,11 @@ function of its pipeline: resuming at step s replays exactly what an uninterrupt
 A chunk of steps (an epoch, or up to the next checkpoint) is one `jax.lax.scan` over device-
 resident data: the epoch's permutation is computed on the device, batches are gathered there,
 the state is donated, and metrics come back to the host once per epoch.
+
+With `train.num_models = K > 1` the state gains a leading model axis (on everything but the
+shared step) and the same chunk runs under `jax.vmap`, all K models in one program. Model k is
+the single run with seed `seed + k`: the same init, data order and dropout, bit for bit at
+step 0, and equal after training up to float32 rounding (XLA batches the K models' matmuls).
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ from jax.sharding import Mesh
 
 from digitsjax import parallel
 from digitsjax.config import OptimizerConfig, Pipeline
-from digitsjax.model import batched_forward, example_loss, forward, init_params
+from digitsjax.model import batched_forward, example_loss, forward, init_params, probabilities
 
 TrainState = dict[str, Any]
 
 # Independent random streams folded out of the root key.
 INIT_STREAM, DATA_STREAM, DROPOUT_STREAM = 0, 1, 2
+
+# Where the model axis of a K-model train state is: all K models share (and advance) one step.
+MODEL_AXES = {"params": 0, "opt_state": 0, "step": None, "key": 0}
 
 
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -67,7 +75,17 @@ def make_optimizer(pipeline: Pipeline) -> optax.GradientTransformation:
 
 
 def init_train_state(pipeline: Pipeline) -> TrainState:
-    key = jax.random.PRNGKey(pipeline.seed)
+    """The state at step 0; for K models, the K single-run states stacked on a model axis."""
+    states = [_init_single_state(pipeline, pipeline.seed + k)
+              for k in range(pipeline.train.num_models)]
+    if len(states) == 1:
+        return states[0]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+    return stacked | {"step": states[0]["step"]}
+
+
+def _init_single_state(pipeline: Pipeline, seed: int) -> TrainState:
+    key = jax.random.PRNGKey(seed)
     params = init_params(jax.random.fold_in(key, INIT_STREAM), pipeline.model)
     return {
         "params": params,
@@ -75,6 +93,11 @@ def init_train_state(pipeline: Pipeline) -> TrainState:
         "step": jnp.zeros((), jnp.int32),
         "key": key,
     }
+
+
+def model_params(params: Any, k: int) -> Any:
+    """Model k's parameters out of a K-model stack: what the single run with seed + k holds."""
+    return jax.tree.map(lambda leaf: leaf[k], params)
 
 
 def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
@@ -119,15 +142,14 @@ def make_train_chunk(pipeline: Pipeline,
     Runs `num_steps` steps from `state["step"]`, which must all lie in one epoch. The state is
     donated; `num_steps` is static, so each distinct chunk length compiles once. With a `mesh`
     (inputs replicated over it), each step's batch is split over its `data` axis and the
-    outputs stay replicated (see parallel.py); the maths is the same.
+    outputs stay replicated (see parallel.py); the maths is the same. For K models the metric
+    sums have shape (K,) (under vmap, each model's batch is split over `data` the same way).
     """
     optimizer = make_optimizer(pipeline)
     batch_size, steps_per_epoch = pipeline.train.batch_size, pipeline.steps_per_epoch
     split_batch = parallel.split_batch(mesh)
 
-    @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0,
-                       **parallel.replicated_outputs(mesh))
-    def train_chunk(state, images, labels, num_steps):
+    def one_model_chunk(state, images, labels, num_steps):
         epoch = state["step"] // steps_per_epoch
         order = epoch_permutation(state["key"], epoch, images.shape[0])
 
@@ -142,19 +164,46 @@ def make_train_chunk(pipeline: Pipeline,
         return state, {"loss_sum": jnp.sum(metrics["loss"]),
                        "correct": jnp.sum(metrics["correct"])}
 
+    @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0,
+                       **parallel.replicated_outputs(mesh))
+    def train_chunk(state, images, labels, num_steps):
+        chunk = functools.partial(one_model_chunk, num_steps=num_steps)
+        if pipeline.train.num_models > 1:
+            chunk = jax.vmap(chunk, in_axes=(MODEL_AXES, None, None), out_axes=(MODEL_AXES, 0))
+        return chunk(state, images, labels)
+
     return train_chunk
 
 
 def make_evaluate(pipeline: Pipeline) -> Callable[[Any, jax.Array, jax.Array], dict]:
-    """A jitted `(params, images, labels) -> {"loss", "accuracy"}` over a whole split."""
+    """A jitted `(params, images, labels) -> {"loss", "accuracy"}` over a whole split.
+
+    For K models: "loss" is the mean of the models' losses and "accuracy" the ensemble's
+    (probabilities averaged over models), with each model's in "model_losses" and
+    "model_accuracies" and their seed-to-seed standard deviation in "model_accuracy_sd".
+    """
     model, loss_name = pipeline.model, pipeline.train.loss
+
+    def outputs_and_loss(params, images, labels):
+        outputs = batched_forward(params, images, model)
+        losses = jax.vmap(example_loss, in_axes=(0, 0, None))(outputs, labels, loss_name)
+        return outputs, jnp.mean(losses)
+
+    def accuracy(outputs, labels):
+        return jnp.mean(jnp.argmax(outputs, -1) == labels)
 
     @jax.jit
     def evaluate(params, images, labels):
-        outputs = batched_forward(params, images, model)
-        losses = jax.vmap(example_loss, in_axes=(0, 0, None))(outputs, labels, loss_name)
-        return {"loss": jnp.mean(losses),
-                "accuracy": jnp.mean(jnp.argmax(outputs, -1) == labels)}
+        if pipeline.train.num_models == 1:
+            outputs, loss = outputs_and_loss(params, images, labels)
+            return {"loss": loss, "accuracy": accuracy(outputs, labels)}
+        outputs, losses = jax.vmap(outputs_and_loss, in_axes=(0, None, None))(params, images,
+                                                                               labels)
+        accuracies = jax.vmap(accuracy, in_axes=(0, None))(outputs, labels)
+        ensemble = jnp.mean(probabilities(outputs, model), axis=0)
+        return {"loss": jnp.mean(losses), "accuracy": accuracy(ensemble, labels),
+                "model_losses": losses, "model_accuracies": accuracies,
+                "model_accuracy_sd": jnp.std(accuracies, ddof=1)}
 
     return evaluate
 

@@ -16,6 +16,8 @@ MNIST_DIR = Path(os.environ.get("DIGITSJAX_MNIST_DIR", REPO.parent / "shared" / 
 # tfds prepares MNIST once into this folder; later sessions reuse it (and its array cache).
 os.environ.setdefault("TFDS_DATA_DIR", str(REPO / ".cache" / "tensorflow_datasets"))
 os.environ["DIGITSJAX_MNIST_DIR"] = str(MNIST_DIR)
+# CLI runs in tests keep their compiled programs here rather than in the user's ~/.cache.
+os.environ.setdefault("DIGITSJAX_COMPILATION_CACHE", str(REPO / ".cache" / "jax-compilation"))
 
 
 @pytest.fixture(scope="session")

@@ -28,3 +28,7 @@ class ClusterError(UserError):
 
 class ImageError(UserError):
     """An image to classify cannot be decoded, is too large, or shows no digit."""
+
+
+class DivergenceError(UserError):
+    """Training produced a NaN or infinite loss (usually a learning rate that is too high)."""

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from digitsjax import checkpoint, parallel
 from digitsjax.config import Pipeline, pipeline_from_dict, pipeline_sha256, pipeline_to_dict
 from digitsjax.data import load_mnist, resolve_mnist_dir
-from digitsjax.errors import CheckpointError
+from digitsjax.errors import CheckpointError, DivergenceError
 from digitsjax.model import params_sha256
 from digitsjax.preemption import Preempted, PreemptionGuard
 from digitsjax.tensorboard_events import ScalarWriter, remove_event_files
@@ -168,7 +168,9 @@ def _train(pipeline: Pipeline, workdir: Path, manager: Any, mesh: Mesh, guard: P
         signalled = guard.signum is not None and jax.process_count() == 1
         if end % spe != 0 and not _is_step_save(pipeline, end) and not signalled:
             continue
-        for sums in jax.device_get(pending):  # waits for the chunk: a sync point
+        synced = jax.device_get(pending)  # waits for the chunk: a sync point
+        _check_finite(synced, pipeline, manager)  # before anything is saved
+        for sums in synced:
             epoch_sums = _add_sums(epoch_sums, sums)
         pending = []
         # Read after the sync, once: a signal that arrived while the chunk ran stops us here;
@@ -219,6 +221,26 @@ def _train(pipeline: Pipeline, workdir: Path, manager: Any, mesh: Mesh, guard: P
     echo(f"done: step {int(state['step'])}, params_sha256 {prints['params_sha256']}, "
          f"{time.perf_counter() - started:.1f} s")
     return record | prints | {"step": int(state["step"])}
+
+
+def _check_finite(synced: list[dict[str, np.ndarray]], pipeline: Pipeline,
+                  manager: Any) -> None:
+    """Stop at the first NaN/inf loss with the step, the likely cause and the fix.
+
+    Called before the state is saved, so the newest checkpoint is the last good one.
+    """
+    bad = [int(step) for sums in synced for step in np.ravel(sums["diverged_at"]) if step >= 0]
+    if not bad:
+        return
+    step, opt = min(bad), pipeline.optimizer
+    kept = manager.latest_step()
+    raise DivergenceError(
+        f"training diverged: the loss became NaN or infinite at step {step} (epoch "
+        f"{(step - 1) // pipeline.steps_per_epoch + 1}); the likely cause is a learning rate "
+        f"too high for {opt.name} ({opt.learning_rate:g}): lower it, e.g. --set "
+        f"optimizer.learning_rate={opt.learning_rate / 10:g}, and train again with --restart; "
+        + (f"the last good checkpoint, step {kept}, is kept" if kept is not None
+           else "no checkpoint had been written"))
 
 
 def _add_sums(total: dict[str, Any], chunk: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -160,9 +160,12 @@ def make_train_chunk(pipeline: Pipeline,
             state, metrics = train_step(pipeline, optimizer, state, *batch)
             return state, metrics
 
+        first_step = state["step"]
         state, metrics = jax.lax.scan(body, state, length=num_steps)
         return state, {"loss_sum": jnp.sum(metrics["loss"]),
-                       "correct": jnp.sum(metrics["correct"])}
+                       "correct": jnp.sum(metrics["correct"]),
+                       "diverged_at": _first_nonfinite_step(first_step, metrics["loss"],
+                                                            state["params"])}
 
     @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0,
                        **parallel.replicated_outputs(mesh))
@@ -173,6 +176,19 @@ def make_train_chunk(pipeline: Pipeline,
         return chunk(state, images, labels)
 
     return train_chunk
+
+
+def _first_nonfinite_step(first_step: jax.Array, losses: jax.Array, params: Any) -> jax.Array:
+    """The 1-based step whose loss was first NaN/inf in this chunk, else -1.
+
+    A last update that made the params non-finite (its loss still finite) counts too: such a
+    state must never be checkpointed.
+    """
+    finite_losses = jnp.isfinite(losses)
+    params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf))
+                                       for leaf in jax.tree.leaves(params)]))
+    return jnp.where(~jnp.all(finite_losses), first_step + jnp.argmin(finite_losses) + 1,
+                     jnp.where(params_finite, -1, first_step + losses.shape[0]))
 
 
 def make_evaluate(pipeline: Pipeline) -> Callable[[Any, jax.Array, jax.Array], dict]:

@@ -4,7 +4,7 @@ Prints each run's wall time (process start to exit, so compilation and checkpoin
 and how far its parameters and test accuracy land from the 1-device run. On a CPU host the D
 devices are simulated (XLA_FLAGS) and share the cores: expect overhead, not speed-up.
 
-    python benchmarks/topologies.py [PIPELINE] [--devices 8] [--set KEY=VALUE]...
+    python bench/topologies.py [PIPELINE] [--devices 8] [--set KEY=VALUE]...
 """
 
 from __future__ import annotations

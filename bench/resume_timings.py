@@ -1,6 +1,6 @@
 """How long checkpointing and preemption take, measured side by side on this machine.
 
-    python benchmarks/resume_timings.py [--repeats 5] [--epochs 5]
+    python bench/resume_timings.py [--repeats 5] [--epochs 5]
 
 1. One checkpoint of mnist_mlp's train state: the blocking part of `save` (device-to-host copy,
    hand-off to orbax's writer thread) and the time until it is complete on disk.

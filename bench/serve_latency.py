@@ -1,6 +1,6 @@
 """Latency of `POST /api/predict` for a canvas-sized PNG, with and without TCP_NODELAY.
 
-    python benchmarks/serve_latency.py WORKDIR [REQUESTS]
+    python bench/serve_latency.py WORKDIR [REQUESTS]
 
 Both servers run in this process, side by side, on the loopback interface; the ratio is what
 `RequestHandler.disable_nagle_algorithm` buys a page that posts while the user draws.

@@ -5,8 +5,8 @@ alike. "no mesh" is the pre-sharding path (`make_train_chunk(pipeline)` on `jax.
 data); the 1-device mesh must match it. Simulated CPU devices share the host's cores, so the
 all-device figure on CPU measures the cost of partitioning, not a speed-up.
 
-    python benchmarks/data_parallel.py [PIPELINE] [--repeats 7]
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/data_parallel.py
+    python bench/data_parallel.py [PIPELINE] [--repeats 7]
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python bench/data_parallel.py
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ import pytest
 
 from digitsjax.config import load_pipeline
 from digitsjax.errors import CheckpointError, ConfigError
+from digitsjax.evaluation import evaluate_trained
 from digitsjax.model import batched_forward, probabilities
-from digitsjax.run import evaluate_trained, load_trained, train_pipeline
+from digitsjax.run import load_trained, train_pipeline
 from digitsjax.train import model_params
 from digitsjax.workdir import MANIFEST, read_metrics
 

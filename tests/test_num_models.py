@@ -92,10 +92,10 @@ def test_evaluate_prints_the_ensemble_and_every_model(k_run):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert f"test_accuracy {100 * final['test_accuracy']:.2f}% (ensemble; models" in lines[0]
-    assert len(lines) == 1 + NUM_MODELS
-    for k, line in enumerate(lines[1:]):
+    for k, line in enumerate(lines[1:1 + NUM_MODELS]):
         assert line.strip().startswith(f"model {k} (seed {k})")
         assert final["model_params_sha256"][k] in line
+    assert lines[1 + NUM_MODELS].startswith("accuracy per digit:")  # of the ensemble
 
 
 def test_a_single_model_run_keeps_its_plain_results(trained_workdir):

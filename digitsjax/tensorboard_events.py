@@ -8,7 +8,7 @@ the events a killed run wrote past its last checkpoint are dropped (they are rep
 
 from __future__ import annotations
 
-import uuid
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,10 @@ class ScalarWriter:
         if self._writer is None:
             self._writer = SummaryWriter(
                 str(self._workdir), purge_step=self._start_step + 1 if self._start_step else None,
-                # Event files are named by the second; a suffix keeps two sessions' files apart.
-                filename_suffix=f".{uuid.uuid4().hex[:8]}")
+                # Event files are named by the second, and TensorBoard reads them in name
+                # order: a nanosecond suffix keeps a resume within the same second after the
+                # file whose steps its purge marker must drop.
+                filename_suffix=f".{time.time_ns():020d}")
         for key, tag in TAGS.items():
             if key in record:
                 self._writer.add_scalar(tag, record[key], global_step=record["step"])

@@ -102,3 +102,17 @@ def small_run(tmp_path_factory, mnist_dir) -> Path:
     pipeline = load_pipeline(REPO / "pipelines" / "mnist_mlp.toml", SMALL_RUN)
     train_pipeline(pipeline, workdir, mnist_dir=str(mnist_dir), echo=lambda _: None)
     return workdir
+
+
+def request(address, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request to `address` (host, port) on a fresh connection: (status, headers, body)."""
+    import http.client
+
+    connection = http.client.HTTPConnection(*address, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import threading
 
@@ -15,6 +14,7 @@ from digitsjax.errors import UserError
 from digitsjax.imaging import load_digit
 from digitsjax.predict import Predictor
 
+from .conftest import request
 from .digit_pictures import blue_ink_on_cream_jpeg, dark_ink_gray_png
 
 
@@ -33,20 +33,11 @@ def server(predictor):
     server.server_close()
 
 
-def request(server, method: str, path: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
 
 
 def post_json(server, payload) -> tuple[int, dict]:
-    status, _, body = request(server, "POST", "/api/predict", json.dumps(payload).encode(),
-                              {"Content-Type": "application/json"})
+    status, _, body = request(server.server_address[:2], "POST", "/api/predict",
+                              json.dumps(payload).encode(), {"Content-Type": "application/json"})
     return status, json.loads(body)
 
 
@@ -58,7 +49,7 @@ def test_it_listens_on_this_machine_only_by_default():
 
 
 def test_the_page_is_self_contained(server):
-    status, headers, body = request(server, "GET", "/")
+    status, headers, body = request(server.server_address[:2], "GET", "/")
     page = body.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert '<canvas id="pad"' in page and "api/predict" in page
@@ -87,7 +78,7 @@ def test_predict_answers_digit_probabilities_and_the_networks_input(server, mnis
 
 
 def test_info_names_the_model(server, predictor):
-    status, _, body = request(server, "GET", "/api/info")
+    status, _, body = request(server.server_address[:2], "GET", "/api/info")
     assert status == 200
     assert json.loads(body) == {"pipeline": predictor.trained.pipeline.name,
                                 "step": predictor.trained.step,
@@ -112,7 +103,7 @@ def test_info_names_the_model(server, predictor):
 ])
 def test_bad_requests_get_a_status_and_a_json_reason(server, method, path, body, headers,
                                                      status, message):
-    got, _, answer = request(server, method, path, body, headers)
+    got, _, answer = request(server.server_address[:2], method, path, body, headers)
     assert got == status
     assert message in json.loads(answer)["error"]
 

@@ -23,7 +23,7 @@ from PIL import Image
 from digitsjax import serve
 from digitsjax.predict import Predictor
 
-from .conftest import serving
+from .conftest import request, serving
 from .digit_pictures import dark_ink_gray_png
 
 TIMEOUT = 2.0  # the server's --timeout: short, so that the stall tests are quick
@@ -49,15 +49,6 @@ def server(trained_workdir, server_log) -> tuple[str, int]:
         yield address.hostname, address.port
 
 
-def request(server, method: str, path: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    connection = http.client.HTTPConnection(*server, timeout=30)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
 
 
 def exchange(server, data: bytes, shut_write: bool = False) -> bytes:

@@ -17,14 +17,15 @@ import pytest
 from digitsjax import checkpoint
 from digitsjax.cli import main
 from digitsjax.config import CheckpointConfig, load_pipeline
-from digitsjax.model import params_sha256
 from digitsjax.preemption import PreemptionGuard, exit_code
-from digitsjax.run import load_trained, train_pipeline
-from digitsjax.workdir import TIMING_FIELDS, read_metrics
+from digitsjax.run import train_pipeline
+from digitsjax.workdir import read_metrics
 
 from .conftest import REPO, SMALL_RUN
+from .training_processes import comparable, fingerprint, saved_steps
 
 PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
+SMALL_STEPS = load_pipeline(PIPELINE, SMALL_RUN).total_steps
 # When one array of a damaged checkpoint fails to read, orbax abandons the reads of the others;
 # Python reports those coroutines when it collects them. Expected here, so not a warning.
 abandoned_reads_expected = pytest.mark.filterwarnings(
@@ -34,19 +35,6 @@ abandoned_reads_expected = pytest.mark.filterwarnings(
 def tiny_state(step: int) -> dict:
     return {"params": [{"w": jnp.full((2, 2), float(step)), "b": jnp.zeros(2)}],
             "step": jnp.asarray(step, jnp.int32)}
-
-
-def steps_on_disk(workdir: Path) -> list[int]:
-    return sorted(int(p.name) for p in checkpoint.checkpoint_dir(workdir).iterdir()
-                  if p.name.isdigit())
-
-
-def comparable(metrics: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in metrics]
-
-
-def fingerprint(workdir: Path) -> str:
-    return params_sha256(load_trained(workdir).state["params"])
 
 
 @pytest.mark.parametrize("keep_best, expected", [(True, [20, 50, 60]), (False, [50, 60])])
@@ -59,7 +47,7 @@ def test_keeps_the_last_k_and_the_best_by_validation_accuracy(tmp_path, keep_bes
         manager.wait_until_finished()
     checkpoint.close(manager)
 
-    assert steps_on_disk(tmp_path) == expected
+    assert saved_steps(tmp_path) == expected
     manager = checkpoint.open_manager(tmp_path, read_only=True)
     assert checkpoint.resolve_step(manager, "latest") == 60
     if keep_best:
@@ -72,7 +60,7 @@ def test_a_finished_run_keeps_its_last_three_and_its_best_epoch(small_run):
     best = max(epochs, key=lambda r: (r["val_accuracy"], r["step"]))["step"]
     every = pipeline.checkpoint.every_steps
     saved = sorted({*range(every, pipeline.total_steps + 1, every), *(r["step"] for r in epochs)})
-    assert steps_on_disk(small_run) == sorted({*saved[-pipeline.checkpoint.keep:], best})
+    assert saved_steps(small_run) == sorted({*saved[-pipeline.checkpoint.keep:], best})
 
 
 def test_restore_proves_it_read_back_every_byte(tmp_path):
@@ -109,7 +97,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_o
         tmp_path, small_run, mnist_dir, damage):
     workdir = tmp_path / "run"
     shutil.copytree(small_run, workdir)
-    *_, previous, newest = steps_on_disk(workdir)
+    *_, previous, newest = saved_steps(workdir)
     damage(checkpoint.checkpoint_dir(workdir) / str(newest))
 
     messages: list[str] = []
@@ -121,8 +109,8 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_o
     assert f"from step {previous} " in messages[1]
     assert [p.name.split("-")[0] for p in checkpoint.unreadable_dir(workdir).iterdir()] == \
         [str(newest)]  # set aside, not deleted
-    assert fingerprint(workdir) == fingerprint(small_run)
-    assert comparable(read_metrics(workdir)) == comparable(read_metrics(small_run))
+    assert fingerprint(workdir, SMALL_STEPS) == fingerprint(small_run, SMALL_STEPS)
+    assert comparable(workdir) == comparable(small_run)
 
 
 @abandoned_reads_expected
@@ -130,9 +118,9 @@ def test_when_no_checkpoint_is_intact_the_run_stops_with_one_line_and_moves_noth
         tmp_path, small_run, capsys):
     workdir = tmp_path / "run"
     shutil.copytree(small_run, workdir)
-    for step in steps_on_disk(workdir):
+    for step in saved_steps(workdir):
         truncate_largest_file(checkpoint.checkpoint_dir(workdir) / str(step))
-    before = steps_on_disk(workdir)
+    before = saved_steps(workdir)
 
     status = main(["train", str(PIPELINE), "--workdir", str(workdir),
                    *(f"--set={s}" for s in SMALL_RUN)])
@@ -141,7 +129,7 @@ def test_when_no_checkpoint_is_intact_the_run_stops_with_one_line_and_moves_noth
     assert status == 2
     assert error.count("\n") == 1 and "no checkpoint can be restored" in error
     assert f"checkpoint {before[-1]} " in error and "--restart" in error
-    assert steps_on_disk(workdir) == before
+    assert saved_steps(workdir) == before
     assert not checkpoint.unreadable_dir(workdir).exists()
 
 
@@ -149,7 +137,7 @@ def test_evaluate_names_the_damage_and_the_other_checkpoints_to_choose(tmp_path,
                                                                       capsys):
     workdir = tmp_path / "run"
     shutil.copytree(small_run, workdir)
-    *older, newest = steps_on_disk(workdir)
+    *older, newest = saved_steps(workdir)
     flip_one_bit(checkpoint.checkpoint_dir(workdir) / str(newest))
 
     assert main(["evaluate", str(workdir)]) == 2

@@ -6,7 +6,6 @@ a read-only bind mount (EROFS) while the trainer is paused between two saves. Mo
 root, as on the CI machines.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -16,9 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from digitsjax.config import load_pipeline
+
 from .conftest import REPO, SMALL_RUN, run_cli
+from .training_processes import fingerprint, saved_steps
 
 PIPELINE = str(REPO / "pipelines" / "mnist_mlp.toml")
+SMALL_STEPS = load_pipeline(PIPELINE, SMALL_RUN).total_steps
 TRAIN = ["train", PIPELINE, *(arg for kv in SMALL_RUN for arg in ("--set", kv))]
 
 
@@ -61,16 +64,6 @@ def mounts(tmp_path):
         subprocess.run(["umount", "-l", str(target)], check=False)
 
 
-def steps_on_disk(workdir: Path) -> list[int]:
-    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-
-
-def fingerprint(workdir: Path) -> str:
-    out = run_cli("evaluate", str(workdir), "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)["params_sha256"]
-
-
 def assert_one_line_error(stderr: str, *fragments: str) -> None:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("digitsjax: error: "), stderr
@@ -87,7 +80,7 @@ def test_a_full_disk_stops_with_one_line_and_the_run_continues_once_there_is_roo
     assert out.returncode == 2
     assert_one_line_error(out.stderr, "No space left on device", "are intact",
                           "run the same command again to continue")
-    saved = steps_on_disk(workdir)
+    saved = saved_steps(workdir)
     assert saved and saved[-1] < 858  # it stopped early, and kept what it had saved
     assert f"the checkpoints {saved} are intact" in out.stderr
 
@@ -95,7 +88,7 @@ def test_a_full_disk_stops_with_one_line_and_the_run_continues_once_there_is_roo
     out = run_cli(*TRAIN, "--workdir", str(workdir))
     assert out.returncode == 0, out.stderr
     assert f"from step {saved[-1]}" in out.stdout
-    assert fingerprint(workdir) == fingerprint(small_run)
+    assert fingerprint(workdir, SMALL_STEPS) == fingerprint(small_run, SMALL_STEPS)
 
 
 def test_checkpoints_turned_read_only_while_training_stop_cleanly(mounts, tmp_path, small_run):
@@ -110,16 +103,16 @@ def test_checkpoints_turned_read_only_while_training_stop_cleanly(mounts, tmp_pa
         time.sleep(0.005)
     os.kill(trainer.pid, signal.SIGSTOP)  # between two saves: freeze the folder under it
     try:
-        before = steps_on_disk(workdir)
+        before = saved_steps(workdir)
         mounts.read_only(checkpoints)
     finally:
         os.kill(trainer.pid, signal.SIGCONT)
     _, stderr = trainer.communicate(timeout=120)
     assert trainer.returncode == 2
     assert_one_line_error(stderr, "not writable", "are intact")
-    assert steps_on_disk(workdir) == before  # nothing lost, nothing half-written
+    assert saved_steps(workdir) == before  # nothing lost, nothing half-written
 
     mounts.unmount(checkpoints)
     out = run_cli(*TRAIN, "--workdir", str(workdir))
     assert out.returncode == 0, out.stderr
-    assert fingerprint(workdir) == fingerprint(small_run)
+    assert fingerprint(workdir, SMALL_STEPS) == fingerprint(small_run, SMALL_STEPS)

@@ -15,7 +15,7 @@ import numpy as np
 
 from digitsjax.config import ModelConfig
 from digitsjax.data import MNIST, NUM_CLASSES
-from digitsjax.model import Params, batched_forward, probabilities
+from digitsjax.model import Params, batched_forward, ensemble_probabilities, probabilities
 from digitsjax.run import Trained, fingerprints
 from digitsjax.train import make_evaluate
 
@@ -28,14 +28,12 @@ def make_classify(config: ModelConfig) -> Callable[[Params, jax.Array], jax.Arra
     ensemble: the models' probabilities averaged.
     """
 
-    def one_model(params: Params, images: jax.Array) -> jax.Array:
-        return probabilities(batched_forward(params, images, config), config)
-
     @jax.jit
     def classify(params: Params, images: jax.Array) -> jax.Array:
         if params[0]["w"].ndim == 3:  # (K, fan_in, fan_out): a stack of K models
-            return jnp.mean(jax.vmap(one_model, in_axes=(0, None))(params, images), axis=0)
-        return one_model(params, images)
+            outputs = jax.vmap(batched_forward, in_axes=(0, None, None))(params, images, config)
+            return ensemble_probabilities(outputs, config)
+        return probabilities(batched_forward(params, images, config), config)
 
     return classify
 

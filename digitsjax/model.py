@@ -105,6 +105,11 @@ def probabilities(outputs: jax.Array, config: ModelConfig) -> jax.Array:
     return outputs / jnp.sum(outputs, axis=-1, keepdims=True)
 
 
+def ensemble_probabilities(outputs: jax.Array, config: ModelConfig) -> jax.Array:
+    """K models' outputs (K, N, 10) -> the ensemble's class probabilities (N, 10): their mean."""
+    return jnp.mean(probabilities(outputs, config), axis=0)
+
+
 def params_sha256(params: Params) -> str:
     """The run's fingerprint: sha256 over every parameter's bytes in pytree leaf order.
 

@@ -28,7 +28,13 @@ from jax.sharding import Mesh
 
 from digitsjax import parallel
 from digitsjax.config import OptimizerConfig, Pipeline
-from digitsjax.model import batched_forward, example_loss, forward, init_params, probabilities
+from digitsjax.model import (
+    batched_forward,
+    ensemble_probabilities,
+    example_loss,
+    forward,
+    init_params,
+)
 
 TrainState = dict[str, Any]
 
@@ -216,8 +222,8 @@ def make_evaluate(pipeline: Pipeline) -> Callable[[Any, jax.Array, jax.Array], d
         outputs, losses = jax.vmap(outputs_and_loss, in_axes=(0, None, None))(params, images,
                                                                                labels)
         accuracies = jax.vmap(accuracy, in_axes=(0, None))(outputs, labels)
-        ensemble = jnp.mean(probabilities(outputs, model), axis=0)
-        return {"loss": jnp.mean(losses), "accuracy": accuracy(ensemble, labels),
+        return {"loss": jnp.mean(losses),
+                "accuracy": accuracy(ensemble_probabilities(outputs, model), labels),
                 "model_losses": losses, "model_accuracies": accuracies,
                 "model_accuracy_sd": jnp.std(accuracies, ddof=1)}
 

@@ -17,6 +17,7 @@ import pytest
 
 from digitsjax.config import Pipeline, load_pipeline
 from digitsjax.train import (
+    DATA_STREAM,
     epoch_permutation,
     init_train_state,
     make_optimizer,
@@ -103,3 +104,26 @@ def test_k_models_start_from_exactly_the_single_runs_initial_state():
                             jax.tree.leaves(single[name]), strict=True):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
     assert np.shape(stacked["step"]) == ()  # one step, shared by all models
+
+
+@pytest.mark.parametrize("num_examples", [1, 2, 10, 1000, 55_000, 60_000, 2**16, 2**16 + 1])
+def test_the_epoch_order_is_jax_random_permutation_bit_for_bit(num_examples):
+    """The fast packed-sort shuffle is an implementation detail: the data order, and so every
+    fingerprint, is exactly what `jax.random.permutation` of the epoch's key gives."""
+    root = jax.random.PRNGKey(3)
+    for epoch in (0, 1, 14):
+        epoch_key = jax.random.fold_in(jax.random.fold_in(root, DATA_STREAM), epoch)
+        expected = np.asarray(jax.random.permutation(epoch_key, num_examples))
+        actual = np.asarray(jax.jit(epoch_permutation, static_argnums=2)(root, epoch,
+                                                                         num_examples))
+        assert actual.dtype == expected.dtype
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_k_models_shuffle_as_their_single_runs_do():
+    roots = jax.vmap(jax.random.PRNGKey)(np.arange(3))
+    orders = jax.jit(jax.vmap(epoch_permutation, in_axes=(0, None, None)),
+                     static_argnums=2)(roots, 2, 55_000)
+    for k in range(3):
+        np.testing.assert_array_equal(np.asarray(orders[k]),
+                                      np.asarray(epoch_permutation(roots[k], 2, 55_000)))

@@ -8,11 +8,31 @@ the events a killed run wrote past its last checkpoint are dropped (they are rep
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tensorboardX import SummaryWriter
+
+def _import_summary_writer() -> type:
+    """tensorboardX's SummaryWriter, without importing PyTorch.
+
+    tensorboardX imports torch whenever it is installed, only to accept torch tensors: about a
+    second of every run's start-up (measured with `make bench`, which installs torch). A None
+    in `sys.modules` makes that `import torch` fail, which tensorboardX expects and handles;
+    the entry is removed again, so the process can still import torch later.
+    """
+    if "torch" not in sys.modules:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+        try:
+            from tensorboardX import SummaryWriter
+        finally:
+            del sys.modules["torch"]
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+
+
+SummaryWriter = _import_summary_writer()
 
 EVENT_FILES = "events.out.tfevents.*"
 # metrics.jsonl key -> TensorBoard tag; the section before "/" groups the charts.

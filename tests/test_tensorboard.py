@@ -3,7 +3,10 @@ TensorBoard's own loader and compared with metrics.jsonl."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,19 @@ def test_a_resumed_run_shows_each_step_once_and_restart_starts_a_clean_log(tmp_p
     train_pipeline(pipeline, tmp_path, restart=True, **quiet)
     assert len(list(tmp_path.glob(EVENT_FILES))) == 1
     assert scalars(tmp_path) == as_logged(read_metrics(tmp_path))
+
+
+def test_starting_a_run_does_not_import_an_installed_pytorch(tmp_path):
+    """tensorboardX imports torch when it is installed, a second of every start-up; digitsjax
+    keeps it out, and the process can still import torch itself afterwards."""
+    fake_torch = tmp_path / "torch"
+    fake_torch.mkdir()
+    (fake_torch / "__init__.py").write_text("import builtins\nbuiltins.TORCH_IMPORTED = True\n")
+    code = ("import builtins, digitsjax.run\n"
+            "assert not hasattr(builtins, 'TORCH_IMPORTED'), 'torch was imported'\n"
+            "import torch\n"
+            "assert builtins.TORCH_IMPORTED\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -7,7 +7,7 @@ evaluation excluded; the fastest in brackets), examples per second, the time fro
 start to 97.8 % test accuracy, and ratios to digitsjax, to the arithmetic floor measured here,
 and to an epoch of the same matmuls alone (see flops.py).
 
-    python bench/run.py [--only SUBSTRING ...] [--json results.json]
+    python bench/run.py [--only SUBSTRING ...] [--repeat N] [--json results.json]
 """
 
 from __future__ import annotations
@@ -67,6 +67,12 @@ def steady_epoch(result: dict) -> float:
     return statistics.median(result["epoch_seconds"][1:] or result["epoch_seconds"])
 
 
+def fastest(runs: list[dict]) -> dict:
+    """The repeat with the fastest median epoch; an error only if every repeat failed."""
+    finished = [r for r in runs if "error" not in r]
+    return min(finished, key=steady_epoch) if finished else runs[0]
+
+
 def best_epoch(result: dict) -> float:
     """The fastest epoch after the first: what the contender does when it has the cores."""
     return min(result["epoch_seconds"][1:] or result["epoch_seconds"])
@@ -76,6 +82,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", default=[],
                         help="run only contenders whose label contains this (repeatable)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run the contenders N times, interleaved; each row is a "
+                             "contender's repeat with the fastest median epoch")
     parser.add_argument("--json", type=Path, help="also write all results here")
     args = parser.parse_args()
     chosen = [c for c in CONTENDERS if not args.only or any(o in c[0] for o in args.only)]
@@ -89,13 +98,17 @@ def main() -> None:
     matmuls_alone = matmul_only_epoch_seconds(sizes, w.batch_size, w.steps_per_epoch)
     floors = {"flops": flops_per_example / (peak * 1e9),
               "matmuls": matmuls_alone / (w.steps_per_epoch * w.batch_size)}  # s per example
-    env = {**os.environ, "DIGITSJAX_COMPILATION_CACHE": tempfile.mkdtemp(prefix="bench-jax-")}
 
-    results = {}
-    for label, script in chosen:
-        print(f"running {label} ...", file=sys.stderr, flush=True)
-        results[label] = run_contender(script, env)
+    runs: dict[str, list[dict]] = {label: [] for label, _ in chosen}
+    for repeat in range(1, args.repeat + 1):
+        # A fresh compilation cache each round, so that every "1st run" starts with none.
+        cache = tempfile.mkdtemp(prefix="bench-jax-")
+        env = {**os.environ, "DIGITSJAX_COMPILATION_CACHE": cache}
+        for label, script in chosen:
+            print(f"running {label} ({repeat}/{args.repeat}) ...", file=sys.stderr, flush=True)
+            runs[label].append(run_contender(script, env))
     load_after = os.getloadavg()
+    results = {label: fastest(label_runs) for label, label_runs in runs.items()}
 
     print(table(results, floors))
     print()
@@ -108,8 +121,14 @@ def main() -> None:
           f"{load_after[0]:.1f} after (others' work on a shared machine makes timings noisy).")
     for line in notes(results):
         print(line)
+    if args.repeat > 1:
+        print(f"Median epochs of the {args.repeat} interleaved repeats (the table shows the "
+              "fastest; a slower one had others' work on the machine):")
+        for label, label_runs in runs.items():
+            medians = ", ".join(f"{steady_epoch(r):.3f}" for r in label_runs if "error" not in r)
+            print(f"  {label}: {medians}")
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "gemm_gflops": rates,
+        args.json.write_text(json.dumps({"results": results, "runs": runs, "gemm_gflops": rates,
                                          "flops_per_example": flops_per_example,
                                          "matmuls_alone_epoch_seconds": matmuls_alone,
                                          "load_average": [load_before, load_after]}, indent=1))

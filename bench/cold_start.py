@@ -39,13 +39,13 @@ def measure_phases(pipeline_path: str) -> dict[str, float]:
     from digitsjax import checkpoint
     from digitsjax.compilation_cache import enable_compilation_cache
     from digitsjax.config import load_pipeline
-    from digitsjax.data import load_mnist, resolve_mnist_dir
+    from digitsjax.data import load_mnist
     from digitsjax.train import init_train_state, make_evaluate, make_train_chunk
 
     enable_compilation_cache()
     mark("import digitsjax (optax, orbax, tqdm)")
     pipeline = load_pipeline(pipeline_path)
-    data = load_mnist(pipeline.data, resolve_mnist_dir(None, pipeline.data))
+    data = load_mnist(pipeline.data)
     mark("load MNIST (decoded-array cache)")
     jax.jit(lambda x: x + 1)(0.0).block_until_ready()
     mark("first compilation of the process (a trivial one)")

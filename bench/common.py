@@ -53,10 +53,10 @@ def workload(epochs: int | None = None) -> Workload:
 def load_data():
     """The digitsjax split: train (55,000), val, test as float32 (N, 784) and int32 labels."""
     from digitsjax.config import load_pipeline
-    from digitsjax.data import load_mnist, resolve_mnist_dir
+    from digitsjax.data import load_mnist
 
     data_config = load_pipeline(PIPELINE).data
-    return load_mnist(data_config, resolve_mnist_dir(None, data_config))
+    return load_mnist(data_config)
 
 
 def seconds_since_start() -> float:

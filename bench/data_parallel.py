@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from digitsjax import parallel
 from digitsjax.config import load_pipeline
-from digitsjax.data import load_mnist, resolve_mnist_dir
+from digitsjax.data import load_mnist
 from digitsjax.train import init_train_state, make_train_chunk
 
 
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     pipeline = load_pipeline(args.pipeline)
-    data = load_mnist(pipeline.data, resolve_mnist_dir(None, pipeline.data))
+    data = load_mnist(pipeline.data)
     train = (data.train_images, data.train_labels)
 
     meshes: dict[str, Mesh | None] = {

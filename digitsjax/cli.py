@@ -201,9 +201,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _load_data(trained: Trained, mnist_dir: str | None) -> MNIST:
-    from digitsjax.data import load_mnist, resolve_mnist_dir
+    from digitsjax.data import load_mnist
 
-    return load_mnist(trained.pipeline.data, resolve_mnist_dir(mnist_dir, trained.pipeline.data))
+    return load_mnist(trained.pipeline.data, mnist_dir)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -53,7 +53,7 @@ class MNIST:
     """What the manifest records: tfds' registered file sha256s and the decoded arrays' sha256s."""
 
 
-def resolve_mnist_dir(flag: str | None, config: DataConfig) -> Path | None:
+def resolve_mnist_dir(flag: str | Path | None, config: DataConfig) -> Path | None:
     """The manual download dir: the CLI flag, else $DIGITSJAX_MNIST_DIR, else the pipeline."""
     for candidate in (flag, os.environ.get(MNIST_DIR_ENV), config.mnist_dir):
         if candidate:
@@ -67,9 +67,14 @@ def resolve_tfds_data_dir(config: DataConfig) -> Path:
     return Path(chosen).expanduser()
 
 
-def load_mnist(config: DataConfig, mnist_dir: Path | None = None) -> MNIST:
-    """Load MNIST, preparing it with tfds first if needed; hold out the validation split."""
-    arrays, checksums = load_raw_arrays(resolve_tfds_data_dir(config), mnist_dir)
+def load_mnist(config: DataConfig, mnist_dir: str | Path | None = None) -> MNIST:
+    """Load MNIST, preparing it with tfds first if needed; hold out the validation split.
+
+    `mnist_dir` (the --mnist-dir flag) is where tfds finds the IDX files; without it,
+    $DIGITSJAX_MNIST_DIR, then the pipeline's `data.mnist_dir` (see `resolve_mnist_dir`).
+    """
+    arrays, checksums = load_raw_arrays(resolve_tfds_data_dir(config),
+                                        resolve_mnist_dir(mnist_dir, config))
     n_train = len(arrays["train_labels"]) - config.validation_size
     images = {split: _to_float(arrays[f"{split}_images"]) for split in _SPLITS}
     labels = {split: arrays[f"{split}_labels"].astype(np.int32) for split in _SPLITS}

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from digitsjax import checkpoint, parallel
 from digitsjax.config import Pipeline, pipeline_from_dict, pipeline_sha256, pipeline_to_dict
-from digitsjax.data import load_mnist, resolve_mnist_dir
+from digitsjax.data import load_mnist
 from digitsjax.errors import CheckpointError, DivergenceError
 from digitsjax.model import params_sha256
 from digitsjax.preemption import Preempted, PreemptionGuard
@@ -121,7 +121,7 @@ def _train(pipeline: Pipeline, workdir: Path, manager: Any, mesh: Mesh, guard: P
            started: float) -> dict[str, Any]:
     primary = parallel.is_primary()
     with parallel.primary_first("MNIST loaded"):  # prepares a shared data dir only once
-        data = load_mnist(pipeline.data, resolve_mnist_dir(mnist_dir, pipeline.data))
+        data = load_mnist(pipeline.data, mnist_dir)
     state = parallel.replicate(init_train_state(pipeline), mesh)
     epoch_sums = {"loss_sum": 0.0, "correct": 0}
     # Onto this run's devices, whatever the devices that saved it.

@@ -72,6 +72,7 @@ def test_a_corrupt_cache_is_ignored_and_rebuilt(prepared_copy, mnist):
 
 def test_offline_without_a_manual_dir_says_how_to_fix_it(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_online", lambda: False)
+    monkeypatch.delenv(data.MNIST_DIR_ENV)
     with pytest.raises(DataError, match=r"cannot reach .* pass --mnist-dir DIR, or set "
                                         r"DIGITSJAX_MNIST_DIR"):
         load_mnist(DataConfig(tfds_data_dir=str(tmp_path)), None)

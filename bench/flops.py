@@ -59,6 +59,8 @@ def matmul_only_epoch_seconds(sizes: tuple[int, ...], batch: int, steps: int,
     import jax
     import jax.numpy as jnp
 
+    from digitsjax.train import compiler_options
+
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, sizes[0]), np.float32))
     weights = [jnp.asarray(rng.standard_normal(shape, np.float32) * 0.01)
@@ -76,7 +78,8 @@ def matmul_only_epoch_seconds(sizes: tuple[int, ...], batch: int, steps: int,
                 delta = delta @ weights[i].T
         return new[::-1], None
 
-    epoch = jax.jit(lambda weights: jax.lax.scan(step, weights, length=steps)[0])
+    epoch = jax.jit(lambda weights: jax.lax.scan(step, weights, length=steps)[0],
+                    compiler_options=compiler_options())  # as digitsjax compiles its epoch
     weights = jax.block_until_ready(epoch(weights))
     best = float("inf")
     for _ in range(repeats):

@@ -170,6 +170,18 @@ def train_step(pipeline: Pipeline, optimizer: optax.GradientTransformation, stat
     return new_state, {"loss": loss, "correct": correct}
 
 
+def compiler_options() -> dict[str, Any] | None:
+    """XLA options for the training and evaluation programs on the default backend.
+
+    XLA:CPU emits 256-bit vector code by default, even on CPUs with AVX-512, to spare older
+    Intel CPUs the clock drop of wide vectors. On the AMD EPYC (AVX-512) development machine,
+    512-bit code makes an epoch of mnist_mlp 5-10 % faster and trains the same parameters, bit
+    for bit (every fingerprint stayed the same). Without AVX-512 the option changes nothing;
+    other backends get none.
+    """
+    return {"xla_cpu_prefer_vector_width": 512} if jax.default_backend() == "cpu" else None
+
+
 def make_train_chunk(pipeline: Pipeline,
                      mesh: Mesh | None = None) -> Callable[..., tuple[TrainState, dict]]:
     """A jitted `(state, images, labels, num_steps) -> (state, metric sums)`.
@@ -203,7 +215,7 @@ def make_train_chunk(pipeline: Pipeline,
                                                             state["params"])}
 
     @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0,
-                       **parallel.replicated_outputs(mesh))
+                       compiler_options=compiler_options(), **parallel.replicated_outputs(mesh))
     def train_chunk(state, images, labels, num_steps):
         chunk = functools.partial(one_model_chunk, num_steps=num_steps)
         if pipeline.train.num_models > 1:
@@ -243,7 +255,7 @@ def make_evaluate(pipeline: Pipeline) -> Callable[[Any, jax.Array, jax.Array], d
     def accuracy(outputs, labels):
         return jnp.mean(jnp.argmax(outputs, -1) == labels)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compiler_options())
     def evaluate(params, images, labels):
         if pipeline.train.num_models == 1:
             outputs, loss = outputs_and_loss(params, images, labels)

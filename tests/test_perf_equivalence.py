@@ -15,7 +15,9 @@ import jax
 import numpy as np
 import pytest
 
+from digitsjax import train
 from digitsjax.config import Pipeline, load_pipeline
+from digitsjax.model import params_sha256
 from digitsjax.train import (
     DATA_STREAM,
     epoch_permutation,
@@ -127,3 +129,19 @@ def test_k_models_shuffle_as_their_single_runs_do():
     for k in range(3):
         np.testing.assert_array_equal(np.asarray(orders[k]),
                                       np.asarray(epoch_permutation(roots[k], 2, 55_000)))
+
+
+@pytest.mark.slow
+def test_wide_vector_code_trains_the_same_parameters_bit_for_bit(mnist, monkeypatch):
+    """`compiler_options()` (512-bit vectors on XLA:CPU) is a speed-up, not a change of maths:
+    an epoch compiled with and without it ends with identical bytes (on a CPU without AVX-512
+    both compile the same code)."""
+    pipeline = mnist_mlp("data.validation_size=40000", "model.dropout=0.1")
+    x, y = mnist.train_images[:pipeline.train_size], mnist.train_labels[:pipeline.train_size]
+    assert train.compiler_options() == {"xla_cpu_prefer_vector_width": 512}
+
+    tuned, _ = scan_epoch(pipeline, x, y)
+    monkeypatch.setattr(train, "compiler_options", lambda: None)
+    default, _ = scan_epoch(pipeline, x, y)
+
+    assert params_sha256(tuned["params"]) == params_sha256(default["params"])

@@ -134,6 +134,11 @@ def open_manager(workdir: Path, config: CheckpointConfig | None = None,
         best_mode="max",
         cleanup_tmp_directories=not read_only,  # debris of a save that was killed
         enable_async_checkpointing=True,
+        # Orbax's writer threads wait for a "directories created" signal. Created in a thread of
+        # their own, a folder that turns read-only mid-save fails without sending it, and those
+        # (non-daemon) threads keep the process from exiting for minutes after the error.
+        # Created by `save` itself, a failure is raised there (as the usual one-line error).
+        async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False),
         read_only=read_only,
         create=not read_only,
     )
@@ -154,6 +159,7 @@ def save(manager: ocp.CheckpointManager, state: dict[str, Any], meta: dict[str, 
     step = int(state["step"])
     meta = meta | {STATE_SHA256: state_sha256(state)}
     _check_room(manager, state)
+    _quiet_abandoned_io()
     with _storage_errors(manager):
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                    meta=ocp.args.JsonSave(meta)),
@@ -169,7 +175,7 @@ def restore(manager: ocp.CheckpointManager, step: int,
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
     where = f"checkpoint {step} in {manager.directory}"
-    _quiet_abandoned_reads()  # before, not after: the leftovers may fail before we catch
+    _quiet_abandoned_io()  # before, not after: the leftovers may fail before we catch
     try:
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -187,13 +193,14 @@ def restore(manager: ocp.CheckpointManager, step: int,
 
 
 @functools.cache  # once per process
-def _quiet_abandoned_reads() -> None:
-    """Keep a failed restore's leftovers off stderr; the error itself is raised as usual.
+def _quiet_abandoned_io() -> None:
+    """Keep a failed restore's or save's leftovers off stderr; the error is raised as usual.
 
-    When one array cannot be read, orbax closes its event loop while its other reads are still
-    under way, and each of those fails on its own, later: tensorstore posts its result to the
-    closed loop ("RuntimeError: Event loop is closed"), orbax's abandoned coroutines raise as
-    they are finalised, and asyncio logs their tasks' unretrieved exceptions. Python prints each
+    When one array cannot be read (or written: a folder that turned read-only mid-save), orbax
+    closes its event loop while its other reads or writes are still under way, and each of
+    those fails on its own, later: tensorstore posts its result to the closed loop
+    ("RuntimeError: Event loop is closed"), orbax's abandoned coroutines raise as they are
+    finalised, and asyncio logs their tasks' unretrieved exceptions. Python prints each
     as a traceback, at any moment up to exit: hundreds of lines under the one-line error the
     user got, or under a run that fell back to an older checkpoint and is fine. None of them
     reaches a caller; only these are hidden, any other such message still shows.

@@ -109,7 +109,9 @@ def test_checkpoints_turned_read_only_while_training_stop_cleanly(mounts, tmp_pa
         os.kill(trainer.pid, signal.SIGCONT)
     _, stderr = trainer.communicate(timeout=120)
     assert trainer.returncode == 2
-    assert_one_line_error(stderr, "not writable", "are intact")
+    # "not writable" when the next save finds the folder read-only, "Read-only file system"
+    # when the save in flight hits it: either way one line, and the checkpoints are kept.
+    assert_one_line_error(stderr, "could not write a checkpoint", "are intact")
     assert saved_steps(workdir) == before  # nothing lost, nothing half-written
 
     mounts.unmount(checkpoints)

@@ -78,7 +78,12 @@ def train_pipeline(pipeline: Pipeline, workdir: str | Path, *, mnist_dir: str | 
     if not parallel.is_primary():
         progress, echo = False, _silent
     workdir = _prepare_workdir(Path(workdir), restart)
-    if checkpoint.has_checkpoints(workdir):
+    resuming = checkpoint.has_checkpoints(workdir)
+    # Every process must look before any creates the checkpoint folder (opening the manager
+    # below does): one that looked after would open a manager more, and orbax's barriers
+    # would no longer pair up across processes.
+    parallel.sync("checkpoints looked for")
+    if resuming:
         _check_compatible(workdir, pipeline)  # before anything in the workdir changes
     with PreemptionGuard() as guard:
         manager = checkpoint.open_manager(workdir, pipeline.checkpoint)

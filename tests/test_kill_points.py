@@ -72,12 +72,17 @@ def step_of(tmp_name: str) -> int:
 Moment = Callable[[subprocess.Popen, Path, int, int, random.Random], str]
 
 
+def kill_after(proc: subprocess.Popen, workdir: Path, delay: float, saved: int) -> None:
+    """Kill `proc` `delay` seconds from now, or as soon as a checkpoint past `saved` completes."""
+    deadline = time.monotonic() + delay
+    wait_until(lambda: time.monotonic() > deadline or last_complete(workdir) > saved, proc)
+    proc.kill()
+
+
 def during_start_up(proc: subprocess.Popen, workdir: Path, resumed: int, target: int,
                     rng: random.Random) -> str:
     delay = rng.uniform(0.2, 3.0)
-    deadline = time.monotonic() + delay
-    wait_until(lambda: time.monotonic() > deadline or last_complete(workdir) > resumed, proc)
-    proc.kill()
+    kill_after(proc, workdir, delay, saved=resumed)
     return f"{delay:.2f} s after start"
 
 
@@ -86,9 +91,7 @@ def after_a_checkpoint(proc: subprocess.Popen, workdir: Path, resumed: int, targ
     target = max(target, resumed + EVERY)
     wait_until(lambda: last_complete(workdir) >= target, proc)
     delay = rng.uniform(0.0, 0.15)
-    deadline = time.monotonic() + delay
-    wait_until(lambda: time.monotonic() > deadline or last_complete(workdir) > target, proc)
-    proc.kill()
+    kill_after(proc, workdir, delay, saved=target)
     return f"{delay * 1000:.0f} ms after step {target} was saved"
 
 

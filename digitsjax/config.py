@@ -187,7 +187,7 @@ def set_key(raw: dict[str, Any], key: str, value: Any, option: str) -> None:
     for section in sections:
         table = table.setdefault(section, {})
         if not isinstance(table, dict):
-            raise ConfigError(f"{option} {key}: {section} is a value, not a section")
+            raise ConfigError(f"{option} {key!r}: {section} is a value, not a section")
     table[leaf] = value
 
 
@@ -199,7 +199,8 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, source: str) -> Any:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in fields:
-            raise ConfigError(f"{source}: unknown key '{prefix}{key}'"
+            # repr: a key is the user's text, and may hold a newline (a quoted TOML key, --set)
+            raise ConfigError(f"{source}: unknown key {prefix + key!r}"
                               f"{_suggest(key, fields, prefix)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):

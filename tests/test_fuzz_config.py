@@ -2,7 +2,7 @@
 
 import tomllib
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from digitsjax.config import Pipeline, load_pipeline, pipeline_from_dict
@@ -45,6 +45,8 @@ def test_any_file_text_is_a_pipeline_or_a_config_error(tmp_path_factory, text):
 
 @FUZZ
 @given(st.lists(st.text(max_size=40), max_size=3))
+@example(["0\n0="])  # found by CI: an unknown key with a newline made a two-line error
+@example(["seed.x\ny=3"])  # the same through a section that is a value
 def test_any_override_is_applied_or_a_config_error(tmp_path_factory, overrides):
     path = tmp_path_factory.mktemp("fuzz") / "p.toml"
     path.write_text("seed = 1\n[model]\nhidden = [8]\n")

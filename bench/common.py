@@ -40,7 +40,7 @@ class Workload:
 
 
 def workload(epochs: int | None = None) -> Workload:
-    from digitsjax.config import load_pipeline
+    from digitsjax.core.config import load_pipeline
 
     p = load_pipeline(PIPELINE)
     assert (p.optimizer.name, p.optimizer.schedule, p.model.activation) == \
@@ -52,8 +52,8 @@ def workload(epochs: int | None = None) -> Workload:
 
 def load_data():
     """The digitsjax split: train (55,000), val, test as float32 (N, 784) and int32 labels."""
-    from digitsjax.config import load_pipeline
-    from digitsjax.data import load_mnist
+    from digitsjax.core.config import load_pipeline
+    from digitsjax.core.data import load_mnist
 
     data_config = load_pipeline(PIPELINE).data
     return load_mnist(data_config)

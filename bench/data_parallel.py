@@ -18,10 +18,10 @@ import time
 import jax
 from jax.sharding import Mesh
 
-from digitsjax import parallel
-from digitsjax.config import load_pipeline
-from digitsjax.data import load_mnist
-from digitsjax.train import init_train_state, make_train_chunk
+from digitsjax.core.config import load_pipeline
+from digitsjax.core.data import load_mnist
+from digitsjax.core.train import init_train_state, make_train_chunk
+from digitsjax.run import cluster as parallel
 
 
 def main() -> None:

@@ -20,11 +20,11 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
-    import digitsjax.run  # what `digitsjax train` imports before its clock starts
+    import digitsjax.run.loop  # what `digitsjax train` imports before its clock starts
     from digitsjax.cli import main as digitsjax_main
-    from digitsjax.config import load_pipeline
-    from digitsjax.model import params_sha256
-    from digitsjax.workdir import read_metrics
+    from digitsjax.core.config import load_pipeline
+    from digitsjax.core.model import params_sha256
+    from digitsjax.run.workdir import read_metrics
 
     workdir = tempfile.mkdtemp(prefix="bench-digitsjax-")
     sets = [arg for override in args.overrides for arg in ("--set", override)]

@@ -59,7 +59,7 @@ def matmul_only_epoch_seconds(sizes: tuple[int, ...], batch: int, steps: int,
     import jax
     import jax.numpy as jnp
 
-    from digitsjax.train import compiler_options
+    from digitsjax.core.train import compiler_options
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, sizes[0]), np.float32))

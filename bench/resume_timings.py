@@ -24,11 +24,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from digitsjax import checkpoint
-from digitsjax.config import load_pipeline
-from digitsjax.run import train_pipeline
-from digitsjax.train import init_train_state
-from digitsjax.workdir import METRICS
+from digitsjax.core.config import load_pipeline
+from digitsjax.core.train import init_train_state
+from digitsjax.run import checkpoint
+from digitsjax.run.loop import train_pipeline
+from digitsjax.run.records import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"

@@ -19,9 +19,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from digitsjax import serve
-from digitsjax.imaging import load_digit
-from digitsjax.predict import Predictor
+from digitsjax.apps import serve
+from digitsjax.apps.imaging import load_digit
+from digitsjax.apps.predict import Predictor
 
 
 def canvas_png() -> bytes:

@@ -21,8 +21,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from digitsjax.run import load_trained
-from digitsjax.workdir import read_metrics
+from digitsjax.run.records import read_metrics
+from digitsjax.run.trained import load_trained
 
 
 def launch(args: list[str], devices: int, extra_env: dict[str, str] | None = None):

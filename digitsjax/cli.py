@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from digitsjax.errors import UserError
-from digitsjax.preemption import Preempted
+from digitsjax.errors import COMMAND_LINE, UserError
+from digitsjax.run.preemption import Preempted
 
 if TYPE_CHECKING:  # the commands import the library lazily, to start fast
-    from digitsjax.data import MNIST
-    from digitsjax.run import Trained
+    from digitsjax.core.data import MNIST
+    from digitsjax.run.trained import Trained
 
 DEFAULT_WORKDIR_ROOT = Path("checkpoints")
 EXIT_NOT_REPRODUCED = 1
@@ -40,7 +39,13 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="digitsjax", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_training_commands(commands)
+    _add_trained_network_commands(commands)
+    _add_serve_command(commands)
+    return parser
 
+
+def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a pipeline (continues from its checkpoints)")
     train.add_argument("pipeline", type=Path, help="a pipelines/*.toml file")
     train.add_argument("--workdir", type=Path,
@@ -52,6 +57,28 @@ def build_parser() -> ArgumentParser:
     _add_mnist_dir(train)
     _add_cluster(train)
 
+    sweep = commands.add_parser("sweep", help="train a pipeline once per point of a grid")
+    sweep.add_argument("pipeline", type=Path, help="a pipelines/*.toml file")
+    sweep.add_argument("--grid", dest="grid", action="append", default=[],
+                       metavar="KEY=[V,...]", help="values of a pipeline key, e.g. "
+                       "model.hidden=[[30],[100]] (adds to the pipeline's [sweep] table)")
+    sweep.add_argument("--workdir", type=Path,
+                       help="sweep folder, one workdir per variant inside "
+                       "(default: checkpoints/<pipeline name>)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a key of every variant")
+    sweep.add_argument("--restart", action="store_true",
+                       help="discard the variants' checkpoints and start over")
+    _add_mnist_dir(sweep)
+
+    verify = commands.add_parser(
+        "verify", help="replay a finished workdir's pipeline; check it ends bit for bit the same")
+    verify.add_argument("workdir", type=Path)
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_mnist_dir(verify)
+
+
+def _add_trained_network_commands(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="test loss/accuracy, per-digit accuracy and confusion matrix")
     evaluate.add_argument("workdir", type=Path)
@@ -72,27 +99,15 @@ def build_parser() -> ArgumentParser:
     _add_checkpoint(plots)
     _add_mnist_dir(plots)
 
-    sweep = commands.add_parser("sweep", help="train a pipeline once per point of a grid")
-    sweep.add_argument("pipeline", type=Path, help="a pipelines/*.toml file")
-    sweep.add_argument("--grid", dest="grid", action="append", default=[],
-                       metavar="KEY=[V,...]", help="values of a pipeline key, e.g. "
-                       "model.hidden=[[30],[100]] (adds to the pipeline's [sweep] table)")
-    sweep.add_argument("--workdir", type=Path,
-                       help="sweep folder, one workdir per variant inside "
-                       "(default: checkpoints/<pipeline name>)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE", help="override a key of every variant")
-    sweep.add_argument("--restart", action="store_true",
-                       help="discard the variants' checkpoints and start over")
-    _add_mnist_dir(sweep)
 
+def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="a web page to draw digits for the network")
     serve.add_argument("workdir", type=Path)
     _add_checkpoint(serve)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=_port, default=8000, help="0 picks a free port")
-    from digitsjax.serve import Limits  # light: numpy and Pillow, not JAX
+    from digitsjax.apps.serve import Limits  # light: numpy and Pillow, not JAX
 
     defaults = Limits()
     limits = serve.add_argument_group("limits per request (what a bad client can cost)")
@@ -105,13 +120,6 @@ def build_parser() -> ArgumentParser:
     limits.add_argument("--timeout", type=_positive(float), metavar="SECONDS",
                         default=defaults.timeout_seconds,
                         help="close connections silent for this long (default: %(default)s)")
-
-    verify = commands.add_parser(
-        "verify", help="replay a finished workdir's pipeline; check it ends bit for bit the same")
-    verify.add_argument("workdir", type=Path)
-    verify.add_argument("--json", action="store_true", help="print one JSON object")
-    _add_mnist_dir(verify)
-    return parser
 
 
 def _port(text: str) -> int:
@@ -157,15 +165,15 @@ def _add_cluster(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from digitsjax.config import load_pipeline
+    from digitsjax.core.config import load_pipeline
 
     pipeline = load_pipeline(args.pipeline, args.overrides)  # a mistake shows before JAX loads
 
-    from digitsjax import parallel
-    from digitsjax.run import train_pipeline
+    from digitsjax.run import cluster
+    from digitsjax.run.loop import train_pipeline
 
-    parallel.initialize(parallel.resolve_cluster(args.coordinator_address, args.num_processes,
-                                                 args.process_id))
+    cluster.initialize(cluster.resolve_cluster(args.coordinator_address, args.num_processes,
+                                               args.process_id))
     workdir = args.workdir or DEFAULT_WORKDIR_ROOT / pipeline.name
     train_pipeline(pipeline, workdir, mnist_dir=args.mnist_dir, restart=args.restart,
                    progress=sys.stderr.isatty())
@@ -173,8 +181,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from digitsjax.evaluation import evaluate_trained
-    from digitsjax.run import format_spread, load_trained
+    from digitsjax.apps.evaluate import evaluate_trained
+    from digitsjax.run.records import format_spread
+    from digitsjax.run.trained import load_trained
 
     trained = load_trained(args.workdir, args.checkpoint)
     result = evaluate_trained(trained, _load_data(trained, args.mnist_dir))
@@ -201,17 +210,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _load_data(trained: Trained, mnist_dir: str | None) -> MNIST:
-    from digitsjax.data import load_mnist
+    from digitsjax.core.data import load_mnist
 
     return load_mnist(trained.pipeline.data, mnist_dir)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from digitsjax.imaging import load_digit_files
+    from digitsjax.apps.imaging import load_digit_files
 
     digits = load_digit_files(args.images)  # a bad file fails before the network loads
 
-    from digitsjax.predict import Predictor
+    from digitsjax.apps.predict import Predictor
 
     predictor = Predictor.from_workdir(args.workdir, args.checkpoint)
     predictions = predictor.classify(digits)
@@ -228,13 +237,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_plots(args: argparse.Namespace) -> int:
-    from digitsjax import sweep
+    from digitsjax.apps import sweep
 
     if sweep.is_sweep(args.workdir):
         paths = sweep.write_summary(args.workdir)
     else:
-        from digitsjax.plots import write_plots
-        from digitsjax.run import load_trained
+        from digitsjax.apps.plots import write_plots
+        from digitsjax.run.trained import load_trained
 
         trained = load_trained(args.workdir, args.checkpoint)
         paths = write_plots(args.workdir, trained, _load_data(trained, args.mnist_dir))
@@ -244,8 +253,8 @@ def cmd_plots(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from digitsjax.config import load_pipeline
-    from digitsjax.sweep import SUMMARY_MARKDOWN, read_grid, run_sweep
+    from digitsjax.apps.sweep import SUMMARY_MARKDOWN, read_grid, run_sweep
+    from digitsjax.core.config import load_pipeline
 
     base = load_pipeline(args.pipeline, args.overrides)
     grid = read_grid(args.pipeline, args.grid)
@@ -259,8 +268,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from digitsjax.predict import Predictor
-    from digitsjax.serve import Limits, make_server, serve_forever
+    from digitsjax.apps.predict import Predictor
+    from digitsjax.apps.serve import Limits, make_server, serve_forever
 
     limits = Limits(max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels,
                     timeout_seconds=args.timeout)
@@ -271,7 +280,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from digitsjax.verify import verify_workdir
+    from digitsjax.apps.verify import verify_workdir
 
     progress = (lambda line: print(line, file=sys.stderr)) if args.json else print
     result = verify_workdir(args.workdir, mnist_dir=args.mnist_dir, echo=progress)
@@ -296,10 +305,12 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "verify": cmd_verify,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.debug:  # orbax logs each failure with a traceback; we report it in one line
-        logging.getLogger("absl").addFilter(lambda record: record.levelno >= logging.CRITICAL)
-    from digitsjax.compilation_cache import enable_compilation_cache
+    from digitsjax.run import process
+    from digitsjax.run.compilation_cache import enable_compilation_cache
 
+    process.quiet_libraries()
+    if not args.debug:
+        process.hide_library_tracebacks()
     enable_compilation_cache()  # a second run of a pipeline skips compilation
     try:
         return COMMANDS[args.command](args)
@@ -310,5 +321,5 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"digitsjax: error: {e}", file=sys.stderr)
+        print(f"digitsjax: error: {e.render(COMMAND_LINE)}", file=sys.stderr)
         return EXIT_USER_ERROR

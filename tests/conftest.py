@@ -30,8 +30,8 @@ def mnist_dir() -> Path:
 @pytest.fixture(scope="session")
 def mnist(mnist_dir):
     """The real dataset with the default 5,000-image validation split."""
-    from digitsjax.config import DataConfig
-    from digitsjax.data import load_mnist
+    from digitsjax.core.config import DataConfig
+    from digitsjax.core.data import load_mnist
 
     return load_mnist(DataConfig(), mnist_dir)
 
@@ -39,8 +39,8 @@ def mnist(mnist_dir):
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory, mnist_dir) -> Path:
     """mnist_mlp trained for 2 epochs: a real workdir for evaluate/predict/plots/serve tests."""
-    from digitsjax.config import load_pipeline
-    from digitsjax.run import train_pipeline
+    from digitsjax.core.config import load_pipeline
+    from digitsjax.run.loop import train_pipeline
 
     workdir = tmp_path_factory.mktemp("trained")
     pipeline = load_pipeline(REPO / "pipelines" / "mnist_mlp.toml", ["train.epochs=2"])
@@ -95,8 +95,8 @@ SMALL_RUN = ("model.hidden=[32]", "train.epochs=2", "checkpoint.every_steps=143"
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory, mnist_dir) -> Path:
     """The uninterrupted reference: interrupted, resumed and replayed runs must match it."""
-    from digitsjax.config import load_pipeline
-    from digitsjax.run import train_pipeline
+    from digitsjax.core.config import load_pipeline
+    from digitsjax.run.loop import train_pipeline
 
     workdir = tmp_path_factory.mktemp("small_run")
     pipeline = load_pipeline(REPO / "pipelines" / "mnist_mlp.toml", SMALL_RUN)

@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitsjax.data import MNIST_FILES
-from digitsjax.workdir import MANIFEST, METRICS
+from digitsjax.core.data import MNIST_FILES
+from digitsjax.run.records import METRICS
+from digitsjax.run.workdir import MANIFEST
 
 from .conftest import REPO, run_cli
 
@@ -202,7 +203,7 @@ CASES = {
                               "'optimizer.name' is 'adma'", "did you mean 'adam'?"),
     "unknown loss": Case(train("--set", "train.loss=hinge"), "'train.loss' is 'hinge'",
                          "choose one of softmax_cross_entropy, quadratic"),
-    "--set without a value": Case(train("--set", "train.epochs"), "--set 'train.epochs'",
+    "--set without a value": Case(train("--set", "train.epochs"), "override 'train.epochs'",
                                   "must look like section.key=value"),
     "not TOML": Case(lambda x: ["train", str(x.broken_toml)], "is not valid TOML",
                      "(at line 2, column"),
@@ -267,7 +268,7 @@ CASES = {
         lambda x: ["train", PIPELINE, "--workdir", str(x.metrics_damaged), *TRAINED],
         "metrics.jsonl line 1 is not an epoch record", "delete the line"),
     "unknown checkpoint": Case(lambda x: ["evaluate", str(x.trained), "--checkpoint", "7"],
-                               "--checkpoint '7' is not latest, best or one of the saved "
+                               "checkpoint '7' is not latest, best or one of the saved "
                                "steps", "[429, 858]"),
     "verify damaged metrics": Case(lambda x: ["verify", str(x.metrics_damaged)],
                                    "metrics.jsonl line 1 is not an epoch record",

@@ -14,12 +14,12 @@ from pathlib import Path
 import jax.numpy as jnp
 import pytest
 
-from digitsjax import checkpoint
 from digitsjax.cli import main
-from digitsjax.config import CheckpointConfig, load_pipeline
-from digitsjax.preemption import PreemptionGuard, exit_code
-from digitsjax.run import train_pipeline
-from digitsjax.workdir import read_metrics
+from digitsjax.core.config import CheckpointConfig, load_pipeline
+from digitsjax.run import checkpoint
+from digitsjax.run.loop import train_pipeline
+from digitsjax.run.preemption import PreemptionGuard, exit_code
+from digitsjax.run.records import read_metrics
 
 from .conftest import REPO, SMALL_RUN
 from .training_processes import comparable, fingerprint, saved_steps
@@ -160,7 +160,7 @@ def test_the_guard_turns_a_signal_into_a_request_and_restores_the_handler():
 def test_a_second_signal_stops_at_once():
     script = textwrap.dedent("""
         import os, signal, time
-        from digitsjax.preemption import PreemptionGuard
+        from digitsjax.run.preemption import PreemptionGuard
         with PreemptionGuard():
             os.kill(os.getpid(), signal.SIGTERM)
             print("first signal noted", flush=True)

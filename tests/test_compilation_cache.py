@@ -37,7 +37,7 @@ def test_a_second_run_compiles_nothing_and_trains_the_same_bits(tmp_path):
 
 
 def test_by_default_the_cache_lives_in_the_user_cache_dir(monkeypatch, tmp_path):
-    from digitsjax.compilation_cache import CACHE_DIR_ENV, default_cache_dir
+    from digitsjax.run.compilation_cache import CACHE_DIR_ENV, default_cache_dir
 
     monkeypatch.delenv(CACHE_DIR_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -46,7 +46,7 @@ def test_by_default_the_cache_lives_in_the_user_cache_dir(monkeypatch, tmp_path)
 
 def test_an_unusable_cache_folder_is_reported_and_training_goes_on(monkeypatch, tmp_path,
                                                                      capsys):
-    from digitsjax.compilation_cache import CACHE_DIR_ENV, enable_compilation_cache
+    from digitsjax.run.compilation_cache import CACHE_DIR_ENV, enable_compilation_cache
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from digitsjax.config import (
+from digitsjax.core.config import (
     Pipeline,
     load_pipeline,
     pipeline_from_dict,

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitsjax import data
-from digitsjax.config import DataConfig
-from digitsjax.data import CACHE_NAME, MNIST_FILES, TFDS_NAME, TFDS_VERSION, load_mnist
-from digitsjax.errors import DataError
+from digitsjax.core import data
+from digitsjax.core.config import DataConfig
+from digitsjax.core.data import CACHE_NAME, MNIST_FILES, TFDS_NAME, TFDS_VERSION, load_mnist
+from digitsjax.errors import COMMAND_LINE, DataError
 
 from .conftest import genuine_checksums
 
@@ -45,8 +45,8 @@ def test_checksums_are_the_genuine_files_registered_by_tfds(mnist, mnist_dir):
 
 
 def test_cached_arrays_load_without_importing_tensorflow(mnist):
-    code = ("import sys; from digitsjax.config import DataConfig; "
-            "from digitsjax.data import load_mnist; d = load_mnist(DataConfig()); "
+    code = ("import sys; from digitsjax.core.config import DataConfig; "
+            "from digitsjax.core.data import load_mnist; d = load_mnist(DataConfig()); "
             "print(d.train_images.shape, 'tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "(55000, 784) False"
@@ -73,9 +73,11 @@ def test_a_corrupt_cache_is_ignored_and_rebuilt(prepared_copy, mnist):
 def test_offline_without_a_manual_dir_says_how_to_fix_it(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_online", lambda: False)
     monkeypatch.delenv(data.MNIST_DIR_ENV)
-    with pytest.raises(DataError, match=r"cannot reach .* pass --mnist-dir DIR, or set "
-                                        r"DIGITSJAX_MNIST_DIR"):
+    with pytest.raises(DataError, match=r"cannot reach .* pass mnist_dir=DIR \(or "
+                                        r"\$DIGITSJAX_MNIST_DIR=DIR\)") as error:
         load_mnist(DataConfig(tfds_data_dir=str(tmp_path)), None)
+    assert "pass --mnist-dir DIR (or $DIGITSJAX_MNIST_DIR=DIR)" in \
+        error.value.render(COMMAND_LINE)
 
 
 def test_a_manual_dir_missing_a_file_names_it(tmp_path, mnist_dir):

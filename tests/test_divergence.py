@@ -7,11 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from digitsjax import run
-from digitsjax.config import load_pipeline
-from digitsjax.errors import DivergenceError
-from digitsjax.train import epoch_permutation
-from digitsjax.workdir import read_metrics
+from digitsjax.core.config import load_pipeline
+from digitsjax.core.train import epoch_permutation
+from digitsjax.errors import COMMAND_LINE, DivergenceError
+from digitsjax.run import loop as run
+from digitsjax.run.records import read_metrics
 
 from .conftest import REPO, run_cli
 from .training_processes import saved_steps
@@ -38,9 +38,10 @@ def test_a_poisoned_batch_stops_at_its_step_and_keeps_the_epoch_before(tmp_path,
 
     with pytest.raises(DivergenceError) as error:
         run.train_pipeline(pipeline, tmp_path, mnist_dir=str(mnist_dir), echo=lambda _: None)
-    message = str(error.value)
+    message = error.value.render(COMMAND_LINE)
     assert f"at step {bad_step} (epoch 2)" in message
     assert "--set optimizer.learning_rate=0.0001" in message
+    assert "pipeline key optimizer.learning_rate = 0.0001" in str(error.value)
     assert f"the last good checkpoint, step {spe}, is kept" in message
     assert saved_steps(tmp_path) == [spe]  # the diverged state was never saved
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1]

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from digitsjax.evaluation import confusion_matrix, evaluate_trained, per_class_accuracy
-from digitsjax.run import load_trained
-from digitsjax.workdir import read_metrics
+from digitsjax.apps.evaluate import confusion_matrix, evaluate_trained, per_class_accuracy
+from digitsjax.run.records import read_metrics
+from digitsjax.run.trained import load_trained
 
 from .conftest import run_cli
 
@@ -65,5 +65,5 @@ def test_cli_evaluates_a_chosen_checkpoint_as_json_and_as_a_table(trained_workdi
 def test_cli_refuses_a_checkpoint_that_does_not_exist(trained_workdir):
     result = run_cli("evaluate", str(trained_workdir), "--checkpoint", "7")
     assert result.returncode == 2
-    assert "--checkpoint '7' is not latest, best or one of the saved steps" in result.stderr
+    assert "checkpoint '7' is not latest, best or one of the saved steps" in result.stderr
     assert "Traceback" not in result.stderr

@@ -5,7 +5,7 @@ import tomllib
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from digitsjax.config import Pipeline, load_pipeline, pipeline_from_dict
+from digitsjax.core.config import Pipeline, load_pipeline, pipeline_from_dict
 from digitsjax.errors import ConfigError
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

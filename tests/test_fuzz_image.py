@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from digitsjax.apps.imaging import FIELD, load_digit
 from digitsjax.errors import ImageError
-from digitsjax.imaging import FIELD, load_digit
 
 FUZZ = settings(max_examples=500, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])

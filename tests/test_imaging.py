@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitsjax import imaging
+from digitsjax.apps import imaging
+from digitsjax.apps.imaging import BOX, CENTRE, FIELD, decode_image, load_digit, normalize_digit
 from digitsjax.errors import ImageError, UserError
-from digitsjax.imaging import BOX, CENTRE, FIELD, decode_image, load_digit, normalize_digit
 
 from .digit_pictures import VARIANTS, dark_ink_gray_png
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from digitsjax.config import load_pipeline
-from digitsjax.run import train_pipeline
+from digitsjax.core.config import load_pipeline
+from digitsjax.run.loop import train_pipeline
 
 from .conftest import REPO
 from .training_processes import (

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from digitsjax.errors import CheckpointError
-from digitsjax.workdir import METRICS, append_metrics, read_metrics, truncate_metrics
+from digitsjax.run.records import METRICS, append_metrics, read_metrics, truncate_metrics
 
 RECORDS = [{"epoch": 1, "step": 429, "val_accuracy": 0.9}, {"epoch": 2, "step": 858}]
 

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digitsjax.config import ModelConfig
-from digitsjax.model import (
+from digitsjax.core.config import ModelConfig
+from digitsjax.core.losses import example_loss
+from digitsjax.core.model import (
     batched_forward,
-    example_loss,
     forward,
     init_params,
     params_sha256,

@@ -11,13 +11,15 @@ import jax
 import numpy as np
 import pytest
 
-from digitsjax.config import load_pipeline
+from digitsjax.apps.evaluate import evaluate_trained
+from digitsjax.core.config import load_pipeline
+from digitsjax.core.model import batched_forward, probabilities
+from digitsjax.core.train import model_params
 from digitsjax.errors import CheckpointError, ConfigError
-from digitsjax.evaluation import evaluate_trained
-from digitsjax.model import batched_forward, probabilities
-from digitsjax.run import load_trained, train_pipeline
-from digitsjax.train import model_params
-from digitsjax.workdir import MANIFEST, read_metrics
+from digitsjax.run.loop import train_pipeline
+from digitsjax.run.records import read_metrics
+from digitsjax.run.trained import load_trained
+from digitsjax.run.workdir import MANIFEST
 
 from .conftest import REPO, run_cli
 

@@ -24,11 +24,14 @@ import jax
 import numpy as np
 import pytest
 
-from digitsjax import parallel
-from digitsjax.config import load_pipeline
+from digitsjax.core import sharding
+from digitsjax.core.config import load_pipeline
 from digitsjax.errors import ClusterError, ConfigError
-from digitsjax.run import load_trained, train_pipeline
-from digitsjax.workdir import read_manifest, read_metrics
+from digitsjax.run import cluster
+from digitsjax.run.loop import train_pipeline
+from digitsjax.run.records import read_metrics
+from digitsjax.run.trained import load_trained
+from digitsjax.run.workdir import read_manifest
 
 from .conftest import REPO, run_cli
 
@@ -47,25 +50,26 @@ import json, sys
 from pathlib import Path
 import jax, numpy as np
 from jax.sharding import Mesh
-from digitsjax import parallel
-from digitsjax.config import load_pipeline
+from digitsjax.core import sharding
+from digitsjax.run import cluster
+from digitsjax.core.config import load_pipeline
 from digitsjax.errors import ConfigError
-from digitsjax.run import train_pipeline
-from digitsjax.train import init_train_state, make_train_chunk
+from digitsjax.run.loop import train_pipeline
+from digitsjax.core.train import init_train_state, make_train_chunk
 
 path, overrides, workdirs = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
 pipeline = load_pipeline(path, overrides)
 log = lambda line: print(line, file=sys.stderr)
 
 def step_flops(mesh):
-    state = parallel.replicate(init_train_state(pipeline), mesh)
-    data = parallel.replicate((np.zeros((1024, 784), np.float32), np.zeros(1024, np.int32)), mesh)
+    state = sharding.replicate(init_train_state(pipeline), mesh)
+    data = sharding.replicate((np.zeros((1024, 784), np.float32), np.zeros(1024, np.int32)), mesh)
     chunk = make_train_chunk(pipeline, mesh).lower(state, *data, num_steps=1).compile()
     return chunk.cost_analysis()["flops"]
 
 report = {"devices": jax.device_count(), "resume_log": [],
-          "flops_ratio": step_flops(parallel.data_mesh())
-                         / step_flops(Mesh(jax.devices()[:1], (parallel.DATA_AXIS,)))}
+          "flops_ratio": step_flops(sharding.data_mesh())
+                         / step_flops(Mesh(jax.devices()[:1], (sharding.DATA_AXIS,)))}
 first, second, resumed, refused = workdirs
 report["fingerprints"] = [train_pipeline(pipeline, w, echo=log)["params_sha256"]
                           for w in (first, second)]
@@ -155,9 +159,9 @@ def two_processes(tmp_path_factory, one_device) -> dict:
     launches = [
         ([*command, "--coordinator-address", address, "--num-processes", "2",
           "--process-id", "0"], devices_env(4)),
-        (command, devices_env(4) | {parallel.ADDRESS_ENV: address,
-                                    parallel.NUM_PROCESSES_ENV: "2",
-                                    parallel.PROCESS_ID_ENV: "1"}),
+        (command, devices_env(4) | {cluster.ADDRESS_ENV: address,
+                                    cluster.NUM_PROCESSES_ENV: "2",
+                                    cluster.PROCESS_ID_ENV: "1"}),
     ]
     processes = [subprocess.Popen(args, env=env, cwd=REPO, text=True, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE) for args, env in launches]
@@ -195,15 +199,15 @@ def test_fingerprint_is_identical_run_to_run_at_a_fixed_device_count(eight_devic
 def test_batch_size_must_split_evenly_over_the_devices(eight_devices):
     assert "'train.batch_size' 100 does not split evenly over the 8 devices" in \
         eight_devices["batch_error"]
-    assert "--set train.batch_size=104" in eight_devices["batch_error"]
+    assert "pipeline key train.batch_size = 104" in eight_devices["batch_error"]
     assert not eight_devices["refused_workdir_created"]  # refused before touching anything
 
 
 def test_check_batch_size_accepts_multiples_of_the_device_count():
-    parallel.check_batch_size(128, 8)
-    parallel.check_batch_size(7, 1)
+    sharding.check_batch_size(128, 8)
+    sharding.check_batch_size(7, 1)
     with pytest.raises(ConfigError, match="multiple of 3"):
-        parallel.check_batch_size(128, 3)
+        sharding.check_batch_size(128, 3)
 
 
 @pytest.mark.slow
@@ -238,16 +242,16 @@ def test_checkpoint_from_one_device_resumes_on_eight(eight_devices, one_device):
 
 
 def test_cluster_flags_win_over_environment_variables():
-    environ = {parallel.ADDRESS_ENV: "10.0.0.1:1234", parallel.NUM_PROCESSES_ENV: "4",
-               parallel.PROCESS_ID_ENV: "3"}
-    assert parallel.resolve_cluster(environ=environ) == parallel.Cluster("10.0.0.1:1234", 4, 3)
-    assert parallel.resolve_cluster("10.0.0.2:99", None, 1, environ=environ) == \
-        parallel.Cluster("10.0.0.2:99", 4, 1)
+    environ = {cluster.ADDRESS_ENV: "10.0.0.1:1234", cluster.NUM_PROCESSES_ENV: "4",
+               cluster.PROCESS_ID_ENV: "3"}
+    assert cluster.resolve_cluster(environ=environ) == cluster.Cluster("10.0.0.1:1234", 4, 3)
+    assert cluster.resolve_cluster("10.0.0.2:99", None, 1, environ=environ) == \
+        cluster.Cluster("10.0.0.2:99", 4, 1)
 
 
 def test_no_cluster_settings_leave_detection_to_jax_and_one_process_skips_it():
-    assert parallel.resolve_cluster(environ={}) == parallel.Cluster()
-    assert parallel.resolve_cluster(num_processes=1, environ={}).num_processes == 1
+    assert cluster.resolve_cluster(environ={}) == cluster.Cluster()
+    assert cluster.resolve_cluster(num_processes=1, environ={}).num_processes == 1
 
 
 @pytest.mark.parametrize(("flags", "environ", "message"), [
@@ -257,11 +261,11 @@ def test_no_cluster_settings_leave_detection_to_jax_and_one_process_skips_it():
     (("127.0.0.1:70000", 2, 0), {}, "must be HOST:PORT"),
     (("127.0.0.1:1234", 2, 2), {}, "--process-id must be in 0..1"),
     (("127.0.0.1:1234", 0, 0), {}, "--num-processes must be >= 1"),
-    ((None, None, None), {parallel.NUM_PROCESSES_ENV: "two"}, "must be an integer"),
+    ((None, None, None), {cluster.NUM_PROCESSES_ENV: "two"}, "must be an integer"),
 ])
 def test_incomplete_or_wrong_cluster_settings_are_refused(flags, environ, message):
     with pytest.raises(ClusterError, match=message):
-        parallel.resolve_cluster(*flags, environ=environ)
+        cluster.resolve_cluster(*flags, environ=environ)
 
 
 def test_cli_explains_a_half_given_cluster_in_one_line():

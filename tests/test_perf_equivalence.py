@@ -15,10 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from digitsjax import train
-from digitsjax.config import Pipeline, load_pipeline
-from digitsjax.model import params_sha256
-from digitsjax.train import (
+from digitsjax.core import train
+from digitsjax.core.config import Pipeline, load_pipeline
+from digitsjax.core.model import params_sha256
+from digitsjax.core.train import (
     DATA_STREAM,
     epoch_permutation,
     init_train_state,

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from digitsjax.predict import Predictor
+from digitsjax.apps.predict import Predictor
 
 from .conftest import run_cli
 from .digit_pictures import VARIANTS, dark_ink_gray_png

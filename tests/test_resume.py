@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from digitsjax import checkpoint
 from digitsjax.cli import main
-from digitsjax.config import load_pipeline
-from digitsjax.workdir import MANIFEST, read_manifest, read_metrics
+from digitsjax.core.config import load_pipeline
+from digitsjax.run import checkpoint
+from digitsjax.run.records import read_metrics
+from digitsjax.run.workdir import MANIFEST, read_manifest
 
 from . import training_processes
 from .conftest import REPO, SMALL_RUN, run_cli

@@ -9,10 +9,10 @@ import threading
 import numpy as np
 import pytest
 
-from digitsjax import serve
+from digitsjax.apps import serve
+from digitsjax.apps.imaging import load_digit
+from digitsjax.apps.predict import Predictor
 from digitsjax.errors import UserError
-from digitsjax.imaging import load_digit
-from digitsjax.predict import Predictor
 
 from .conftest import request
 from .digit_pictures import blue_ink_on_cream_jpeg, dark_ink_gray_png

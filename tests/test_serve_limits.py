@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitsjax import serve
-from digitsjax.predict import Predictor
+from digitsjax.apps import serve
+from digitsjax.apps.predict import Predictor
 
 from .conftest import request, serving
 from .digit_pictures import dark_ink_gray_png

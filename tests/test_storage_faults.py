@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from digitsjax.config import load_pipeline
+from digitsjax.core.config import load_pipeline
 
 from .conftest import REPO, SMALL_RUN, run_cli
 from .training_processes import fingerprint, saved_steps

@@ -8,11 +8,11 @@ import re
 import pytest
 from PIL import Image
 
-from digitsjax.config import load_pipeline
+from digitsjax.apps.sweep import make_variants, parse_grid_option, read_grid, write_summary
+from digitsjax.core.config import load_pipeline
 from digitsjax.errors import ConfigError
-from digitsjax.run import load_trained
-from digitsjax.sweep import make_variants, parse_grid_option, read_grid, write_summary
-from digitsjax.workdir import read_metrics
+from digitsjax.run.records import read_metrics
+from digitsjax.run.trained import load_trained
 
 from .conftest import REPO, run_cli
 

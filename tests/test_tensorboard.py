@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from digitsjax.checkpoint import checkpoint_dir
-from digitsjax.config import load_pipeline
-from digitsjax.run import train_pipeline
-from digitsjax.tensorboard_events import EVENT_FILES, TAGS
-from digitsjax.workdir import read_metrics
+from digitsjax.core.config import load_pipeline
+from digitsjax.run.checkpoint import checkpoint_dir
+from digitsjax.run.loop import train_pipeline
+from digitsjax.run.records import read_metrics
+from digitsjax.run.tensorboard import EVENT_FILES, TAGS
 
 from .conftest import REPO
 
@@ -65,7 +65,7 @@ def test_starting_a_run_does_not_import_an_installed_pytorch(tmp_path):
     fake_torch = tmp_path / "torch"
     fake_torch.mkdir()
     (fake_torch / "__init__.py").write_text("import builtins\nbuiltins.TORCH_IMPORTED = True\n")
-    code = ("import builtins, digitsjax.run\n"
+    code = ("import builtins, digitsjax.run.loop\n"
             "assert not hasattr(builtins, 'TORCH_IMPORTED'), 'torch was imported'\n"
             "import torch\n"
             "assert builtins.TORCH_IMPORTED\n")

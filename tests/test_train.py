@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from digitsjax.config import load_pipeline
-from digitsjax.run import load_trained, train_pipeline
-from digitsjax.train import chunk_plan
-from digitsjax.workdir import read_metrics
+from digitsjax.core.config import load_pipeline
+from digitsjax.core.train import chunk_plan
+from digitsjax.run.loop import train_pipeline
+from digitsjax.run.records import read_metrics
+from digitsjax.run.trained import load_trained
 
 from .conftest import REPO, genuine_checksums, run_cli
 
@@ -36,7 +37,7 @@ def test_the_same_pipeline_twice_gives_the_same_fingerprint(trained_workdir, tmp
     pipeline = load_pipeline(PIPELINES / "mnist_mlp.toml", ["train.epochs=2"])
     again = train_pipeline(pipeline, tmp_path, mnist_dir=str(mnist_dir), echo=lambda _: None)
     first = load_trained(trained_workdir)
-    from digitsjax.model import params_sha256
+    from digitsjax.core.model import params_sha256
     assert again["params_sha256"] == params_sha256(first.state["params"])
     other_seed = train_pipeline(load_pipeline(PIPELINES / "mnist_mlp.toml",
                                               ["train.epochs=1", "seed=1"]),

@@ -7,11 +7,12 @@ import shutil
 
 import pytest
 
-from digitsjax import checkpoint
+from digitsjax.apps.verify import verify_workdir
 from digitsjax.cli import main
 from digitsjax.errors import CheckpointError
-from digitsjax.verify import verify_workdir
-from digitsjax.workdir import MANIFEST, read_manifest, write_json_atomic
+from digitsjax.files import write_json_atomic
+from digitsjax.run import checkpoint
+from digitsjax.run.workdir import MANIFEST, read_manifest
 
 from .conftest import run_cli
 

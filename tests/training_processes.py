@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from digitsjax import checkpoint
-from digitsjax.model import params_sha256
-from digitsjax.run import load_trained
-from digitsjax.workdir import METRICS, TIMING_FIELDS, read_metrics
+from digitsjax.core.model import params_sha256
+from digitsjax.run import checkpoint
+from digitsjax.run.records import METRICS, TIMING_FIELDS, read_metrics
+from digitsjax.run.trained import load_trained
 
 from .conftest import REPO
 

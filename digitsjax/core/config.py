@@ -21,16 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from digitsjax.errors import ConfigError
+from digitsjax.core.data import SPLIT_SIZES
+from digitsjax.core.losses import LOSSES
+from digitsjax.core.model import ACTIVATIONS, INITIALIZERS, OUTPUT_ACTIVATIONS
+from digitsjax.core.optim import OPTIMIZERS, SCHEDULES
+from digitsjax.errors import ConfigError, setting
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh")
-OUTPUT_ACTIVATIONS = ("linear", "sigmoid")
-INITS = ("he", "glorot", "small_normal", "standard_normal", "scaled_normal")
-LOSSES = ("softmax_cross_entropy", "quadratic")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
-SCHEDULES = ("constant", "cosine", "warmup_cosine")
-
-MNIST_TRAIN_SIZE = 60_000
 MAX_LAYER_SIZE = 65_536  # beyond this a 784-input layer alone outgrows most devices' memory
 SWEEP_TABLE = "sweep"
 
@@ -49,29 +45,42 @@ class DataConfig:
 class ModelConfig:
     hidden: tuple[int, ...] = (128, 64)
     activation: str = "relu"
+    """A key of `model.ACTIVATIONS`, for the hidden layers."""
     output_activation: str = "linear"
     """"linear" emits logits (softmax lives in the loss); "sigmoid" is Nielsen's output layer."""
     init: str = "he"
+    """A key of `model.INITIALIZERS`."""
     dropout: float = 0.0
     """Dropout on hidden activations while training; the only per-step randomness."""
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
+    """`[optimizer]`: how gradients become updates."""
+
     name: str = "adam"
+    """A key of `optim.OPTIMIZERS`."""
     learning_rate: float = 1e-3
+    """The peak learning rate; the schedule shapes it over the run's steps."""
     schedule: str = "constant"
+    """A key of `optim.SCHEDULES`."""
     warmup_steps: int = 0
     final_lr_fraction: float = 0.0
     """For cosine schedules: the learning rate at the last step, as a fraction of the peak."""
     momentum: float = 0.9
+    """For momentum, nesterov and rmsprop."""
     weight_decay: float = 0.0
+    """For adamw."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """`[train]`: what is minimised, in which batches, for how long, by how many models."""
+
     loss: str = "softmax_cross_entropy"
+    """A key of `losses.LOSSES`."""
     batch_size: int = 128
+    """The global batch, split over every device of every process."""
     epochs: int = 10
     eval_every_epochs: int = 1
     num_models: int = 1
@@ -101,7 +110,7 @@ class Pipeline:
 
     @property
     def train_size(self) -> int:
-        return MNIST_TRAIN_SIZE - self.data.validation_size
+        return SPLIT_SIZES["train"] - self.data.validation_size
 
     @property
     def steps_per_epoch(self) -> int:
@@ -167,9 +176,9 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, value = override.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set {override!r} must look like section.key=value, "
-                          "e.g. --set optimizer.learning_rate=0.01")
-    set_key(raw, key, parse_value(value), option="--set")
+        raise ConfigError(f"override {override!r} must look like section.key=value",
+                          f"e.g. {setting('optimizer.learning_rate', '0.01')}")
+    set_key(raw, key, parse_value(value), option="override")
 
 
 def parse_value(text: str) -> Any:
@@ -248,16 +257,19 @@ def _check(ok: bool, source: str, message: str) -> None:
         raise ConfigError(f"{source}: {message}")
 
 
-def _check_choice(value: str, choices: tuple[str, ...], key: str, source: str) -> None:
-    if value not in choices:
+def _check_choice(value: str, registry: Mapping[str, Any], key: str, source: str) -> None:
+    """`value` must name an entry of the option family's registry."""
+    if value not in registry:
+        choices = tuple(registry)
         raise ConfigError(f"{source}: '{key}' is {value!r}{_suggest(value, choices)}; "
                           f"choose one of {', '.join(choices)}")
 
 
 def _validate(p: Pipeline, source: str) -> None:
     _check(p.seed >= 0, source, f"'seed' must be >= 0, got {p.seed}")
-    _check(0 < p.data.validation_size < MNIST_TRAIN_SIZE, source,
-           f"'data.validation_size' must be between 1 and {MNIST_TRAIN_SIZE - 1}, "
+    train_images = SPLIT_SIZES["train"]
+    _check(0 < p.data.validation_size < train_images, source,
+           f"'data.validation_size' must be between 1 and {train_images - 1}, "
            f"got {p.data.validation_size}")
     m = p.model
     for i, size in enumerate(m.hidden):
@@ -265,7 +277,7 @@ def _validate(p: Pipeline, source: str) -> None:
                f"'model.hidden[{i}]' must be between 1 and {MAX_LAYER_SIZE}, got {size}")
     _check_choice(m.activation, ACTIVATIONS, "model.activation", source)
     _check_choice(m.output_activation, OUTPUT_ACTIVATIONS, "model.output_activation", source)
-    _check_choice(m.init, INITS, "model.init", source)
+    _check_choice(m.init, INITIALIZERS, "model.init", source)
     _check(0.0 <= m.dropout < 1.0, source, f"'model.dropout' must be in [0, 1), got {m.dropout}")
     o = p.optimizer
     _check_choice(o.name, OPTIMIZERS, "optimizer.name", source)
@@ -282,8 +294,8 @@ def _validate(p: Pipeline, source: str) -> None:
            f"'optimizer.weight_decay' must be >= 0, got {o.weight_decay}")
     t = p.train
     _check_choice(t.loss, LOSSES, "train.loss", source)
-    _check(t.loss != "softmax_cross_entropy" or m.output_activation == "linear", source,
-           "'train.loss' softmax_cross_entropy needs model.output_activation = \"linear\" "
+    _check(not LOSSES[t.loss].needs_logits or m.output_activation == "linear", source,
+           f"'train.loss' {t.loss} needs model.output_activation = \"linear\" "
            "(the softmax is part of the loss)")
     _check(1 <= t.batch_size <= p.train_size, source,
            f"'train.batch_size' must be between 1 and {p.train_size} (the training images), "

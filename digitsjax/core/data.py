@@ -15,12 +15,15 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from digitsjax.config import DataConfig
-from digitsjax.errors import DataError
+from digitsjax.errors import MNIST_DIR, DataError
+from digitsjax.files import write_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    from digitsjax.core.config import DataConfig
 
 TFDS_NAME = "mnist"
 TFDS_VERSION = "3.0.1"
@@ -37,6 +40,8 @@ _SPLITS = ("train", "test")
 
 NUM_PIXELS = 28 * 28
 NUM_CLASSES = 10
+SPLIT_SIZES = {"train": 60_000, "test": 10_000}
+"""MNIST's registered split sizes (tfds mnist 3.0.1); loaded arrays are checked against them."""
 
 
 @dataclass(frozen=True)
@@ -70,11 +75,12 @@ def resolve_tfds_data_dir(config: DataConfig) -> Path:
 def load_mnist(config: DataConfig, mnist_dir: str | Path | None = None) -> MNIST:
     """Load MNIST, preparing it with tfds first if needed; hold out the validation split.
 
-    `mnist_dir` (the --mnist-dir flag) is where tfds finds the IDX files; without it,
+    `mnist_dir` (the CLI's flag) is where tfds finds the IDX files; without it,
     $DIGITSJAX_MNIST_DIR, then the pipeline's `data.mnist_dir` (see `resolve_mnist_dir`).
     """
     arrays, checksums = load_raw_arrays(resolve_tfds_data_dir(config),
                                         resolve_mnist_dir(mnist_dir, config))
+    _check_sizes(arrays)
     n_train = len(arrays["train_labels"]) - config.validation_size
     images = {split: _to_float(arrays[f"{split}_images"]) for split in _SPLITS}
     labels = {split: arrays[f"{split}_labels"].astype(np.int32) for split in _SPLITS}
@@ -102,6 +108,15 @@ def load_raw_arrays(data_dir: Path, mnist_dir: Path | None) -> tuple[dict[str, n
     return arrays, checksums
 
 
+def _check_sizes(arrays: dict[str, np.ndarray]) -> None:
+    """Pipelines count their steps from the registered split sizes: the data must have them."""
+    for split, size in SPLIT_SIZES.items():
+        found = len(arrays[f"{split}_labels"])
+        if found != size or len(arrays[f"{split}_images"]) != size:
+            raise DataError(f"MNIST's {split} split has {found} examples, not {size}",
+                            f"point {MNIST_DIR} at genuine MNIST")
+
+
 def _to_float(images: np.ndarray) -> np.ndarray:
     return (images.reshape(len(images), NUM_PIXELS).astype(np.float32) / 255.0)
 
@@ -126,15 +141,10 @@ def _read_cache(cache: Path) -> tuple[dict[str, np.ndarray], dict] | None:
 
 
 def _write_cache(cache: Path, arrays: dict[str, np.ndarray], checksums: dict) -> None:
-    """Write atomically (temp file + rename) so a crash never leaves a half-written cache."""
+    """Arrays before their checksums, each atomically: a crash never leaves a half-written cache."""
     try:
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, cache)
-        tmp_json = cache.with_suffix(".json.tmp")
-        tmp_json.write_text(json.dumps(checksums, indent=1))
-        os.replace(tmp_json, cache.with_suffix(".json"))
+        write_atomic(cache, lambda f: np.savez(f, **arrays))
+        write_json_atomic(cache.with_suffix(".json"), checksums)
     except OSError:
         pass  # a read-only data dir only costs the speed-up
 
@@ -161,7 +171,7 @@ def _decode_with_tfds(data_dir: Path, mnist_dir: Path | None) -> tuple[dict, dic
         except NonMatchingChecksumError as e:
             bad = next((name for name in MNIST_FILES if name in str(e)), "a file")
             raise DataError(f"MNIST file {bad} has the wrong sha256 (corrupt or not genuine "
-                            "MNIST); replace it with a genuine copy") from None
+                            "MNIST)", "replace it with a genuine copy") from None
     arrays = {}
     for split in _SPLITS:
         batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
@@ -171,19 +181,18 @@ def _decode_with_tfds(data_dir: Path, mnist_dir: Path | None) -> tuple[dict, dic
 
 
 def _prepare(builder: Any, tfds: Any, data_dir: Path, mnist_dir: Path | None) -> None:
-    fix = (f"pass --mnist-dir DIR, or set {MNIST_DIR_ENV}=DIR, to a folder holding the four "
-           f"MNIST files ({', '.join(MNIST_FILES)})")
+    fix = f"pass {MNIST_DIR}, a folder holding the four MNIST files ({', '.join(MNIST_FILES)})"
     if mnist_dir is None:
         if not _online():
             raise DataError(f"MNIST is not prepared in {data_dir} and this host cannot reach "
-                            f"{_DOWNLOAD_HOST[0]} to download it; {fix}")
+                            f"{_DOWNLOAD_HOST[0]} to download it", fix)
         download_config = None
     else:
         if not mnist_dir.is_dir():
-            raise DataError(f"MNIST manual dir {mnist_dir} is not a folder; {fix}")
+            raise DataError(f"MNIST manual dir {mnist_dir} is not a folder", fix)
         missing = [name for name in MNIST_FILES if not (mnist_dir / name).is_file()]
         if missing:
-            raise DataError(f"MNIST manual dir {mnist_dir} lacks {', '.join(missing)}; {fix}")
+            raise DataError(f"MNIST manual dir {mnist_dir} lacks {', '.join(missing)}", fix)
         download_config = tfds.download.DownloadConfig(manual_dir=str(mnist_dir))
     try:
         builder.download_and_prepare(download_config=download_config)
@@ -193,7 +202,7 @@ def _prepare(builder: Any, tfds: Any, data_dir: Path, mnist_dir: Path | None) ->
             fix = ("make it writable, or set $TFDS_DATA_DIR (or the pipeline's "
                    "data.tfds_data_dir) to a folder that is")
         reason = f"{e.strerror}: {culprit}" if e.strerror and culprit else str(e)
-        raise DataError(f"could not prepare MNIST in {data_dir} ({reason}); {fix}") from None
+        raise DataError(f"could not prepare MNIST in {data_dir} ({reason})", fix) from None
 
 
 def _online(timeout: float = 3.0) -> bool:

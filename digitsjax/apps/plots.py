@@ -16,10 +16,10 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from digitsjax.data import MNIST, NUM_CLASSES
-from digitsjax.evaluation import confusion_matrix, predict_classes
-from digitsjax.run import Trained
-from digitsjax.workdir import read_metrics
+from digitsjax.apps.evaluate import confusion_matrix, predict_classes
+from digitsjax.core.data import MNIST, NUM_CLASSES
+from digitsjax.run.records import EpochRecord, read_metrics
+from digitsjax.run.trained import Trained
 
 PLOTS_DIR = "plots"
 GRID_COLUMNS = 10
@@ -118,7 +118,7 @@ def plot_mistakes(images: np.ndarray, labels: np.ndarray, predictions: np.ndarra
     return _save(figure, path)
 
 
-def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> Path:
+def plot_curves(records: list[EpochRecord], path: Path, title: str) -> Path:
     """Loss and accuracy per epoch for train, validation and test, from metrics.jsonl."""
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     figure.suptitle(f"{title}: loss and accuracy per epoch")

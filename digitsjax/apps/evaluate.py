@@ -13,29 +13,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from digitsjax.config import ModelConfig
-from digitsjax.data import MNIST, NUM_CLASSES
-from digitsjax.model import Params, batched_forward, ensemble_probabilities, probabilities
-from digitsjax.run import Trained, fingerprints
-from digitsjax.train import make_evaluate
+from digitsjax.core.config import Pipeline
+from digitsjax.core.data import MNIST, NUM_CLASSES
+from digitsjax.core.model import Params, classify
+from digitsjax.core.train import make_evaluate
+from digitsjax.run.trained import Trained, fingerprints
 
 
-def make_classify(config: ModelConfig) -> Callable[[Params, jax.Array], jax.Array]:
+def make_classify(pipeline: Pipeline) -> Callable[[Params, jax.Array], jax.Array]:
     """A jitted `(params, images (N, 784)) -> class probabilities (N, 10)`, without dropout.
 
     It compiles once per batch size, so a server that always sends one image compiles once.
-    The params of K models (`train.num_models`, stacked on a leading axis) classify as their
-    ensemble: the models' probabilities averaged.
+    The params of K models (`train.num_models`, the count the manifest's pipeline records)
+    classify as their ensemble: the models' probabilities averaged.
     """
-
-    @jax.jit
-    def classify(params: Params, images: jax.Array) -> jax.Array:
-        if params[0]["w"].ndim == 3:  # (K, fan_in, fan_out): a stack of K models
-            outputs = jax.vmap(batched_forward, in_axes=(0, None, None))(params, images, config)
-            return ensemble_probabilities(outputs, config)
-        return probabilities(batched_forward(params, images, config), config)
-
-    return classify
+    model, num_models = pipeline.model, pipeline.train.num_models
+    return jax.jit(lambda params, images: classify(params, images, model, num_models))
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
@@ -54,8 +47,8 @@ def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
 
 def predict_classes(trained: Trained, images: np.ndarray) -> np.ndarray:
     """Predicted digits (N,) for flat images (N, 784)."""
-    classify = make_classify(trained.pipeline.model)
-    return np.asarray(jnp.argmax(classify(trained.state["params"], images), axis=-1))
+    probabilities = make_classify(trained.pipeline)(trained.params, images)
+    return np.asarray(jnp.argmax(probabilities, axis=-1))
 
 
 def evaluate_trained(trained: Trained, data: MNIST) -> dict[str, Any]:

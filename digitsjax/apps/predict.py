@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from digitsjax.data import NUM_PIXELS
-from digitsjax.evaluation import make_classify
-from digitsjax.imaging import load_digit
-from digitsjax.run import Trained, load_trained
+from digitsjax.apps.evaluate import make_classify
+from digitsjax.apps.imaging import load_digit
+from digitsjax.core.data import NUM_PIXELS
+from digitsjax.run.trained import Trained, load_trained
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Predictor:
 
     def __init__(self, trained: Trained):
         self.trained = trained
-        self._classify = make_classify(trained.pipeline.model)
+        self._classify = make_classify(trained.pipeline)
 
     @classmethod
     def from_workdir(cls, workdir: str | Path, which: str = "latest") -> Predictor:
@@ -49,7 +49,7 @@ class Predictor:
     def classify(self, digits: np.ndarray) -> list[Prediction]:
         """(N, 28, 28) MNIST-normalised images -> one `Prediction` each."""
         flat = np.asarray(digits, np.float32).reshape(len(digits), NUM_PIXELS)
-        probs = np.asarray(self._classify(self.trained.state["params"], flat), np.float64)
+        probs = np.asarray(self._classify(self.trained.params, flat), np.float64)
         return [Prediction(digit=int(p.argmax()), probabilities=p.tolist(), input=digit)
                 for p, digit in zip(probs, digits, strict=True)]
 

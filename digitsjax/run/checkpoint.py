@@ -23,21 +23,18 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging as absl_logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from digitsjax import parallel
-from digitsjax.config import CheckpointConfig
-from digitsjax.errors import CheckpointError
-from digitsjax.model import params_sha256
+from digitsjax.core.config import CheckpointConfig
+from digitsjax.core.model import params_sha256
+from digitsjax.errors import CHECKPOINT, RESTART, WORKDIR, CheckpointError
+from digitsjax.run import cluster
 
 CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "checkpoints-unreadable"  # where damaged checkpoints are moved, never deleted
 BEST_METRIC = "val_accuracy"
 STATE_SHA256 = "state_sha256"
 _ORBAX_SOURCE = f"{os.sep}orbax{os.sep}"
-
-absl_logging.set_verbosity(absl_logging.ERROR)  # orbax narrates every save at INFO/WARNING
 
 
 def checkpoint_dir(workdir: Path) -> Path:
@@ -95,7 +92,7 @@ def _cannot_write(manager: ocp.CheckpointManager, reason: str) -> CheckpointErro
     intact = sorted(manager.all_steps(read=True))
     return CheckpointError(
         f"could not write a checkpoint in {manager.directory} ({reason}); the checkpoints "
-        f"{intact or 'written before'} are intact: free space or make the workdir writable, "
+        f"{intact or 'written before'} are intact", "free space or make the workdir writable, "
         "then run the same command again to continue")
 
 
@@ -151,8 +148,8 @@ def save(manager: ocp.CheckpointManager, state: dict[str, Any], meta: dict[str, 
 
     The state's checksum goes into `meta`, so that a restore can prove it read back every byte.
     Orbax is handed the host copy that the checksum reads anyway: it writes NumPy arrays with
-    about half the CPU time of device arrays (25 ms instead of 45 ms for mnist_mlp's state), time
-    that the async save would otherwise take from the next epoch. A restore still returns
+    less CPU time than device arrays, time that the async save would otherwise take from the
+    next epoch. A restore still returns
     device arrays, placed like the state it restores into.
     """
     state = jax.device_get(state)
@@ -239,16 +236,16 @@ def restore_newest_intact(manager: ocp.CheckpointManager, like_state: dict[str, 
             damaged.append((step, e))
             continue
         for bad_step, error in damaged:
-            if parallel.is_primary():
+            if cluster.is_primary():
                 moved = _move_aside(manager, bad_step)
                 warn(f"warning: {error}; moved it to {moved} and falling back to step {step}")
         if damaged:
-            parallel.sync("damaged checkpoints moved aside")
+            cluster.sync("damaged checkpoints moved aside")
             manager.reload()  # forget the moved steps
         return step, state, meta
     if damaged:
-        raise CheckpointError(f"no checkpoint can be restored, the newest: {damaged[0][1]}; "
-                              "pass --restart to start over, or choose another --workdir")
+        raise CheckpointError(f"no checkpoint can be restored, the newest: {damaged[0][1].problem}",
+                              f"pass {RESTART} to start over, or choose another {WORKDIR}")
     return None
 
 
@@ -264,18 +261,18 @@ def resolve_step(manager: ocp.CheckpointManager, which: str) -> int:
     """`latest`, `best` or a step number -> a step that exists in the workdir."""
     steps = manager.all_steps()
     if not steps:
-        raise CheckpointError(f"no checkpoints in {manager.directory}; train first with "
-                              "`digitsjax train PIPELINE --workdir DIR`")
+        raise CheckpointError(f"no checkpoints in {manager.directory}",
+                              "train first with `digitsjax train`")
     if which == "latest":
         return max(steps)
     if which == "best":
         scored = {step: m[BEST_METRIC] for step in steps
                   if (m := manager.metrics(step)) and BEST_METRIC in m}
         if not scored:
-            raise CheckpointError(f"no checkpoint in {manager.directory} has a "
-                                  f"{BEST_METRIC}; use --checkpoint latest")
+            raise CheckpointError(f"no checkpoint in {manager.directory} has a {BEST_METRIC}",
+                                  f"use {CHECKPOINT} latest")
         return max(scored, key=lambda step: (scored[step], step))  # as BestN breaks ties
     if which.isdigit() and int(which) in steps:
         return int(which)
-    raise CheckpointError(f"--checkpoint {which!r} is not latest, best or one of the saved "
-                          f"steps {sorted(steps)}")
+    raise CheckpointError(f"checkpoint {which!r} is not latest, best or one of the saved "
+                          f"steps {sorted(steps)}", f"choose another with {CHECKPOINT}")

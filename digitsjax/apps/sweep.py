@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from digitsjax.config import (
+from digitsjax.apps.plots import PLOTS_DIR, plot_sweep
+from digitsjax.core.config import (
     SWEEP_TABLE,
     Pipeline,
     parse_value,
@@ -26,11 +27,12 @@ from digitsjax.config import (
     read_pipeline_file,
     set_key,
 )
+from digitsjax.core.model import parameter_count
 from digitsjax.errors import ConfigError, UserError
-from digitsjax.model import layer_sizes
-from digitsjax.plots import PLOTS_DIR, plot_sweep
-from digitsjax.run import train_pipeline
-from digitsjax.workdir import MANIFEST, read_manifest, read_metrics, write_json_atomic
+from digitsjax.files import write_json_atomic, write_text_atomic
+from digitsjax.run.loop import train_pipeline
+from digitsjax.run.records import last_evaluated, read_metrics
+from digitsjax.run.workdir import MANIFEST, recorded_pipeline
 
 SWEEP_JSON = "sweep.json"
 SUMMARY_CSV = "sweep.csv"
@@ -146,20 +148,15 @@ def summarize(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         workdir = Path(sweep_dir) / variant["name"]
         row = {"variant": variant["name"], **variant["values"], **dict.fromkeys(RESULT_COLUMNS)}
         if (workdir / MANIFEST).is_file():
-            model = pipeline_from_dict(read_manifest(workdir)["pipeline"]).model
-            row["parameters"] = _parameter_count(layer_sizes(model))
+            row["parameters"] = parameter_count(recorded_pipeline(workdir).model)
         records = read_metrics(workdir)
-        final = next((r for r in reversed(records) if "test_accuracy" in r), None)
+        final = last_evaluated(records)
         if final is not None:  # a variant not trained yet keeps its empty cells
             row |= {key: final[key] for key in RESULT_COLUMNS if key in final}
             row["epochs"] = final["epoch"]
             row["train_seconds"] = sum(r["epoch_seconds"] for r in records)
         rows.append(row)
     return sweep, rows
-
-
-def _parameter_count(sizes: tuple[int, ...]) -> int:
-    return sum(fan_in * fan_out + fan_out for fan_in, fan_out in itertools.pairwise(sizes))
 
 
 def write_summary(sweep_dir: Path) -> list[Path]:
@@ -173,7 +170,7 @@ def write_summary(sweep_dir: Path) -> list[Path]:
         writer.writeheader()
         writer.writerows({c: _csv_value(row[c]) for c in columns} for row in rows)
     markdown_path = Path(sweep_dir) / SUMMARY_MARKDOWN
-    markdown_path.write_text(_markdown_table(rows, keys))
+    write_text_atomic(markdown_path, _markdown_table(rows, keys))
     (Path(sweep_dir) / PLOTS_DIR).mkdir(exist_ok=True)
     chart = plot_sweep([r for r in rows if r["parameters"] is not None],
                        Path(sweep_dir) / PLOTS_DIR / CHART,

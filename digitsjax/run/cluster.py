@@ -1,12 +1,4 @@
-"""Data parallelism over every device of every process, with JAX's own distributed runtime.
-
-One mesh axis, `data`. Every global batch is split over all devices, while parameters,
-optimizer state and the MNIST arrays are replicated on each device. A device gathers its own
-slice of each batch from its replica of the training set, so every process feeds exactly its
-devices' slices with no input pipeline, and nothing crosses the host inside a chunk. XLA's
-SPMD partitioner turns the batch-mean loss into per-device partial sums plus an all-reduce.
-The pipeline's batch size is the *global* batch size: a run computes the same maths on 1 or
-64 devices, up to the float rounding of those cross-device sums.
+"""Several processes, one run: JAX's own distributed runtime, barriers and shared decisions.
 
 Processes join through `jax.distributed.initialize` before anything touches a device: from
 flags or DIGITSJAX_* variables, else from JAX's own detection of Cloud TPU VMs, Slurm, Open
@@ -17,26 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from digitsjax.errors import ClusterError, ConfigError
+from digitsjax.errors import ClusterError
 
-DATA_AXIS = "data"
 ADDRESS_ENV = "DIGITSJAX_COORDINATOR_ADDRESS"
 NUM_PROCESSES_ENV = "DIGITSJAX_NUM_PROCESSES"
 PROCESS_ID_ENV = "DIGITSJAX_PROCESS_ID"
 _FLAGS = f"--coordinator-address HOST:PORT --num-processes N --process-id I (or {ADDRESS_ENV}, " \
          f"{NUM_PROCESSES_ENV}, {PROCESS_ID_ENV})"
-
-Tree = TypeVar("Tree")
-
 
 @dataclass(frozen=True)
 class Cluster:
@@ -145,48 +131,3 @@ def primary_first(name: str) -> Iterator[None]:
     yield
     if is_primary():
         sync(name)
-
-
-def data_mesh() -> Mesh:
-    """Every device of every process on the `data` axis, in JAX's topology-aware order."""
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def check_batch_size(batch_size: int, devices: int) -> None:
-    """The global batch is split evenly, so that every device does the same work."""
-    if batch_size % devices:
-        multiple = -(-batch_size // devices) * devices
-        raise ConfigError(f"'train.batch_size' {batch_size} does not split evenly over the "
-                          f"{devices} devices; use a multiple of {devices}, e.g. "
-                          f"--set train.batch_size={multiple}")
-
-
-def replicate(tree: Tree, mesh: Mesh) -> Tree:
-    """A full copy of `tree` on every device of the mesh, from this process's copy of it.
-
-    Every process must pass the same values (the same pipeline gives the same init and data).
-    """
-    return jax.make_array_from_process_local_data(replicated(mesh), jax.device_get(tree))
-
-
-def split_batch(mesh: Mesh | None) -> Callable[[Tree], Tree]:
-    """Inside jit: split arrays with a leading batch axis over `data` (unchanged without a mesh)."""
-    if mesh is None:
-        return lambda tree: tree
-    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    return lambda tree: jax.lax.with_sharding_constraint(tree, sharding)
-
-
-def replicated_outputs(mesh: Mesh | None) -> dict[str, Any]:
-    """`jax.jit` arguments that keep every output replicated (none without a mesh).
-
-    Inputs need none: `replicate` commits them to the mesh and jit follows committed arrays
-    (jit refuses `in_shardings` with keyword arguments such as `num_steps`).
-    """
-    if mesh is None:
-        return {}
-    return {"out_shardings": replicated(mesh)}

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from digitsjax.core.model import params_sha256
 from digitsjax.errors import CheckpointError
-from digitsjax.model import params_sha256
-from digitsjax.run import load_trained, train_pipeline
-from digitsjax.workdir import TIMING_FIELDS, differences, read_manifest, read_metrics
+from digitsjax.run.loop import train_pipeline
+from digitsjax.run.records import EpochRecord, read_metrics, without_timings
+from digitsjax.run.trained import load_trained
+from digitsjax.run.workdir import differences, read_manifest
 
 # Manifest entries that describe the invocation rather than the computation.
 MANIFEST_INVOCATION = ("command", "created")
@@ -52,7 +54,7 @@ def verify_workdir(workdir: str | Path, *, mnist_dir: str | None = None,
     manifest, recorded_metrics = read_manifest(workdir), read_metrics(workdir)  # before a replay
     if trained.step != trained.pipeline.total_steps:
         raise CheckpointError(
-            f"{workdir} stopped at step {trained.step} of {trained.pipeline.total_steps}; "
+            f"{workdir} stopped at step {trained.step} of {trained.pipeline.total_steps}",
             f"finish it first (re-running `{manifest.get('command', 'digitsjax train')}` "
             "continues it), then verify")
     echo(f"replaying {workdir}'s pipeline {trained.pipeline.name!r} into a temporary workdir")
@@ -61,17 +63,14 @@ def verify_workdir(workdir: str | Path, *, mnist_dir: str | None = None,
         replay_manifest, replay_metrics = read_manifest(replay_dir), read_metrics(replay_dir)
     return Verification(
         step=trained.step,
-        recorded_sha256=params_sha256(trained.state["params"]),
+        recorded_sha256=params_sha256(trained.params),
         replayed_sha256=replayed["params_sha256"],
         first_divergent_epoch=_first_divergent_epoch(recorded_metrics, replay_metrics),
         manifest_differences=differences(manifest, replay_manifest, ignore=MANIFEST_INVOCATION))
 
 
-def _first_divergent_epoch(recorded: list[dict[str, Any]],
-                           replayed: list[dict[str, Any]]) -> int | None:
-    def without_timings(record: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in record.items() if k not in TIMING_FIELDS}
-
+def _first_divergent_epoch(recorded: list[EpochRecord],
+                           replayed: list[EpochRecord]) -> int | None:
     by_epoch = {r["epoch"]: without_timings(r) for r in recorded}
     for record in replayed:
         if by_epoch.get(record["epoch"]) != without_timings(record):

@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from digitsjax.apps.imaging import FIELD
 from digitsjax.errors import ImageError, UserError
-from digitsjax.imaging import FIELD
 
 if TYPE_CHECKING:  # the CLI reads `Limits` for its defaults without loading JAX
-    from digitsjax.predict import Predictor
+    from digitsjax.apps.predict import Predictor
 
 MAX_BODY_BYTES = 1024 * 1024
 """The page posts a ~10 kB canvas; a JPEG photo of up to ~750 kB fits as base64. Larger bodies
@@ -76,7 +76,7 @@ class DigitServer(ThreadingHTTPServer):
         self.predictor = predictor
         self.limits = limits
         self.decoding = threading.BoundedSemaphore(limits.decoders)
-        self.page = resources.files("digitsjax").joinpath("static/index.html").read_bytes()
+        self.page = resources.files("digitsjax.apps").joinpath("static/index.html").read_bytes()
         trained = predictor.trained
         self.info = {"pipeline": trained.pipeline.name, "step": trained.step,
                      "hidden": list(trained.pipeline.model.hidden)}

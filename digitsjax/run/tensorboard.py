@@ -10,29 +10,31 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tensorboardX import SummaryWriter
 
 
-def _import_summary_writer() -> type:
-    """tensorboardX's SummaryWriter, without importing PyTorch.
+def _import_summary_writer() -> type[SummaryWriter]:
+    """tensorboardX's SummaryWriter, imported when a run first writes, and without PyTorch.
 
-    tensorboardX imports torch whenever it is installed, only to accept torch tensors: about a
-    second of every run's start-up (measured with `make bench`, which installs torch). A None
+    tensorboardX imports torch whenever it is installed, only to accept torch tensors, which
+    would make PyTorch's import part of every run's start-up (`make bench` shows it). A None
     in `sys.modules` makes that `import torch` fail, which tensorboardX expects and handles;
     the entry is removed again, so the process can still import torch later.
     """
     if "torch" not in sys.modules:
         sys.modules["torch"] = None  # type: ignore[assignment]
         try:
-            from tensorboardX import SummaryWriter
+            import tensorboardX
         finally:
             del sys.modules["torch"]
-    from tensorboardX import SummaryWriter
-    return SummaryWriter
+    import tensorboardX
 
-
-SummaryWriter = _import_summary_writer()
+    return tensorboardX.SummaryWriter
 
 EVENT_FILES = "events.out.tfevents.*"
 # metrics.jsonl key -> TensorBoard tag; the section before "/" groups the charts.
@@ -54,9 +56,9 @@ class ScalarWriter:
         self._workdir, self._start_step = workdir, start_step
         self._writer: SummaryWriter | None = None
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Mapping[str, Any]) -> None:
         if self._writer is None:
-            self._writer = SummaryWriter(
+            self._writer = _import_summary_writer()(
                 str(self._workdir), purge_step=self._start_step + 1 if self._start_step else None,
                 # Event files are named by the second, and TensorBoard reads them in name
                 # order: a nanosecond suffix keeps a resume within the same second after the

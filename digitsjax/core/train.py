@@ -27,15 +27,10 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from digitsjax import parallel
-from digitsjax.config import OptimizerConfig, Pipeline
-from digitsjax.model import (
-    batched_forward,
-    ensemble_probabilities,
-    example_loss,
-    forward,
-    init_params,
-)
+from digitsjax.core import optim, sharding
+from digitsjax.core.config import Pipeline
+from digitsjax.core.losses import mean_loss
+from digitsjax.core.model import apply, ensemble_probabilities, forward, init_params
 
 TrainState = dict[str, Any]
 
@@ -46,39 +41,8 @@ INIT_STREAM, DATA_STREAM, DROPOUT_STREAM = 0, 1, 2
 MODEL_AXES = {"params": 0, "opt_state": 0, "step": None, "key": 0}
 
 
-def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
-    lr = config.learning_rate
-    match config.schedule:
-        case "constant":
-            return optax.constant_schedule(lr)
-        case "cosine":
-            return optax.cosine_decay_schedule(lr, decay_steps=total_steps,
-                                               alpha=config.final_lr_fraction)
-        case "warmup_cosine":
-            return optax.warmup_cosine_decay_schedule(
-                init_value=0.0, peak_value=lr, warmup_steps=config.warmup_steps,
-                decay_steps=max(total_steps, config.warmup_steps + 1),
-                end_value=lr * config.final_lr_fraction)
-    raise ValueError(f"unknown schedule {config.schedule!r}")
-
-
 def make_optimizer(pipeline: Pipeline) -> optax.GradientTransformation:
-    config = pipeline.optimizer
-    lr = make_schedule(config, pipeline.total_steps)
-    match config.name:
-        case "sgd":
-            return optax.sgd(lr)
-        case "momentum":
-            return optax.sgd(lr, momentum=config.momentum)
-        case "nesterov":
-            return optax.sgd(lr, momentum=config.momentum, nesterov=True)
-        case "adam":
-            return optax.adam(lr)
-        case "adamw":
-            return optax.adamw(lr, weight_decay=config.weight_decay)
-        case "rmsprop":
-            return optax.rmsprop(lr, momentum=config.momentum)
-    raise ValueError(f"unknown optimizer {config.name!r}")
+    return optim.make_optimizer(pipeline.optimizer, pipeline.total_steps)
 
 
 def init_train_state(pipeline: Pipeline) -> TrainState:
@@ -111,7 +75,7 @@ def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> ja
     """The data order of one epoch: a pure function of (root key, epoch).
 
     Exactly `jax.random.permutation(fold_in(fold_in(key, DATA), epoch), num_examples)`, computed
-    5x faster (3.5 ms instead of 18 ms for 55,000 examples on XLA:CPU, 10 % of an epoch).
+    several times faster on XLA:CPU, where jax's own sort of keys with values is slow.
     """
     epoch_key = jax.random.fold_in(jax.random.fold_in(key, DATA_STREAM), epoch)
     if num_examples > 2**16:
@@ -155,8 +119,7 @@ def train_step(pipeline: Pipeline, optimizer: optax.GradientTransformation, stat
     def loss_fn(params):
         outputs = jax.vmap(forward, in_axes=(None, 0, None, key_axis))(params, images, model,
                                                                          keys)
-        losses = jax.vmap(example_loss, in_axes=(0, 0, None))(outputs, labels, loss_name)
-        return jnp.mean(losses), outputs
+        return mean_loss(outputs, labels, loss_name), outputs
 
     (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -174,10 +137,9 @@ def compiler_options() -> dict[str, Any] | None:
     """XLA options for the training and evaluation programs on the default backend.
 
     XLA:CPU emits 256-bit vector code by default, even on CPUs with AVX-512, to spare older
-    Intel CPUs the clock drop of wide vectors. On the AMD EPYC (AVX-512) development machine,
-    512-bit code makes an epoch of mnist_mlp 5-10 % faster and trains the same parameters, bit
-    for bit (every fingerprint stayed the same). Without AVX-512 the option changes nothing;
-    other backends get none.
+    Intel CPUs the clock drop of wide vectors. On AVX-512 CPUs, 512-bit code makes an epoch
+    faster and trains the same parameters, bit for bit (a test compares the compiled epochs'
+    results). Without AVX-512 the option changes nothing; other backends get none.
     """
     return {"xla_cpu_prefer_vector_width": 512} if jax.default_backend() == "cpu" else None
 
@@ -189,12 +151,12 @@ def make_train_chunk(pipeline: Pipeline,
     Runs `num_steps` steps from `state["step"]`, which must all lie in one epoch. The state is
     donated; `num_steps` is static, so each distinct chunk length compiles once. With a `mesh`
     (inputs replicated over it), each step's batch is split over its `data` axis and the
-    outputs stay replicated (see parallel.py); the maths is the same. For K models the metric
+    outputs stay replicated (see sharding.py); the maths is the same. For K models the metric
     sums have shape (K,) (under vmap, each model's batch is split over `data` the same way).
     """
     optimizer = make_optimizer(pipeline)
     batch_size, steps_per_epoch = pipeline.train.batch_size, pipeline.steps_per_epoch
-    split_batch = parallel.split_batch(mesh)
+    split_batch = sharding.split_batch(mesh)
 
     def one_model_chunk(state, images, labels, num_steps):
         epoch = state["step"] // steps_per_epoch
@@ -215,7 +177,7 @@ def make_train_chunk(pipeline: Pipeline,
                                                             state["params"])}
 
     @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0,
-                       compiler_options=compiler_options(), **parallel.replicated_outputs(mesh))
+                       compiler_options=compiler_options(), **sharding.replicated_outputs(mesh))
     def train_chunk(state, images, labels, num_steps):
         chunk = functools.partial(one_model_chunk, num_steps=num_steps)
         if pipeline.train.num_models > 1:
@@ -245,26 +207,21 @@ def make_evaluate(pipeline: Pipeline) -> Callable[[Any, jax.Array, jax.Array], d
     (probabilities averaged over models), with each model's in "model_losses" and
     "model_accuracies" and their seed-to-seed standard deviation in "model_accuracy_sd".
     """
-    model, loss_name = pipeline.model, pipeline.train.loss
-
-    def outputs_and_loss(params, images, labels):
-        outputs = batched_forward(params, images, model)
-        losses = jax.vmap(example_loss, in_axes=(0, 0, None))(outputs, labels, loss_name)
-        return outputs, jnp.mean(losses)
+    model, loss_name, k = pipeline.model, pipeline.train.loss, pipeline.train.num_models
 
     def accuracy(outputs, labels):
         return jnp.mean(jnp.argmax(outputs, -1) == labels)
 
     @functools.partial(jax.jit, compiler_options=compiler_options())
     def evaluate(params, images, labels):
-        if pipeline.train.num_models == 1:
-            outputs, loss = outputs_and_loss(params, images, labels)
-            return {"loss": loss, "accuracy": accuracy(outputs, labels)}
-        outputs, losses = jax.vmap(outputs_and_loss, in_axes=(0, None, None))(params, images,
-                                                                               labels)
+        outputs = apply(params, images, model, k)
+        if k == 1:
+            return {"loss": mean_loss(outputs, labels, loss_name),
+                    "accuracy": accuracy(outputs, labels)}
+        losses = jax.vmap(mean_loss, in_axes=(0, None, None))(outputs, labels, loss_name)
         accuracies = jax.vmap(accuracy, in_axes=(0, None))(outputs, labels)
         return {"loss": jnp.mean(losses),
-                "accuracy": accuracy(ensemble_probabilities(outputs, model), labels),
+                "accuracy": accuracy(ensemble_probabilities(outputs, model, k), labels),
                 "model_losses": losses, "model_accuracies": accuracies,
                 "model_accuracy_sd": jnp.std(accuracies, ddof=1)}
 

@@ -1,0 +1,151 @@
+"""The MLP: parameters are a plain pytree, the forward pass is written for one example.
+
+`params` is a list of layers, each `{"w": (fan_in, fan_out), "b": (fan_out,)}`. `forward`
+maps one image (784,) to one output (10,); `jax.vmap` batches it, so the code reads like the
+maths and XLA still emits one matrix multiply per layer. K models (`train.num_models`) are the
+same pytree with a leading model axis on every leaf; `apply` is the one place that tells the
+two apart, by the model count the caller knows from the pipeline.
+
+The option families are registries, name -> implementation; config validation reads their keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from digitsjax.core.data import NUM_CLASSES, NUM_PIXELS
+
+if TYPE_CHECKING:
+    from digitsjax.core.config import ModelConfig
+
+Params = list[dict[str, jax.Array]]
+Initializer = Callable[[jax.Array, jax.Array, int, int], tuple[jax.Array, jax.Array]]
+
+
+def _normal(scaled: Callable[[jax.Array, int], jax.Array],
+            normal_bias: bool = False) -> Initializer:
+    """Weights `scaled(N(0, 1), fan_in)`; biases zero, or N(0, 1) (Nielsen's networks)."""
+    def init(w_key: jax.Array, b_key: jax.Array, fan_in: int, fan_out: int):
+        w = scaled(jax.random.normal(w_key, (fan_in, fan_out)), fan_in)
+        b = jax.random.normal(b_key, (fan_out,)) if normal_bias else jnp.zeros((fan_out,))
+        return w, b
+    return init
+
+
+def _glorot(w_key: jax.Array, b_key: jax.Array, fan_in: int, fan_out: int):
+    w = jax.nn.initializers.glorot_uniform()(w_key, (fan_in, fan_out), jnp.float32)
+    return w, jnp.zeros((fan_out,))
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+}
+OUTPUT_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "linear": lambda x: x,          # logits: the softmax lives in the loss
+    "sigmoid": jax.nn.sigmoid,      # Nielsen's output layer
+}
+INITIALIZERS: dict[str, Initializer] = {
+    # N(0, 2/fan_in), for ReLU
+    "he": _normal(lambda w, fan_in: w * jnp.sqrt(2.0 / fan_in)),
+    # U(+-sqrt(6/(fan_in+fan_out))), for sigmoid and tanh
+    "glorot": _glorot,
+    # N(0, 1) * 0.01, the from-scratch NumPy network's seed
+    "small_normal": _normal(lambda w, _: w * 0.01),
+    # N(0, 1) weights and biases, Nielsen's network.py (chapter 1)
+    "standard_normal": _normal(lambda w, _: w, normal_bias=True),
+    # N(0, 1/fan_in) weights: Nielsen's chapter 3 remedy for saturated sigmoids in wide layers
+    "scaled_normal": _normal(lambda w, fan_in: w / jnp.sqrt(fan_in), normal_bias=True),
+}
+
+
+def layer_sizes(config: ModelConfig) -> tuple[int, ...]:
+    return (NUM_PIXELS, *config.hidden, NUM_CLASSES)
+
+
+def parameter_count(config: ModelConfig) -> int:
+    return sum(fan_in * fan_out + fan_out
+               for fan_in, fan_out in itertools.pairwise(layer_sizes(config)))
+
+
+def init_params(key: jax.Array, config: ModelConfig) -> Params:
+    """Layer i's weights and biases drawn from `fold_in(key, i)` by the pipeline's initializer."""
+    init = INITIALIZERS[config.init]
+    params = []
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(layer_sizes(config))):
+        w_key, b_key = jax.random.split(jax.random.fold_in(key, i))
+        w, b = init(w_key, b_key, fan_in, fan_out)
+        params.append({"w": w.astype(jnp.float32), "b": b.astype(jnp.float32)})
+    return params
+
+
+def forward(params: Params, image: jax.Array, config: ModelConfig,
+            dropout_key: jax.Array | None = None) -> jax.Array:
+    """One image (784,) -> one output (10,): logits, or sigmoid activations for Nielsen's net.
+
+    With `dropout_key`, hidden activations are dropped (inverted dropout) at `config.dropout`.
+    """
+    act = ACTIVATIONS[config.activation]
+    x = image
+    for i, layer in enumerate(params[:-1]):
+        x = act(x @ layer["w"] + layer["b"])
+        if dropout_key is not None and config.dropout > 0:
+            keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, i), 1 - config.dropout,
+                                        x.shape)
+            x = jnp.where(keep, x / (1 - config.dropout), 0.0)
+    out = params[-1]
+    return OUTPUT_ACTIVATIONS[config.output_activation](x @ out["w"] + out["b"])
+
+
+def batched_forward(params: Params, images: jax.Array, config: ModelConfig) -> jax.Array:
+    """(B, 784) -> (B, 10), deterministic (no dropout): one model."""
+    return jax.vmap(forward, in_axes=(None, 0, None))(params, images, config)
+
+
+def apply(params: Params, images: jax.Array, config: ModelConfig, num_models: int) -> jax.Array:
+    """(N, 784) -> outputs (N, 10) of one model, or (K, N, 10) of K stacked models."""
+    if num_models == 1:
+        return batched_forward(params, images, config)
+    return jax.vmap(batched_forward, in_axes=(0, None, None))(params, images, config)
+
+
+def probabilities(outputs: jax.Array, config: ModelConfig) -> jax.Array:
+    """Class probabilities: softmax of logits; sigmoid outputs are normalised to sum to one."""
+    if config.output_activation == "linear":
+        return jax.nn.softmax(outputs, axis=-1)
+    return outputs / jnp.sum(outputs, axis=-1, keepdims=True)
+
+
+def ensemble_probabilities(outputs: jax.Array, config: ModelConfig,
+                           num_models: int) -> jax.Array:
+    """`apply`'s outputs -> class probabilities (N, 10); K models' are averaged (the ensemble)."""
+    probs = probabilities(outputs, config)
+    return probs if num_models == 1 else jnp.mean(probs, axis=0)
+
+
+def classify(params: Params, images: jax.Array, config: ModelConfig,
+             num_models: int) -> jax.Array:
+    """(N, 784) -> class probabilities (N, 10), of one model or of K models' ensemble.
+
+    The one way a trained network is applied: evaluation, prediction and serving all call it.
+    """
+    return ensemble_probabilities(apply(params, images, config, num_models), config, num_models)
+
+
+def params_sha256(params: Params) -> str:
+    """The run's fingerprint: sha256 over every parameter's bytes in pytree leaf order.
+
+    Leaf order is fixed (layers in order, then "b" before "w"); bytes are C-order float32.
+    """
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(params):
+        digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,272 @@
+"""A run: train a pipeline into a workdir, continuing from what is there.
+
+The training path, top to bottom: prepare the workdir, load MNIST, restore the newest intact
+checkpoint or start from step 0, then dispatch compiled chunks of steps (core/train.py). The
+loop does not wait for the device between chunks: it synchronises once per epoch (metrics,
+evaluation) and at checkpoints. A SIGTERM or SIGINT makes the end of the current chunk a
+checkpoint, after which the run stops with `Preempted` (see preemption.py).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from tqdm import tqdm
+
+from digitsjax.core import sharding
+from digitsjax.core.config import Pipeline, pipeline_sha256
+from digitsjax.core.data import MNIST, load_mnist
+from digitsjax.core.train import (
+    TrainState,
+    chunk_plan,
+    init_train_state,
+    make_evaluate,
+    make_train_chunk,
+)
+from digitsjax.errors import RESTART, DivergenceError, setting
+from digitsjax.files import write_json_atomic
+from digitsjax.run import checkpoint, cluster, process
+from digitsjax.run.preemption import Preempted, PreemptionGuard
+from digitsjax.run.records import EpochRecord, RecordWriter
+from digitsjax.run.trained import fingerprints
+from digitsjax.run.workdir import MANIFEST, build_manifest, check_compatible, prepare_workdir
+
+EpochSums = dict[str, Any]
+"""A partial epoch's metric sums, {"loss_sum", "correct"}: saved with mid-epoch checkpoints."""
+
+
+def train_pipeline(pipeline: Pipeline, workdir: str | Path, *, mnist_dir: str | None = None,
+                   restart: bool = False, progress: bool = False,
+                   echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train into `workdir`, continuing from its newest intact checkpoint; return the final record.
+
+    Uses every device of every process (call `cluster.initialize` first to join several);
+    all processes run this together, and only process 0 writes files other than checkpoints.
+    On SIGTERM/SIGINT the current chunk finishes and is checkpointed, and `Preempted` is raised
+    once that checkpoint is complete.
+    """
+    started = time.perf_counter()
+    process.quiet_libraries()
+    mesh = sharding.data_mesh()
+    sharding.check_batch_size(pipeline.train.batch_size, mesh.size)  # before touching the workdir
+    if not cluster.is_primary():
+        progress, echo = False, _silent
+    workdir = prepare_workdir(Path(workdir), restart)
+    resuming = checkpoint.has_checkpoints(workdir)
+    # Every process must look before any creates the checkpoint folder (opening the manager
+    # below does): one that looked after would open a manager more, and orbax's barriers
+    # would no longer pair up across processes.
+    cluster.sync("checkpoints looked for")
+    if resuming:
+        check_compatible(workdir, pipeline)  # before anything in the workdir changes
+    with PreemptionGuard() as guard:
+        manager = checkpoint.open_manager(workdir, pipeline.checkpoint)
+        try:
+            with cluster.primary_first("MNIST loaded"):  # prepares a shared data dir only once
+                data = load_mnist(pipeline.data, mnist_dir)
+            run = _Run(pipeline, workdir, manager, guard, mesh, echo, started)
+            state, sums = _restore_or_init(run, data)
+            return _train(run, state, sums, data, progress)
+        finally:
+            checkpoint.close(manager)
+
+
+@dataclass
+class _Run:
+    """What every part of one training run shares (the mutable train state is passed apart)."""
+
+    pipeline: Pipeline
+    workdir: Path
+    manager: Any
+    guard: PreemptionGuard
+    mesh: Mesh
+    echo: Callable[[str], None]
+    started: float
+    primary: bool = field(default_factory=cluster.is_primary)
+
+
+def _restore_or_init(run: _Run, data: MNIST) -> tuple[TrainState, EpochSums]:
+    """The newest intact checkpoint's state, or step 0's (and the manifest of a new run)."""
+    state = sharding.replicate(init_train_state(run.pipeline), run.mesh)
+    # Onto this run's devices, whatever the devices that saved it.
+    resumed = checkpoint.restore_newest_intact(run.manager, state, warn=run.echo)
+    if resumed is None:
+        if run.primary:
+            write_json_atomic(run.workdir / MANIFEST, build_manifest(run.pipeline, data.checksums))
+        return state, _no_sums()
+    step, state, meta = resumed
+    run.echo(f"resuming {run.workdir} from step {step} (epoch {meta['epoch']:.2f})")
+    return state, meta["epoch_sums"]
+
+
+def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
+           progress: bool) -> dict[str, Any]:
+    """The chunk loop: dispatch, and at each sync point check, record, save or stop."""
+    pipeline, start = run.pipeline, int(state["step"])
+    if start == pipeline.total_steps:
+        run.echo(f"{run.workdir} is already trained ({start} steps); "
+                 f"pass {RESTART} to train again")
+    bar = tqdm(total=pipeline.total_steps, initial=start, unit="step", disable=not progress,
+               dynamic_ncols=True, leave=False)
+    writer = RecordWriter(run.workdir, start, pipeline.train.epochs, run.primary,
+                          bar.write if progress else run.echo)
+    chunks = _Chunks(run, data)
+    record: dict[str, Any] = {}
+    for first, num_steps in chunk_plan(pipeline, start):
+        state = chunks.run(state, num_steps)
+        end = first + num_steps
+        if not _is_sync_point(run, end):
+            continue
+        epoch_sums = _add_sums(epoch_sums, chunks.collect(run))
+        stopping = cluster.any_process(run.guard.signum is not None) and \
+            end < pipeline.total_steps
+        if end % pipeline.steps_per_epoch == 0:
+            record = _end_epoch(run, chunks, state, epoch_sums, writer, stopping)
+            epoch_sums = _no_sums()
+        else:  # a mid-epoch checkpoint
+            checkpoint.save(run.manager, state, _meta(pipeline, end, epoch_sums))
+        bar.update(end - bar.n)
+        if stopping:
+            raise Preempted(run.guard.signum or signal.SIGTERM, end)  # or another process's
+    bar.close()
+    writer.close()
+    run.manager.wait_until_finished()
+    prints = fingerprints(pipeline, state["params"])
+    run.echo(f"done: step {int(state['step'])}, params_sha256 {prints['params_sha256']}, "
+             f"{time.perf_counter() - run.started:.1f} s")
+    return record | prints | {"step": int(state["step"])}
+
+
+class _Chunks:
+    """The compiled chunk programs, their metric sums still on the device, and the epoch clock."""
+
+    def __init__(self, run: _Run, data: MNIST) -> None:
+        self.images, self.labels = sharding.replicate((data.train_images, data.train_labels),
+                                                      run.mesh)
+        self.splits = {name: sharding.replicate((x, y), run.mesh) for name, x, y in
+                       (("val", data.val_images, data.val_labels),
+                        ("test", data.test_images, data.test_labels))}
+        self.train_chunk = make_train_chunk(run.pipeline, run.mesh)
+        self.evaluate = make_evaluate(run.pipeline)
+        self.compiled: dict[int, Any] = {}
+        self.pending: list[dict[str, jax.Array]] = []
+        self.epoch_started, self.epoch_steps = time.perf_counter(), 0
+
+    def run(self, state: TrainState, num_steps: int) -> TrainState:
+        """Dispatch one chunk without waiting for it; compile first (off the clock) if new."""
+        if num_steps not in self.compiled:
+            compile_started = time.perf_counter()
+            self.compiled[num_steps] = self.train_chunk.lower(
+                state, self.images, self.labels, num_steps=num_steps).compile()
+            self.epoch_started += time.perf_counter() - compile_started
+        state, sums = self.compiled[num_steps](state, self.images, self.labels)
+        self.pending.append(sums)  # stays on the device until the next sync point
+        self.epoch_steps += num_steps
+        return state
+
+    def collect(self, run: _Run) -> list[dict[str, np.ndarray]]:
+        """Wait for the dispatched chunks (a sync point) and check them before any save."""
+        synced, self.pending = jax.device_get(self.pending), []
+        _check_finite(synced, run.pipeline, run.manager)
+        return synced
+
+    def restart_clock(self) -> tuple[float, int]:
+        """(seconds, steps) of the epoch that just ended; the next one starts now."""
+        elapsed, steps = time.perf_counter() - self.epoch_started, self.epoch_steps
+        self.epoch_started, self.epoch_steps = time.perf_counter(), 0
+        return elapsed, steps
+
+
+def _is_sync_point(run: _Run, end: int) -> bool:
+    """Epoch ends and step checkpoints; alone, also any chunk's end once a signal came (several
+    processes only stop together, at the epoch ends and checkpoints where they all sync)."""
+    signalled = run.guard.signum is not None and jax.process_count() == 1
+    return end % run.pipeline.steps_per_epoch == 0 or _is_step_save(run.pipeline, end) or \
+        signalled
+
+
+def _end_epoch(run: _Run, chunks: _Chunks, state: TrainState, epoch_sums: EpochSums,
+               writer: RecordWriter, stopping: bool) -> EpochRecord:
+    """Evaluate, record, checkpoint (the record first: a checkpoint never exists without its
+    epoch's record; a record without its checkpoint is dropped on resume) and log."""
+    pipeline, end = run.pipeline, int(state["step"])
+    seconds, steps = chunks.restart_clock()
+    spe, batch = pipeline.steps_per_epoch, pipeline.train.batch_size
+    record: dict[str, Any] = {  # averaged over models when K > 1
+        "epoch": end // spe, "step": end,
+        "train_loss": float(np.mean(epoch_sums["loss_sum"]) / spe),
+        "train_accuracy": float(np.mean(epoch_sums["correct"]) / (spe * batch))}
+    if record["epoch"] % pipeline.train.eval_every_epochs == 0 or end == pipeline.total_steps:
+        for name, (x, y) in chunks.splits.items():
+            result = jax.device_get(chunks.evaluate(state["params"], x, y))
+            record |= {f"{name}_{key}": value.tolist() for key, value in result.items()}
+    record |= {"epoch_seconds": seconds,
+               "examples_per_second": steps * batch * pipeline.train.num_models / seconds,
+               "wall_seconds": time.perf_counter() - run.started}
+    writer.write(record)
+    if pipeline.checkpoint.every_epoch or end == pipeline.total_steps or \
+            _is_step_save(pipeline, end) or stopping:
+        best = ({checkpoint.BEST_METRIC: record[checkpoint.BEST_METRIC]}
+                if checkpoint.BEST_METRIC in record else None)
+        checkpoint.save(run.manager, state, _meta(pipeline, end, _no_sums()), best)
+    writer.log(record)
+    return record
+
+
+def _check_finite(synced: list[dict[str, np.ndarray]], pipeline: Pipeline,
+                  manager: Any) -> None:
+    """Stop at the first NaN/inf loss with the step, the likely cause and the fix.
+
+    Called before the state is saved, so the newest checkpoint is the last good one.
+    """
+    bad = [int(step) for sums in synced for step in np.ravel(sums["diverged_at"]) if step >= 0]
+    if not bad:
+        return
+    step, opt = min(bad), pipeline.optimizer
+    kept = manager.latest_step()
+    raise DivergenceError(
+        f"training diverged: the loss became NaN or infinite at step {step} (epoch "
+        f"{(step - 1) // pipeline.steps_per_epoch + 1}); the likely cause is a learning rate "
+        f"too high for {opt.name} ({opt.learning_rate:g})",
+        f"lower it, e.g. {setting('optimizer.learning_rate', f'{opt.learning_rate / 10:g}')}, "
+        f"and train again with {RESTART}; "
+        + (f"the last good checkpoint, step {kept}, is kept" if kept is not None
+           else "no checkpoint had been written"))
+
+
+def _no_sums() -> EpochSums:
+    return {"loss_sum": 0.0, "correct": 0}
+
+
+def _add_sums(total: EpochSums, chunks: list[dict[str, np.ndarray]]) -> EpochSums:
+    """Accumulate chunks' metric sums (one per model when K > 1) as JSON-ready numbers.
+
+    The host adds in float64/int64, as before K models, so a resumed epoch logs the same.
+    """
+    for chunk in chunks:
+        total = {key: (np.asarray(value) + np.asarray(chunk[key]).astype(np.asarray(value).dtype)
+                       ).tolist() for key, value in total.items()}
+    return total
+
+
+def _silent(_: str) -> None:
+    """The echo of processes other than 0: one log per run, not one per process."""
+
+
+def _is_step_save(pipeline: Pipeline, step: int) -> bool:
+    every = pipeline.checkpoint.every_steps
+    return bool(every) and step % every == 0
+
+
+def _meta(pipeline: Pipeline, step: int, epoch_sums: EpochSums) -> dict[str, Any]:
+    """JSON saved beside the state; `epoch_sums` lets a mid-epoch resume log exact metrics."""
+    return {"epoch": step / pipeline.steps_per_epoch, "pipeline_sha256": pipeline_sha256(pipeline),
+            "epoch_sums": epoch_sums}

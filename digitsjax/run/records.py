@@ -1,0 +1,151 @@
+"""The epoch record: one typed definition of what a run logs per epoch, and `metrics.jsonl`.
+
+`metrics.jsonl` holds one JSON object per finished epoch, oldest first; TensorBoard's event
+files, the console line, `plots`, `verify` and `sweep` all read the same `EpochRecord`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NotRequired, TypedDict
+
+from digitsjax.errors import RESTART, CheckpointError
+from digitsjax.files import write_text_atomic
+from digitsjax.run.tensorboard import ScalarWriter
+
+METRICS = "metrics.jsonl"
+SPLITS = ("train", "val", "test")
+TIMING_FIELDS = ("epoch_seconds", "examples_per_second", "wall_seconds")
+"""Fields that measure the machine, not the run: they differ between replays."""
+
+
+class EpochRecord(TypedDict):
+    """One line of metrics.jsonl. With K models, losses are the models' mean and accuracies the
+    ensemble's; the `*_model_*` fields then hold each model's and their standard deviation."""
+
+    epoch: int
+    step: int
+    """Steps done at the end of the epoch."""
+    train_loss: float
+    """Mean over the epoch's steps of the batch-mean loss (dropout on, while training)."""
+    train_accuracy: float
+    val_loss: NotRequired[float]
+    """The validation and test fields are present in epochs that evaluate (every
+    `train.eval_every_epochs`, and the last)."""
+    val_accuracy: NotRequired[float]
+    test_loss: NotRequired[float]
+    test_accuracy: NotRequired[float]
+    val_model_losses: NotRequired[list[float]]
+    val_model_accuracies: NotRequired[list[float]]
+    val_model_accuracy_sd: NotRequired[float]
+    test_model_losses: NotRequired[list[float]]
+    test_model_accuracies: NotRequired[list[float]]
+    test_model_accuracy_sd: NotRequired[float]
+    epoch_seconds: float
+    """Device time of the epoch's steps, compilation excluded."""
+    examples_per_second: float
+    """Training examples per second, summed over the K models."""
+    wall_seconds: float
+    """Since the run's process started training."""
+
+
+def without_timings(record: EpochRecord) -> dict[str, Any]:
+    """What a replay must reproduce exactly: the record less its `TIMING_FIELDS`."""
+    return {k: v for k, v in record.items() if k not in TIMING_FIELDS}
+
+
+def last_evaluated(records: list[EpochRecord]) -> EpochRecord | None:
+    """The newest record with test metrics: the run's result so far."""
+    return next((r for r in reversed(records) if "test_accuracy" in r), None)
+
+
+def read_metrics(workdir: Path) -> list[EpochRecord]:
+    """The epoch records, oldest first.
+
+    A last line without its newline is an append that a crash or a full disk cut short; its
+    epoch has no checkpoint yet (the record is written first), so it is dropped, and the
+    resumed run writes it again. Any other unreadable line is damage, reported as such.
+    """
+    path = Path(workdir) / METRICS
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is unreadable ({e})",
+                              f"restore it or retrain with {RESTART}") from None
+    complete, _, _torn = text.rpartition("\n")
+    records = []
+    for number, line in enumerate(complete.splitlines(), 1):
+        if not line.strip():
+            continue
+        record = _parse_record(line)
+        if record is None:
+            raise CheckpointError(f"{path} line {number} is not an epoch record",
+                                  f"restore the file, delete the line, or retrain with {RESTART}")
+        records.append(record)
+    return records
+
+
+def _parse_record(line: str) -> EpochRecord | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
+def append_metrics(workdir: Path, record: EpochRecord) -> None:
+    with open(Path(workdir) / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(workdir: Path, last_step: int) -> None:
+    """Drop records written after `last_step`: a resumed run re-creates them identically."""
+    kept = [r for r in read_metrics(workdir) if r["step"] <= last_step]
+    write_text_atomic(Path(workdir) / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def format_record(record: EpochRecord, epochs: int) -> str:
+    """One line per epoch: `loss accuracy` for train, validation and test, then speed."""
+    parts = [f"epoch {record['epoch']:>3}/{epochs}  step {record['step']:>6}"]
+    for name in SPLITS:
+        if f"{name}_accuracy" in record:
+            parts.append(f"{name} {record[f'{name}_loss']:.4f} "
+                         f"{100 * record[f'{name}_accuracy']:.2f}%")
+        if f"{name}_model_accuracies" in record:
+            parts.append(format_spread(record, name))
+    parts.append(f"{record['epoch_seconds']:.2f} s  {record['examples_per_second']:,.0f} ex/s")
+    return " | ".join(parts)
+
+
+def format_spread(record: dict[str, Any], split: str) -> str:
+    """How K models compare: `(ensemble; models 97.71-97.93%, sd 0.08%)`."""
+    accuracies = record[f"{split}_model_accuracies"]
+    return (f"(ensemble; models {100 * min(accuracies):.2f}-{100 * max(accuracies):.2f}%, "
+            f"sd {100 * record[f'{split}_model_accuracy_sd']:.2f}%)")
+
+
+class RecordWriter:
+    """Where each finished epoch's record goes: metrics.jsonl and TensorBoard (process 0 only),
+    and one console line (`log`)."""
+
+    def __init__(self, workdir: Path, start_step: int, epochs: int, primary: bool,
+                 log: Callable[[str], None]) -> None:
+        self._workdir, self._epochs, self._primary, self._log = workdir, epochs, primary, log
+        self._scalars = ScalarWriter(workdir, start_step)  # creates its file on the first write
+        if primary:
+            truncate_metrics(workdir, start_step)
+
+    def write(self, record: EpochRecord) -> None:
+        if self._primary:
+            append_metrics(self._workdir, record)
+            self._scalars.write(record)
+
+    def log(self, record: EpochRecord) -> None:
+        self._log(format_record(record, self._epochs))
+
+    def close(self) -> None:
+        self._scalars.close()

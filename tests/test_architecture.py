@@ -1,0 +1,173 @@
+"""The package's shape, as docs/architecture.md states it: layers that import only downwards,
+short functions, registries that validation reads, imports without side effects, errors as data.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from digitsjax import errors
+from digitsjax.core import config, losses, model, optim
+from digitsjax.core.config import pipeline_from_dict
+from digitsjax.errors import COMMAND_LINE, ConfigError, UserError
+
+from .conftest import REPO
+
+PACKAGE = REPO / "digitsjax"
+LAYERS = ("base", "core", "run", "apps", "cli")  # lowest first
+MAX_FUNCTION_LINES = 60
+
+
+def layer(module: str) -> str:
+    """`digitsjax.run.loop` -> "run"; the root modules are base, but for the CLI."""
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in ("core", "run", "apps"):
+        return parts[1]
+    return "cli" if parts[-1] in ("cli", "__main__") else "base"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every digitsjax module `path` imports, at the top or lazily inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name.split(".")[0] == "digitsjax" and
+            (PACKAGE.parent / (name.replace(".", "/") + ".py")).exists()}
+
+
+def test_every_module_sits_in_a_layer_the_document_names():
+    text = (REPO / "docs" / "architecture.md").read_text()
+    for path in package_modules():
+        name = module_name(path)
+        if name.count(".") == 2:  # digitsjax.<layer>.<module>
+            assert f" {name.rsplit('.', 1)[1]} " in text or \
+                f" {name.rsplit('.', 1)[1]}\n" in text, f"{name} is not in docs/architecture.md"
+
+
+@pytest.mark.parametrize("path", package_modules(), ids=module_name)
+def test_modules_import_only_their_own_layer_or_those_below(path):
+    here = LAYERS.index(layer(module_name(path)))
+    upward = sorted(name for name in imported_modules(path) if LAYERS.index(layer(name)) > here)
+    assert not upward, f"{module_name(path)} ({LAYERS[here]}) imports {upward}"
+
+
+def test_the_import_check_sees_lazy_imports(tmp_path):
+    """The check itself can fail: a function-level import of the loop from core is caught."""
+    late_import = "\n\ndef _late():\n    from digitsjax.run.loop import train_pipeline\n"
+    probe = tmp_path / "model.py"
+    probe.write_text((PACKAGE / "core" / "model.py").read_text() + late_import)
+    assert "digitsjax.run.loop" in imported_modules(probe)
+    assert LAYERS.index(layer("digitsjax.run.loop")) > LAYERS.index(layer("digitsjax.core.model"))
+
+
+def test_no_function_in_the_package_is_longer_than_sixty_lines():
+    long = []
+    for path in package_modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{module_name(path)}.{node.name}: {lines} lines")
+    assert not long
+
+
+PROCESS_STATE = """
+import json, logging, signal, sys
+import jax
+from absl import logging as absl_logging
+
+def state():
+    loggers = {name: (logging.getLogger(name).level, len(logging.getLogger(name).filters))
+               for name in ("", "absl", "asyncio", "jax", "orbax")}
+    return {"loggers": loggers, "absl_verbosity": absl_logging.get_verbosity(),
+            "unraisablehook": repr(sys.unraisablehook), "excepthook": repr(sys.excepthook),
+            "torch": "torch" in sys.modules,
+            "signals": [repr(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM)],
+            "jax_config": {k: repr(v) for k, v in jax.config.values.items()}}
+
+before = state()
+for module in sys.argv[1:]:
+    __import__(module)
+print(json.dumps({"before": before, "after": state()}))
+"""
+
+
+def test_importing_every_module_changes_nothing_in_the_process():
+    modules = [module_name(path) for path in package_modules() if path.stem != "__main__"]
+    result = subprocess.run([sys.executable, "-c", PROCESS_STATE, *modules], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["after"] == report["before"]
+
+
+REGISTRIES = [
+    ("model.activation", model.ACTIVATIONS),
+    ("model.output_activation", model.OUTPUT_ACTIVATIONS),
+    ("model.init", model.INITIALIZERS),
+    ("train.loss", losses.LOSSES),
+    ("optimizer.name", optim.OPTIMIZERS),
+    ("optimizer.schedule", optim.SCHEDULES),
+]
+
+
+@pytest.mark.parametrize(("key", "registry"), REGISTRIES, ids=[k for k, _ in REGISTRIES])
+def test_validation_lists_exactly_the_registry(key, registry):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as error:
+        pipeline_from_dict({section: {name: "no_such_option"}})
+    assert str(error.value).endswith(f"choose one of {', '.join(registry)}")
+
+
+def test_an_option_added_to_a_registry_is_valid_at_once(monkeypatch):
+    monkeypatch.setitem(model.ACTIVATIONS, "gelu", lambda x: x)
+    assert pipeline_from_dict({"model": {"activation": "gelu"}}).model.activation == "gelu"
+    assert config.pipeline_from_dict({}).model.activation == "relu"
+
+
+def test_an_error_speaks_python_to_the_library_and_flags_to_the_command_line():
+    error = UserError("the workdir holds another pipeline",
+                      f"pass {errors.RESTART} or choose another with {errors.WORKDIR}; or "
+                      f"{errors.setting('train.epochs', 3)}")
+    assert (error.problem, str(error)) == (
+        "the workdir holds another pipeline",
+        "the workdir holds another pipeline; pass restart=True or choose another with the "
+        "workdir argument; or "
+        "pipeline key train.epochs = 3")
+    assert error.render(COMMAND_LINE) == (
+        "the workdir holds another pipeline; pass --restart or choose another with --workdir; or "
+        "--set train.epochs=3")
+
+
+def test_no_library_message_names_a_command_line_flag_of_train_evaluate_or_predict():
+    """Remedies go through markers; a flag spelled out in the library would be wrong for
+    Python callers (the CLI's own module and argument help are the exceptions)."""
+    flags = ("--restart", "--workdir", "--checkpoint", "--mnist-dir", "--set ")
+    offenders = []
+    for path in package_modules():
+        if path.stem in ("cli", "__main__") or path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                    any(flag in node.value for flag in flags):
+                offenders.append(f"{module_name(path)}:{node.lineno}: {node.value[:60]!r}")
+    assert not offenders

@@ -57,10 +57,10 @@ def evaluate_trained(trained: Trained, data: MNIST) -> dict[str, Any]:
     For K models: the ensemble's accuracy and confusion matrix, and each model's accuracy and
     fingerprint.
     """
-    params = trained.state["params"]
-    result = jax.device_get(make_evaluate(trained.pipeline)(params, data.test_images,
-                                                            data.test_labels))
-    matrix = confusion_matrix(data.test_labels, predict_classes(trained, data.test_images))
+    params = trained.params
+    evaluate = make_evaluate(trained.pipeline, predictions=True)
+    result = jax.device_get(evaluate(params, data.test_images, data.test_labels))
+    matrix = confusion_matrix(data.test_labels, result.pop("predictions"))
     return ({"step": trained.step}
             | {f"test_{key}": value.tolist() for key, value in result.items()}
             | {"per_class_accuracy": per_class_accuracy(matrix).tolist(),

@@ -200,21 +200,22 @@ def _first_nonfinite_step(first_step: jax.Array, losses: jax.Array, params: Any)
                      jnp.where(params_finite, -1, first_step + losses.shape[0]))
 
 
-def make_evaluate(pipeline: Pipeline) -> Callable[[Any, jax.Array, jax.Array], dict]:
+def make_evaluate(pipeline: Pipeline,
+                  predictions: bool = False) -> Callable[[Any, jax.Array, jax.Array], dict]:
     """A jitted `(params, images, labels) -> {"loss", "accuracy"}` over a whole split.
 
     For K models: "loss" is the mean of the models' losses and "accuracy" the ensemble's
     (probabilities averaged over models), with each model's in "model_losses" and
     "model_accuracies" and their seed-to-seed standard deviation in "model_accuracy_sd".
+    With `predictions`, also the predicted classes (N,) from the same forward pass (what a
+    confusion matrix needs; training leaves them on the device).
     """
     model, loss_name, k = pipeline.model, pipeline.train.loss, pipeline.train.num_models
 
     def accuracy(outputs, labels):
         return jnp.mean(jnp.argmax(outputs, -1) == labels)
 
-    @functools.partial(jax.jit, compiler_options=compiler_options())
-    def evaluate(params, images, labels):
-        outputs = apply(params, images, model, k)
+    def metrics(outputs, labels):
         if k == 1:
             return {"loss": mean_loss(outputs, labels, loss_name),
                     "accuracy": accuracy(outputs, labels)}
@@ -224,6 +225,15 @@ def make_evaluate(pipeline: Pipeline) -> Callable[[Any, jax.Array, jax.Array], d
                 "accuracy": accuracy(ensemble_probabilities(outputs, model, k), labels),
                 "model_losses": losses, "model_accuracies": accuracies,
                 "model_accuracy_sd": jnp.std(accuracies, ddof=1)}
+
+    @functools.partial(jax.jit, compiler_options=compiler_options())
+    def evaluate(params, images, labels):
+        outputs = apply(params, images, model, k)
+        result = metrics(outputs, labels)
+        if predictions:
+            probs = ensemble_probabilities(outputs, model, k)
+            result["predictions"] = jnp.argmax(probs, axis=-1)
+        return result
 
     return evaluate
 

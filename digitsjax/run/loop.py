@@ -129,7 +129,7 @@ def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
         stopping = cluster.any_process(run.guard.signum is not None) and \
             end < pipeline.total_steps
         if end % pipeline.steps_per_epoch == 0:
-            record = _end_epoch(run, chunks, state, epoch_sums, writer, stopping)
+            record = _end_epoch(run, chunks, state, end, epoch_sums, writer, stopping)
             epoch_sums = _no_sums()
         else:  # a mid-epoch checkpoint
             checkpoint.save(run.manager, state, _meta(pipeline, end, epoch_sums))
@@ -193,11 +193,11 @@ def _is_sync_point(run: _Run, end: int) -> bool:
         signalled
 
 
-def _end_epoch(run: _Run, chunks: _Chunks, state: TrainState, epoch_sums: EpochSums,
+def _end_epoch(run: _Run, chunks: _Chunks, state: TrainState, end: int, epoch_sums: EpochSums,
                writer: RecordWriter, stopping: bool) -> EpochRecord:
     """Evaluate, record, checkpoint (the record first: a checkpoint never exists without its
     epoch's record; a record without its checkpoint is dropped on resume) and log."""
-    pipeline, end = run.pipeline, int(state["step"])
+    pipeline = run.pipeline
     seconds, steps = chunks.restart_clock()
     spe, batch = pipeline.steps_per_epoch, pipeline.train.batch_size
     record: dict[str, Any] = {  # averaged over models when K > 1
@@ -252,8 +252,11 @@ def _add_sums(total: EpochSums, chunks: list[dict[str, np.ndarray]]) -> EpochSum
     The host adds in float64/int64, as before K models, so a resumed epoch logs the same.
     """
     for chunk in chunks:
-        total = {key: (np.asarray(value) + np.asarray(chunk[key]).astype(np.asarray(value).dtype)
-                       ).tolist() for key, value in total.items()}
+        added = {}
+        for key, value in total.items():
+            value = np.asarray(value)
+            added[key] = (value + np.asarray(chunk[key]).astype(value.dtype)).tolist()
+        total = added
     return total
 
 

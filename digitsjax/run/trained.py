@@ -31,11 +31,6 @@ class Trained:
     def params(self) -> Any:
         return self.state["params"]
 
-    @property
-    def num_models(self) -> int:
-        """K of `train.num_models`: the params hold K stacked models when K > 1."""
-        return self.pipeline.train.num_models
-
 
 def load_trained(workdir: str | Path, which: str = "latest") -> Trained:
     """Restore a workdir's checkpoint (`latest`, `best` or a step) with its pipeline."""

@@ -4,6 +4,15 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 PIPELINE ?= pipelines/mnist_mlp.toml
 ARGS     ?=
+# The jax build: cpu, cuda (CUDA 13, NVIDIA driver >= 580), cuda12 (older drivers) or tpu.
+# `make install ACCEL=cuda` remembers it, so later `make train` / `make test` keep that build.
+ACCELS   := cpu cuda cuda12 tpu
+ACCEL    ?= $(or $(shell cat $(VENV)/.accel 2>/dev/null),cpu)
+ifeq ($(filter $(ACCELS),$(ACCEL)),)
+$(error ACCEL=$(ACCEL) is not a jax build digitsjax installs: use one of $(ACCELS))
+endif
+comma    := ,
+EXTRAS   := dev$(if $(filter-out cpu,$(ACCEL)),$(comma)$(ACCEL))
 # Genuine MNIST for air-gapped hosts: $DIGITSJAX_MNIST_DIR, else ../shared/data/mnist if present.
 export DIGITSJAX_MNIST_DIR ?= $(wildcard $(abspath ../shared/data/mnist))
 
@@ -11,13 +20,15 @@ export DIGITSJAX_MNIST_DIR ?= $(wildcard $(abspath ../shared/data/mnist))
 .DEFAULT_GOAL := train
 
 # Exact versions from constraints.txt: fingerprints are bitwise only on identical versions.
-$(BIN)/.installed: pyproject.toml constraints.txt
+# The accelerator builds are jax's own extras at that same pinned version.
+$(BIN)/.installed-$(ACCEL): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	echo $(ACCEL) > $(VENV)/.accel
 	touch $@
 
-install: $(BIN)/.installed
+install: $(BIN)/.installed-$(ACCEL)
 
 train: install
 	$(BIN)/digitsjax train $(PIPELINE) $(ARGS)
@@ -29,8 +40,8 @@ lint: install
 	$(BIN)/ruff check digitsjax tests bench
 
 # Not part of `make test`: ~5-10 minutes, needs the [bench] extra (PyTorch CPU, Keras 3).
-$(BIN)/.bench-installed: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+$(BIN)/.bench-installed: $(BIN)/.installed-$(ACCEL)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS),bench]'
 	touch $@
 
 bench: $(BIN)/.bench-installed

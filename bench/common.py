@@ -4,11 +4,13 @@ Each script trains the network of `pipelines/mnist_mlp.toml` (784-128-64-10 ReLU
 cross-entropy, Adam with the pipeline's learning rate and cosine decay, batch 128, float32) on
 the same 55,000 training images that digitsjax loads, in its own fresh process. Each epoch is
 timed without evaluation; the test accuracy after each epoch gives the time from process start
-(the moment the driver launched it, $BENCH_T0) to the target accuracy.
+(the moment the driver launched it, $BENCH_T0) to the target accuracy. `--epochs N` (which
+`run.py` passes on) trains fewer epochs, for a quick look; the cosine schedule spans them.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -48,6 +50,11 @@ def workload(epochs: int | None = None) -> Workload:
     return Workload(hidden=p.model.hidden, batch_size=p.train.batch_size,
                     learning_rate=p.optimizer.learning_rate, epochs=epochs or p.train.epochs,
                     steps_per_epoch=p.steps_per_epoch)
+
+
+def add_epochs_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, metavar="N",
+                        help="train N epochs instead of the pipeline's")
 
 
 def load_data():

@@ -20,11 +20,12 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
-    import digitsjax.run.loop  # what `digitsjax train` imports before its clock starts
+    import digitsjax.run.loop  # noqa: F401  (what `digitsjax train` imports before its clock)
     from digitsjax.cli import main as digitsjax_main
     from digitsjax.core.config import load_pipeline
     from digitsjax.core.model import params_sha256
-    from digitsjax.run.workdir import read_metrics
+    from digitsjax.run.records import read_metrics
+    from digitsjax.run.trained import load_trained
 
     workdir = tempfile.mkdtemp(prefix="bench-digitsjax-")
     sets = [arg for override in args.overrides for arg in ("--set", override)]
@@ -37,7 +38,7 @@ def main() -> None:
         log.epoch(record["epoch_seconds"], record["test_accuracy"],
                   at=before_training + record["wall_seconds"])
     pipeline = load_pipeline(args.pipeline, args.overrides)
-    fingerprint = params_sha256(digitsjax.run.load_trained(workdir).state["params"])
+    fingerprint = params_sha256(load_trained(workdir).params)
     log.report(pipeline.steps_per_epoch * pipeline.train.batch_size * pipeline.train.num_models,
                num_models=pipeline.train.num_models, params_sha256=fingerprint)
 

@@ -10,18 +10,20 @@ import argparse
 import os
 import time
 
-from common import EpochLog, load_data, workload
+from common import EpochLog, add_epochs_option, load_data, workload
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow")
-    backend = parser.parse_args().backend
+    add_epochs_option(parser)
+    args = parser.parse_args()
+    backend = args.backend
     os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    w, data = workload(), load_data()
+    w, data = workload(args.epochs), load_data()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((784,)),
                               *[keras.layers.Dense(h, activation="relu") for h in w.hidden],

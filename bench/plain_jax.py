@@ -2,10 +2,14 @@
 
 This is how most JAX training loops start out; the host gathers the next batch while the
 device runs the current step (dispatch is asynchronous), but every step is a round trip.
+It keeps JAX's defaults: float32 matmuls on a CPU, but TF32 ones on an NVIDIA GPU since Ampere,
+and XLA's GPU programs as they come (not deterministic), so on a GPU its numerics are those of
+digitsjax's `tensorfloat32 + deterministic=false` row.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import time
 
@@ -13,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import EpochLog, load_data, workload
+from common import EpochLog, add_epochs_option, load_data, workload
 
 
 def init_params(key, sizes):
@@ -33,7 +37,9 @@ def mlp(params, x):
 
 
 def main() -> None:
-    w, data = workload(), load_data()
+    parser = argparse.ArgumentParser()
+    add_epochs_option(parser)
+    w, data = workload(parser.parse_args().epochs), load_data()
     optimizer = optax.adam(optax.cosine_decay_schedule(w.learning_rate, w.total_steps))
     params = init_params(jax.random.PRNGKey(0), (784, *w.hidden, 10))
     opt_state = optimizer.init(params)

@@ -182,6 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from digitsjax.apps.evaluate import evaluate_trained
+    from digitsjax.run.backend import summary_line
     from digitsjax.run.records import format_spread
     from digitsjax.run.trained import load_trained
 
@@ -206,6 +207,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print("      " + "".join(f"{digit:>6}" for digit in range(10)))
     for digit, row in enumerate(result["confusion_matrix"]):
         print(f"{digit:>6}" + "".join(f"{count:>6}" for count in row))
+    print(f"computed on: {summary_line(result)}")
     return 0
 
 

@@ -19,6 +19,12 @@ os.environ["DIGITSJAX_MNIST_DIR"] = str(MNIST_DIR)
 # CLI runs in tests keep their compiled programs here rather than in the user's ~/.cache.
 os.environ.setdefault("DIGITSJAX_COMPILATION_CACHE", str(REPO / ".cache" / "jax-compilation"))
 
+# Tests train in this process with the default train.deterministic = true: ask XLA for it
+# before any test starts JAX's backend, as the entry points do (on a GPU they refuse otherwise).
+from digitsjax.run.backend import request_determinism  # noqa: E402
+
+request_determinism(True)
+
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:

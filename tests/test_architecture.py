@@ -127,6 +127,7 @@ REGISTRIES = [
     ("train.loss", losses.LOSSES),
     ("optimizer.name", optim.OPTIMIZERS),
     ("optimizer.schedule", optim.SCHEDULES),
+    ("train.matmul_precision", model.MATMUL_PRECISIONS),
 ]
 
 

@@ -104,9 +104,11 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_o
     train_pipeline(load_pipeline(PIPELINE, SMALL_RUN), workdir, mnist_dir=str(mnist_dir),
                    echo=messages.append)
 
-    assert messages[0].startswith(f"warning: checkpoint {newest} in ")
-    assert f"falling back to step {previous}" in messages[0]
-    assert f"from step {previous} " in messages[1]
+    computes_on, warning, resuming = messages[:3]
+    assert "matmul_precision float32" in computes_on
+    assert warning.startswith(f"warning: checkpoint {newest} in ")
+    assert f"falling back to step {previous}" in warning
+    assert f"from step {previous} " in resuming
     assert [p.name.split("-")[0] for p in checkpoint.unreadable_dir(workdir).iterdir()] == \
         [str(newest)]  # set aside, not deleted
     assert fingerprint(workdir, SMALL_STEPS) == fingerprint(small_run, SMALL_STEPS)

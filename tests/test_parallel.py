@@ -83,7 +83,9 @@ print(json.dumps(report))
 
 
 def devices_env(count: int) -> dict[str, str]:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
+    """`count` simulated CPU devices, also on a host with a GPU or TPU (which JAX would pick)."""
+    return {**os.environ, "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
 
 
 def free_port() -> int:
@@ -224,20 +226,26 @@ def test_two_processes_train_together_like_one_device(two_processes, one_device)
 @pytest.mark.slow
 def test_checkpoint_from_eight_devices_resumes_on_one(eight_devices, one_device, tmp_path):
     workdir = rewind(eight_devices["first"], tmp_path / "run", STEPS_PER_EPOCH)
-    assert f"from step {STEPS_PER_EPOCH}" in resume_here(workdir)[0]
+    computes_on, resuming, *_ = resume_here(workdir)
+    assert computes_on.startswith(f"{jax.default_backend()} backend, 1 device (")
+    assert f"from step {STEPS_PER_EPOCH}" in resuming
     assert_same_training(workdir, one_device)
 
 
 @pytest.mark.slow
 def test_checkpoint_from_two_processes_resumes_on_one(two_processes, one_device, tmp_path):
     workdir = rewind(two_processes["workdir"], tmp_path / "run", STEPS_PER_EPOCH)
-    assert f"from step {STEPS_PER_EPOCH}" in resume_here(workdir)[0]
+    computes_on, resuming, *_ = resume_here(workdir)
+    assert computes_on.startswith(f"{jax.default_backend()} backend, 1 device (")
+    assert f"from step {STEPS_PER_EPOCH}" in resuming
     assert_same_training(workdir, one_device)
 
 
 @pytest.mark.slow
 def test_checkpoint_from_one_device_resumes_on_eight(eight_devices, one_device):
-    assert f"from step {STEPS_PER_EPOCH}" in eight_devices["resume_log"][0]
+    computes_on, resuming, *_ = eight_devices["resume_log"]
+    assert computes_on.startswith("cpu backend, 8 devices (cpu), matmul_precision float32")
+    assert f"from step {STEPS_PER_EPOCH}" in resuming
     assert_same_training(eight_devices["resumed"], one_device)
 
 

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import jax
 import pytest
 
 from digitsjax.core.config import load_pipeline
@@ -51,7 +52,10 @@ def test_workdir_holds_manifest_metrics_and_checkpoints(trained_workdir, mnist_d
     assert len(manifest["pipeline_sha256"]) == 64
     assert {"python", "jax", "jaxlib", "optax", "orbax-checkpoint", "tensorflow-datasets"} <= \
         set(manifest["versions"])
-    assert manifest["platform"]["backend"] == "cpu" and manifest["platform"]["device_count"] >= 1
+    assert manifest["platform"]["backend"] == jax.default_backend()
+    assert manifest["platform"]["device_count"] == jax.device_count()
+    assert "--xla_gpu_deterministic_ops=true" in manifest["platform"]["xla_flags"]
+    assert manifest["pipeline"]["train"]["matmul_precision"] == "float32"
     assert manifest["dataset"]["files_sha256"] == genuine_checksums(mnist_dir)
     assert sorted(int(p.name) for p in (trained_workdir / "checkpoints").iterdir()
                   if p.name.isdigit()) == [429, 858]
@@ -65,6 +69,9 @@ def test_evaluate_reports_the_checkpoint_fingerprint(trained_workdir):
     assert result["step"] == 858
     assert result["test_accuracy"] == pytest.approx(final["test_accuracy"])
     assert len(result["params_sha256"]) == 64
+    assert (result["backend"], result["device_count"]) == (jax.default_backend(),
+                                                           jax.device_count())
+    assert (result["matmul_precision"], result["deterministic"]) == ("float32", True)
 
 
 def test_cli_turns_a_bad_pipeline_into_one_line_and_exit_2(tmp_path):

@@ -17,6 +17,7 @@ from digitsjax.core.config import Pipeline
 from digitsjax.core.data import MNIST, NUM_CLASSES
 from digitsjax.core.model import Params, classify
 from digitsjax.core.train import make_evaluate
+from digitsjax.run import backend
 from digitsjax.run.trained import Trained, fingerprints
 
 
@@ -25,10 +26,12 @@ def make_classify(pipeline: Pipeline) -> Callable[[Params, jax.Array], jax.Array
 
     It compiles once per batch size, so a server that always sends one image compiles once.
     The params of K models (`train.num_models`, the count the manifest's pipeline records)
-    classify as their ensemble: the models' probabilities averaged.
+    classify as their ensemble: the models' probabilities averaged. The multiplies run at the
+    precision the network was trained with (`train.matmul_precision`).
     """
-    model, num_models = pipeline.model, pipeline.train.num_models
-    return jax.jit(lambda params, images: classify(params, images, model, num_models))
+    model, train = pipeline.model, pipeline.train
+    return jax.jit(lambda params, images: classify(params, images, model, train.num_models,
+                                                   precision=train.matmul_precision))
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
@@ -55,7 +58,7 @@ def evaluate_trained(trained: Trained, data: MNIST) -> dict[str, Any]:
     """Test loss and accuracy of a restored checkpoint, per digit, with its fingerprint.
 
     For K models: the ensemble's accuracy and confusion matrix, and each model's accuracy and
-    fingerprint.
+    fingerprint. Also where it was computed: backend, devices, matmul precision, determinism.
     """
     params = trained.params
     evaluate = make_evaluate(trained.pipeline, predictions=True)
@@ -65,4 +68,5 @@ def evaluate_trained(trained: Trained, data: MNIST) -> dict[str, Any]:
             | {f"test_{key}": value.tolist() for key, value in result.items()}
             | {"per_class_accuracy": per_class_accuracy(matrix).tolist(),
                "confusion_matrix": matrix.tolist()}
-            | fingerprints(trained.pipeline, params))
+            | fingerprints(trained.pipeline, params)
+            | backend.describe(trained.pipeline))

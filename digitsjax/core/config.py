@@ -23,7 +23,12 @@ from typing import Any
 
 from digitsjax.core.data import SPLIT_SIZES
 from digitsjax.core.losses import LOSSES
-from digitsjax.core.model import ACTIVATIONS, INITIALIZERS, OUTPUT_ACTIVATIONS
+from digitsjax.core.model import (
+    ACTIVATIONS,
+    INITIALIZERS,
+    MATMUL_PRECISIONS,
+    OUTPUT_ACTIVATIONS,
+)
 from digitsjax.core.optim import OPTIMIZERS, SCHEDULES
 from digitsjax.errors import ConfigError, setting
 
@@ -85,6 +90,12 @@ class TrainConfig:
     eval_every_epochs: int = 1
     num_models: int = 1
     """Train K models in one vmapped program; model k is the run with seed = seed + k."""
+    matmul_precision: str = "float32"
+    """A key of `model.MATMUL_PRECISIONS`: the maths of every matrix multiply, in training and
+    evaluation. "float32" is true float32 on every backend."""
+    deterministic: bool = True
+    """Ask XLA for deterministic GPU programs (the same bits from every compilation), at some
+    speed; CPU and TPU programs are deterministic either way (see run/process.py)."""
 
 
 @dataclass(frozen=True)
@@ -237,7 +248,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if hint is int and isinstance(value, bool):
         value = str(value)  # bool is an int subclass; reject it as the wrong type below
     if not isinstance(value, hint):
-        raise ConfigError(f"{source}: '{key}' must be {hint.__name__}, got {_describe(value)}")
+        expected = "true or false" if hint is bool else hint.__name__
+        raise ConfigError(f"{source}: '{key}' must be {expected}, got {_describe(value)}")
     return value
 
 
@@ -304,6 +316,7 @@ def _validate(p: Pipeline, source: str) -> None:
     _check(t.eval_every_epochs >= 1, source,
            f"'train.eval_every_epochs' must be >= 1, got {t.eval_every_epochs}")
     _check(t.num_models >= 1, source, f"'train.num_models' must be >= 1, got {t.num_models}")
+    _check_choice(t.matmul_precision, MATMUL_PRECISIONS, "train.matmul_precision", source)
     c = p.checkpoint
     _check(c.every_steps >= 0, source,
            f"'checkpoint.every_steps' must be >= 0, got {c.every_steps}")

@@ -7,13 +7,18 @@ same pytree with a leading model axis on every leaf; `apply` is the one place th
 two apart, by the model count the caller knows from the pipeline.
 
 The option families are registries, name -> implementation; config validation reads their keys.
+`MATMUL_PRECISIONS` is one of them: every matrix multiply says how precise it must be, so
+`train.matmul_precision = "float32"` is true float32 on every backend (JAX's default would let a
+GPU use TF32 and a TPU bfloat16), and a run means the same maths wherever it is compiled.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import jax
@@ -67,6 +72,29 @@ INITIALIZERS: dict[str, Initializer] = {
 }
 
 
+@dataclass(frozen=True)
+class MatmulPrecision:
+    """How one layer's matrix multiply (and its gradient's) is computed."""
+
+    operands: jnp.dtype
+    """What the activations and weights are rounded to for the multiply, and its product's
+    type (parameters, optimizer state and everything outside the multiply stay float32)."""
+    precision: jax.lax.Precision
+    """XLA's precision for float32 operands; ignored by backends that have only one (CPU)."""
+
+
+MATMUL_PRECISIONS: dict[str, MatmulPrecision] = {
+    # float32 on CPU, GPU and TPU alike: the maths of the CPU run
+    "float32": MatmulPrecision(jnp.float32, jax.lax.Precision.HIGHEST),
+    # TF32 on NVIDIA GPUs since Ampere, 3-pass bfloat16 on TPU; plain float32 on CPU
+    "tensorfloat32": MatmulPrecision(jnp.float32, jax.lax.Precision.HIGH),
+    # bfloat16 operands and products on every backend (an 8-bit mantissa), in the gradient's
+    # multiplies too; float32 accumulation inside each multiply
+    "bfloat16": MatmulPrecision(jnp.bfloat16, jax.lax.Precision.DEFAULT),
+}
+DEFAULT_PRECISION = "float32"
+
+
 def layer_sizes(config: ModelConfig) -> tuple[int, ...]:
     return (NUM_PIXELS, *config.hidden, NUM_CLASSES)
 
@@ -87,34 +115,52 @@ def init_params(key: jax.Array, config: ModelConfig) -> Params:
     return params
 
 
+def dense(x: jax.Array, layer: dict[str, jax.Array], precision: str) -> jax.Array:
+    """`x @ w + b`, the multiply at `precision` (a key of MATMUL_PRECISIONS), in float32 out.
+
+    The product comes out in the operands' type and only then returns to float32, so the
+    gradient's multiplies (its transpose) take the same operand type as the forward's.
+    """
+    how = MATMUL_PRECISIONS[precision]
+    product = jnp.dot(x.astype(how.operands), layer["w"].astype(how.operands),
+                      precision=how.precision)
+    return product.astype(jnp.float32) + layer["b"]
+
+
 def forward(params: Params, image: jax.Array, config: ModelConfig,
-            dropout_key: jax.Array | None = None) -> jax.Array:
+            dropout_key: jax.Array | None = None, *,
+            precision: str = DEFAULT_PRECISION) -> jax.Array:
     """One image (784,) -> one output (10,): logits, or sigmoid activations for Nielsen's net.
 
     With `dropout_key`, hidden activations are dropped (inverted dropout) at `config.dropout`.
+    `precision` is the pipeline's `train.matmul_precision`.
     """
     act = ACTIVATIONS[config.activation]
     x = image
     for i, layer in enumerate(params[:-1]):
-        x = act(x @ layer["w"] + layer["b"])
+        x = act(dense(x, layer, precision))
         if dropout_key is not None and config.dropout > 0:
             keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, i), 1 - config.dropout,
                                         x.shape)
             x = jnp.where(keep, x / (1 - config.dropout), 0.0)
     out = params[-1]
-    return OUTPUT_ACTIVATIONS[config.output_activation](x @ out["w"] + out["b"])
+    return OUTPUT_ACTIVATIONS[config.output_activation](dense(x, out, precision))
 
 
-def batched_forward(params: Params, images: jax.Array, config: ModelConfig) -> jax.Array:
+def batched_forward(params: Params, images: jax.Array, config: ModelConfig, *,
+                    precision: str = DEFAULT_PRECISION) -> jax.Array:
     """(B, 784) -> (B, 10), deterministic (no dropout): one model."""
-    return jax.vmap(forward, in_axes=(None, 0, None))(params, images, config)
+    one = functools.partial(forward, precision=precision)
+    return jax.vmap(one, in_axes=(None, 0, None))(params, images, config)
 
 
-def apply(params: Params, images: jax.Array, config: ModelConfig, num_models: int) -> jax.Array:
+def apply(params: Params, images: jax.Array, config: ModelConfig, num_models: int, *,
+          precision: str = DEFAULT_PRECISION) -> jax.Array:
     """(N, 784) -> outputs (N, 10) of one model, or (K, N, 10) of K stacked models."""
+    one = functools.partial(batched_forward, precision=precision)
     if num_models == 1:
-        return batched_forward(params, images, config)
-    return jax.vmap(batched_forward, in_axes=(0, None, None))(params, images, config)
+        return one(params, images, config)
+    return jax.vmap(one, in_axes=(0, None, None))(params, images, config)
 
 
 def probabilities(outputs: jax.Array, config: ModelConfig) -> jax.Array:
@@ -131,13 +177,15 @@ def ensemble_probabilities(outputs: jax.Array, config: ModelConfig,
     return probs if num_models == 1 else jnp.mean(probs, axis=0)
 
 
-def classify(params: Params, images: jax.Array, config: ModelConfig,
-             num_models: int) -> jax.Array:
+def classify(params: Params, images: jax.Array, config: ModelConfig, num_models: int, *,
+             precision: str = DEFAULT_PRECISION) -> jax.Array:
     """(N, 784) -> class probabilities (N, 10), of one model or of K models' ensemble.
 
-    The one way a trained network is applied: evaluation, prediction and serving all call it.
+    The one way a trained network is applied: evaluation, prediction and serving all call it,
+    at the precision it was trained with.
     """
-    return ensemble_probabilities(apply(params, images, config, num_models), config, num_models)
+    outputs = apply(params, images, config, num_models, precision=precision)
+    return ensemble_probabilities(outputs, config, num_models)
 
 
 def params_sha256(params: Params) -> str:

@@ -117,8 +117,8 @@ def train_step(pipeline: Pipeline, optimizer: optax.GradientTransformation, stat
         keys, key_axis = None, None
 
     def loss_fn(params):
-        outputs = jax.vmap(forward, in_axes=(None, 0, None, key_axis))(params, images, model,
-                                                                         keys)
+        one = functools.partial(forward, precision=pipeline.train.matmul_precision)
+        outputs = jax.vmap(one, in_axes=(None, 0, None, key_axis))(params, images, model, keys)
         return mean_loss(outputs, labels, loss_name), outputs
 
     (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -228,7 +228,7 @@ def make_evaluate(pipeline: Pipeline,
 
     @functools.partial(jax.jit, compiler_options=compiler_options())
     def evaluate(params, images, labels):
-        outputs = apply(params, images, model, k)
+        outputs = apply(params, images, model, k, precision=pipeline.train.matmul_precision)
         result = metrics(outputs, labels)
         if predictions:
             probs = ensemble_probabilities(outputs, model, k)

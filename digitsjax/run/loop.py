@@ -33,7 +33,7 @@ from digitsjax.core.train import (
 )
 from digitsjax.errors import RESTART, DivergenceError, setting
 from digitsjax.files import write_json_atomic
-from digitsjax.run import checkpoint, cluster, process
+from digitsjax.run import backend, checkpoint, cluster, process
 from digitsjax.run.preemption import Preempted, PreemptionGuard
 from digitsjax.run.records import EpochRecord, RecordWriter
 from digitsjax.run.trained import fingerprints
@@ -55,10 +55,12 @@ def train_pipeline(pipeline: Pipeline, workdir: str | Path, *, mnist_dir: str | 
     """
     started = time.perf_counter()
     process.quiet_libraries()
+    backend.request_determinism(pipeline.train.deterministic)  # before JAX starts its backend
     mesh = sharding.data_mesh()
     sharding.check_batch_size(pipeline.train.batch_size, mesh.size)  # before touching the workdir
     if not cluster.is_primary():
         progress, echo = False, _silent
+    echo(backend.summary_line(backend.describe(pipeline)))
     workdir = prepare_workdir(Path(workdir), restart)
     resuming = checkpoint.has_checkpoints(workdir)
     # Every process must look before any creates the checkpoint folder (opening the manager

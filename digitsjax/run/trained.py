@@ -14,7 +14,7 @@ from digitsjax.core.config import Pipeline
 from digitsjax.core.model import params_sha256
 from digitsjax.core.train import TrainState, init_train_state, model_params
 from digitsjax.errors import CHECKPOINT, RESTART, CheckpointError
-from digitsjax.run import checkpoint
+from digitsjax.run import backend, checkpoint
 from digitsjax.run.workdir import recorded_pipeline
 
 
@@ -36,6 +36,7 @@ def load_trained(workdir: str | Path, which: str = "latest") -> Trained:
     """Restore a workdir's checkpoint (`latest`, `best` or a step) with its pipeline."""
     workdir = Path(workdir)
     pipeline = recorded_pipeline(workdir)
+    backend.request_determinism(pipeline.train.deterministic)  # before JAX starts its backend
     manager = checkpoint.open_manager(workdir, pipeline.checkpoint, read_only=True)
     try:
         step = checkpoint.resolve_step(manager, which)

@@ -21,6 +21,7 @@ import jax
 from digitsjax.core.config import Pipeline, pipeline_from_dict, pipeline_sha256, pipeline_to_dict
 from digitsjax.errors import RESTART, WORKDIR, CheckpointError
 from digitsjax.run import checkpoint, cluster
+from digitsjax.run.backend import xla_flags
 from digitsjax.run.records import METRICS
 from digitsjax.run.tensorboard import remove_event_files
 
@@ -51,6 +52,7 @@ def platform_info() -> dict[str, Any]:
         "process_count": jax.process_count(),
         "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
         "device_count": len(devices),
+        "xla_flags": xla_flags(),  # e.g. GPU determinism: part of what the programs compute
     }
 
 

@@ -1,0 +1,85 @@
+"""What a run computes on: the backend, its devices and numerics, and the flags XLA needs first.
+
+XLA's GPU compiler picks among matmul algorithms by timing them (autotuning) at each
+compilation, and some GPU kernels add in whatever order their threads finish. So without help
+the same program compiled twice, or read back from the persistent compilation cache, can give
+different bits. `--xla_gpu_deterministic_ops=true` removes both. XLA reads XLA_FLAGS once, when
+JAX starts its backend, which is why `train.deterministic` is applied by the entry points
+(`train_pipeline`, `load_trained`) before they touch a device, and why a backend that already
+started without it is refused rather than silently nondeterministic. CPU and TPU programs are
+deterministic either way; there the flag changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from digitsjax.core.config import Pipeline
+from digitsjax.errors import UserError, setting
+
+DETERMINISTIC_OPS = "--xla_gpu_deterministic_ops=true"
+_DETERMINISM_FLAG = DETERMINISTIC_OPS.split("=")[0]
+
+
+def xla_flags() -> list[str]:
+    """The XLA flags of this process: once the backend started, those it runs with."""
+    return os.environ.get("XLA_FLAGS", "").split()
+
+
+def backend_started() -> bool:
+    """Whether JAX has created its backends (and so read XLA_FLAGS) in this process."""
+    from jax._src import xla_bridge  # the one place that knows; no public API says it
+
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    return bool(started and started())
+
+
+def request_determinism(deterministic: bool) -> None:
+    """Put XLA's GPU determinism in XLA_FLAGS before the backend starts, if asked for.
+
+    `deterministic=False` leaves the flags as the user set them. A GPU backend that already
+    started without the flag cannot be changed: that is a `UserError`, not a quiet difference.
+    """
+    if not deterministic or DETERMINISTIC_OPS in xla_flags():
+        return
+    if not backend_started():
+        kept = [flag for flag in xla_flags() if flag.split("=")[0] != _DETERMINISM_FLAG]
+        os.environ["XLA_FLAGS"] = " ".join([*kept, DETERMINISTIC_OPS])
+        return
+    import jax
+
+    if jax.default_backend() == "gpu":
+        raise UserError(
+            "JAX started its GPU backend before digitsjax could make it deterministic "
+            "(train.deterministic = true)",
+            f"start Python with XLA_FLAGS={DETERMINISTIC_OPS}, or call "
+            "digitsjax.run.backend.request_determinism(True) before any JAX computation, or "
+            f"train with {setting('train.deterministic', 'false')}")
+
+
+def describe(pipeline: Pipeline) -> dict[str, Any]:
+    """Where and how this process computes `pipeline`: for the first line of a run and JSON."""
+    import jax
+
+    devices = jax.devices()
+    return {"backend": jax.default_backend(), "device_count": len(devices),
+            "device_kind": devices[0].device_kind,
+            "matmul_precision": pipeline.train.matmul_precision,
+            "deterministic": _deterministic_in_force(),
+            "xla_flags": xla_flags()}
+
+
+def _deterministic_in_force() -> bool:
+    """CPU and TPU programs always are; GPU programs only with the flag."""
+    import jax
+
+    return jax.default_backend() != "gpu" or DETERMINISTIC_OPS in xla_flags()
+
+
+def summary_line(info: dict[str, Any]) -> str:
+    """`describe`'s answer as `cpu backend, 1 device (cpu), matmul_precision float32, ...`."""
+    count = info["device_count"]
+    return (f"{info['backend']} backend, {count} device{'s' if count > 1 else ''} "
+            f"({info['device_kind']}), matmul_precision {info['matmul_precision']}, "
+            + ("deterministic" if info["deterministic"] else "not deterministic"))

@@ -3,29 +3,42 @@
 Exit statuses: 0 done; 1 `verify` could not reproduce the run; 2 a `UserError` or a malformed
 command line, printed as one line on stderr (`--debug` shows the traceback); 143 / 130 training
 stopped by SIGTERM / SIGINT after checkpointing (see preemption.py), so re-running the same
-command continues it.
+command continues it; 130 any other command stopped by Ctrl-C; 141 stdout closed by its reader
+(`digitsjax ... | head -1`). 130, 141 and 143 are 128 + the signal's number, as a shell reports
+for a process that signal ended.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from digitsjax.errors import COMMAND_LINE, UserError
-from digitsjax.run.preemption import Preempted
+from digitsjax.errors import COMMAND_LINE, ConfigError, UserError
+from digitsjax.run.preemption import Preempted, exit_code
 
 if TYPE_CHECKING:  # the commands import the library lazily, to start fast
+    from digitsjax.core.config import Pipeline
     from digitsjax.core.data import MNIST
     from digitsjax.run.trained import Trained
 
 DEFAULT_WORKDIR_ROOT = Path("checkpoints")
 EXIT_NOT_REPRODUCED = 1
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = exit_code(signal.SIGINT)
+EXIT_BROKEN_PIPE = exit_code(signal.SIGPIPE)
+RESUMABLE = ("train", "sweep")
+EXPORT_FORMATS = ("onnx", "stablehlo", "npz")
+"""`digitsjax export --format`: the keys of apps.export.FORMATS (not imported: it loads JAX)."""
+"""Commands that a second run continues where a signal stopped them."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -38,6 +51,7 @@ class ArgumentParser(argparse.ArgumentParser):
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="digitsjax", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"digitsjax {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_training_commands(commands)
     _add_trained_network_commands(commands)
@@ -45,11 +59,23 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed package's version: the one every workdir's manifest records."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("digitsjax")
+    except metadata.PackageNotFoundError:  # a source tree run without installing it
+        return "(not installed)"
+
+
 def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a pipeline (continues from its checkpoints)")
-    train.add_argument("pipeline", type=Path, help="a pipelines/*.toml file")
+    train.add_argument("pipeline", type=Path, help="a pipelines/*.toml file, or a workdir to "
+                       "continue with its own pipeline (e.g. --set train.epochs=30)")
     train.add_argument("--workdir", type=Path,
-                       help="output folder (default: checkpoints/<pipeline name>)")
+                       help="output folder (default: checkpoints/<pipeline name>, or the "
+                       "workdir given)")
     train.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="KEY=VALUE", help="override a pipeline key, e.g. train.epochs=3")
     train.add_argument("--restart", action="store_true",
@@ -70,6 +96,16 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument("--restart", action="store_true",
                        help="discard the variants' checkpoints and start over")
     _add_mnist_dir(sweep)
+
+    runs = commands.add_parser("runs", help="one line per run under a folder: state, epochs, "
+                               "best validation, test accuracy, fingerprint, age")
+    runs.add_argument("folder", type=Path, nargs="?", default=DEFAULT_WORKDIR_ROOT,
+                      help="default: %(default)s")
+    compare = commands.add_parser("compare", help="runs side by side: the pipeline keys that "
+                                  "differ, their results, their curves in one plot")
+    compare.add_argument("workdirs", type=Path, nargs="+", metavar="WORKDIR")
+    compare.add_argument("--output", type=Path, metavar="PNG",
+                         help="the plot (default: FIRST_WORKDIR/plots/compare.png)")
 
     verify = commands.add_parser(
         "verify", help="replay a finished workdir's pipeline; check it ends bit for bit the same")
@@ -98,6 +134,15 @@ def _add_trained_network_commands(commands: argparse._SubParsersAction) -> None:
     plots.add_argument("workdir", type=Path, metavar="DIR")
     _add_checkpoint(plots)
     _add_mnist_dir(plots)
+
+    export = commands.add_parser("export", help="write the network as ONNX, StableHLO or "
+                                 "NumPy arrays, for use without digitsjax")
+    export.add_argument("workdir", type=Path)
+    _add_checkpoint(export)
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    export.add_argument("--output", type=Path, metavar="PATH",
+                        help="the file to write (default: WORKDIR/export/model.FORMAT), "
+                        "described by PATH.json beside it; only an earlier export is replaced")
 
 
 def _add_serve_command(commands: argparse._SubParsersAction) -> None:
@@ -165,18 +210,53 @@ def _add_cluster(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from digitsjax.core.config import load_pipeline
-
-    pipeline = load_pipeline(args.pipeline, args.overrides)  # a mistake shows before JAX loads
+    pipeline, workdir = _pipeline_and_workdir(args)  # a mistake shows before JAX loads
 
     from digitsjax.run import cluster
+    from digitsjax.run.backend import start_backend
     from digitsjax.run.loop import train_pipeline
 
     cluster.initialize(cluster.resolve_cluster(args.coordinator_address, args.num_processes,
                                                args.process_id))
-    workdir = args.workdir or DEFAULT_WORKDIR_ROOT / pipeline.name
+    start_backend(pipeline.train.deterministic)  # after joining the cluster, as JAX requires
     train_pipeline(pipeline, workdir, mnist_dir=args.mnist_dir, restart=args.restart,
                    progress=sys.stderr.isatty())
+    return 0
+
+
+def _pipeline_and_workdir(args: argparse.Namespace) -> tuple[Pipeline, Path]:
+    """A pipeline file and its workdir; or a workdir in its place, with its recorded pipeline."""
+    from digitsjax.core.config import load_pipeline, override_pipeline
+
+    if args.pipeline.is_dir():
+        from digitsjax.run.workdir import MANIFEST, recorded_pipeline
+
+        if not (args.pipeline / MANIFEST).exists():
+            raise ConfigError(f"pipeline {args.pipeline} is a folder, and not a digitsjax "
+                              f"workdir to continue (it has no {MANIFEST})",
+                              "pass a path such as pipelines/mnist_mlp.toml")
+
+        recorded = recorded_pipeline(args.pipeline)
+        return (override_pipeline(recorded, args.overrides, str(args.pipeline)),
+                args.workdir or args.pipeline)
+    pipeline = load_pipeline(args.pipeline, args.overrides)
+    return pipeline, args.workdir or DEFAULT_WORKDIR_ROOT / pipeline.name
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from digitsjax.apps.runs import find_workdirs, runs_table, summarize
+
+    print(runs_table([summarize(workdir) for workdir in find_workdirs(args.folder)]))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from digitsjax.apps.runs import compare
+
+    plot = args.output or args.workdirs[0] / "plots" / "compare.png"
+    table, path = compare(args.workdirs, plot)
+    print(table)
+    print(path)
     return 0
 
 
@@ -186,6 +266,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from digitsjax.run.records import format_spread
     from digitsjax.run.trained import load_trained
 
+    _start_backend_for(args.workdir)
     trained = load_trained(args.workdir, args.checkpoint)
     result = evaluate_trained(trained, _load_data(trained, args.mnist_dir))
     if args.json:
@@ -211,6 +292,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_backend_for(workdir: Path) -> None:
+    """Start JAX for `workdir`'s recorded pipeline (its determinism first, as `load_trained`
+    does), so that a platform JAX cannot start is one line before anything loads."""
+    from digitsjax.run.backend import start_backend
+    from digitsjax.run.workdir import recorded_pipeline
+
+    start_backend(recorded_pipeline(workdir).train.deterministic)
+
+
 def _load_data(trained: Trained, mnist_dir: str | None) -> MNIST:
     from digitsjax.core.data import load_mnist
 
@@ -218,24 +308,28 @@ def _load_data(trained: Trained, mnist_dir: str | None) -> MNIST:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from digitsjax.apps.imaging import load_digit_files
+    """Every good file is answered; each bad one is its own error line, in argument order,
+    and any bad file makes the exit status 2."""
+    from digitsjax.apps.predict import Predictor, predict_files
 
-    digits = load_digit_files(args.images)  # a bad file fails before the network loads
+    def load() -> Predictor:
+        _start_backend_for(args.workdir)
+        return Predictor.from_workdir(args.workdir, args.checkpoint)
 
-    from digitsjax.apps.predict import Predictor
-
-    predictor = Predictor.from_workdir(args.workdir, args.checkpoint)
-    predictions = predictor.classify(digits)
+    predictor, answers = predict_files(args.images, load)
+    for answer in answers:
+        if answer.error is not None:
+            if args.debug:
+                traceback.print_exception(answer.error)
+            print(f"digitsjax: error: {answer.error.render(COMMAND_LINE)}", file=sys.stderr,
+                  flush=True)
+        elif not args.json and answer.prediction is not None:
+            top = "  ".join(f"{d}: {100 * q:5.1f}%" for d, q in answer.prediction.top(3))
+            print(f"{answer.path}: {answer.prediction.digit}    ({top})", flush=True)
     if args.json:
-        print(json.dumps({"step": predictor.trained.step, "predictions": [
-            {"image": str(path), "digit": p.digit, "probabilities": p.probabilities,
-             "top3": [{"digit": d, "probability": q} for d, q in p.top(3)]}
-            for path, p in zip(args.images, predictions, strict=True)]}))
-        return 0
-    for path, prediction in zip(args.images, predictions, strict=True):
-        top = "  ".join(f"{d}: {100 * q:5.1f}%" for d, q in prediction.top(3))
-        print(f"{path}: {prediction.digit}    ({top})")
-    return 0
+        print(json.dumps({"step": predictor.trained.step if predictor else None,
+                          "predictions": [answer.to_json(COMMAND_LINE) for answer in answers]}))
+    return EXIT_USER_ERROR if any(answer.error for answer in answers) else 0
 
 
 def cmd_plots(args: argparse.Namespace) -> int:
@@ -247,6 +341,7 @@ def cmd_plots(args: argparse.Namespace) -> int:
         from digitsjax.apps.plots import write_plots
         from digitsjax.run.trained import load_trained
 
+        _start_backend_for(args.workdir)
         trained = load_trained(args.workdir, args.checkpoint)
         paths = write_plots(args.workdir, trained, _load_data(trained, args.mnist_dir))
     for path in paths:
@@ -254,12 +349,35 @@ def cmd_plots(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from digitsjax.apps.sweep import SUMMARY_MARKDOWN, read_grid, run_sweep
-    from digitsjax.core.config import load_pipeline
+def cmd_export(args: argparse.Namespace) -> int:
+    from digitsjax.apps.export import default_output, export_trained
+    from digitsjax.run.trained import load_trained
 
-    base = load_pipeline(args.pipeline, args.overrides)
+    _start_backend_for(args.workdir)
+    trained = load_trained(args.workdir, args.checkpoint)
+    done = export_trained(trained, args.format,
+                          args.output or default_output(args.workdir, args.format))
+    print(done.path)
+    print(done.sidecar)
+    size = (f"{done.size / 1e6:.1f} MB" if done.size >= 1e6 else f"{done.size / 1e3:.1f} kB")
+    difference = done.check.get("max_abs_probability_difference")
+    checked = (f"  checked: probabilities within {difference:.1g} of digitsjax's on "
+               f"{done.check['probe_images']} probe images ({done.check['by']})"
+               if difference is not None else "")
+    print(f"{done.format}  {size}  step {done.step}  params_sha256 {done.params_sha256}"
+          f"{checked}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from digitsjax.apps.sweep import SUMMARY_MARKDOWN, make_variants, read_grid, run_sweep
+    from digitsjax.core.config import load_pipeline
+    from digitsjax.run.backend import start_backend
+
+    base = load_pipeline(args.pipeline, args.overrides, for_sweep=True)
     grid = read_grid(args.pipeline, args.grid)
+    make_variants(base, grid)  # every variant is checked before JAX starts
+    start_backend(base.train.deterministic)
     sweep_dir = args.workdir or DEFAULT_WORKDIR_ROOT / base.name
     paths = run_sweep(base, grid, sweep_dir, mnist_dir=args.mnist_dir, restart=args.restart,
                       progress=sys.stderr.isatty())
@@ -275,6 +393,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     limits = Limits(max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels,
                     timeout_seconds=args.timeout)
+    _start_backend_for(args.workdir)
     server = make_server(Predictor.from_workdir(args.workdir, args.checkpoint),
                          args.host, args.port, limits)
     serve_forever(server, echo=lambda line: print(line, flush=True))
@@ -285,6 +404,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from digitsjax.apps.verify import verify_workdir
 
     progress = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    _start_backend_for(args.workdir)
     result = verify_workdir(args.workdir, mnist_dir=args.mnist_dir, echo=progress)
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -302,11 +422,127 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "verify": cmd_verify,
-            "predict": cmd_predict, "plots": cmd_plots, "sweep": cmd_sweep, "serve": cmd_serve}
+            "predict": cmd_predict, "plots": cmd_plots, "sweep": cmd_sweep, "serve": cmd_serve,
+            "export": cmd_export, "runs": cmd_runs, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; however the process ends, it says so in one line at most.
+
+    Ctrl-C outside the training loop (which checkpoints first, see preemption.py) ends with
+    `digitsjax: interrupted` and 130. A reader that stops reading (`digitsjax ... | head -1`)
+    ends it with 141, silently, as `cat` or `grep` end: the output was cut short, which a
+    `set -o pipefail` script should see, and which must differ from 0, 1 and 2. Python ignores
+    SIGPIPE, so the closed pipe is a BrokenPipeError at a write or at the flush below; stdout
+    then goes to /dev/null, so that Python's own flush at exit has nothing left to complain of.
+    A Ctrl-C has three more ways to escape as a traceback or a crash while JAX loads and the
+    process exits; `_parse_and_load_jax`, `_keep_interrupts` and `_exit_with_status` close them.
+    """
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = ours = _keep_interrupts(previous_hook)
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not in Python's exit
+    except (KeyboardInterrupt, ImportError) as e:
+        if not _is_interrupt(e):
+            raise
+        print("digitsjax: interrupted", file=sys.stderr)
+        _exit_with_status()
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    finally:
+        if sys.unraisablehook is ours:  # one set meanwhile (run.checkpoint's) stays; it calls ours
+            sys.unraisablehook = previous_hook
+        atexit.unregister(_end_at_once_on_ctrl_c)
+        atexit.register(_end_at_once_on_ctrl_c)  # last, so that it runs first
+
+
+def _end_at_once_on_ctrl_c() -> None:
+    """At exit, before the exit handlers of JAX and the others: the command is done, so a Ctrl-C
+    now ends the process at once with 130, rather than raise in those handlers (printed as an
+    ignored exception, and the process may then end by SIGINT)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(EXIT_INTERRUPTED))
+
+
+def _is_interrupt(error: BaseException | None) -> bool:
+    """A Ctrl-C, or an error that a Ctrl-C caused: the ImportError a C extension (jaxlib's,
+    tensorstore's) makes of one arriving while it initialises, the CheckpointError a restore
+    makes of orbax's error about one."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _parse_and_load_jax(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, parsed, and JAX imported, with Ctrl-C held back until both are done.
+
+    A KeyboardInterrupt raised while jaxlib's C++ extension initialises kills the process with
+    SIGSEGV or SIGABRT, or ends it in an ImportError traceback (measured: jax 0.10, Ctrl-C
+    0.2 s after start). Held back, the Ctrl-C arrives once the import is done, in ordinary code.
+    It is held from before the parser's imports, as the threads they start (numpy's) inherit
+    the hold: a thread started earlier would take the signal while this one holds it.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        args = build_parser().parse_args(argv)
+        import jax  # noqa: F401
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return args
+
+
+def _keep_interrupts(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A `sys.unraisablehook` that delivers a Ctrl-C again rather than lose it.
+
+    A KeyboardInterrupt raised while Python runs a callback it cannot raise from (jax's
+    garbage-collection callback runs often while JAX loads) is printed as "Exception ignored"
+    and dropped, and the command would carry on. The process sends itself SIGINT again, from
+    another thread a moment later, once this hook has returned (sent from here, it would land
+    in the hook and be dropped again); a signal, not `_thread.interrupt_main`, so that it
+    waits while SIGINT is held (`_parse_and_load_jax`). Every other unraisable goes to
+    `hook` as before.
+    """
+    def keep(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            again = threading.Timer(0.01, _interrupt_again)
+            again.daemon = True
+            again.start()
+        else:
+            hook(unraisable)
+
+    return keep
+
+
+def _interrupt_again() -> None:
+    """SIGINT to this process, taken by a thread that does not hold it back: not this one."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _exit_with_status() -> None:
+    """Make the process end with the status `main` returns after it handled a Ctrl-C.
+
+    Under `python -m`, CPython (3.11 measured) ends the process by SIGINT, whatever the status,
+    when a KeyboardInterrupt ended an `exec` of source text, even one caught later; dataclasses
+    and named tuples are made that way while modules load. Every `exec` of source text starts
+    by forgetting that, and this one ends normally.
+    """
+    exec("None")  # source text on purpose, see above
+
+
+def _run(argv: list[str] | None) -> int:
+    """Parse the command line, make the process-wide settings, run the command; a user's
+    mistake is one line and status 2, and a stopped training run says how to continue."""
+    args = _parse_and_load_jax(argv)
     from digitsjax.run import process
     from digitsjax.run.compilation_cache import enable_compilation_cache
 
@@ -317,11 +553,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except Preempted as e:
-        hint = "; run the same command again to continue" if args.command == "train" else ""
+        hint = "; run the same command again to continue" if args.command in RESUMABLE else ""
         print(f"digitsjax: {e}{hint}", file=sys.stderr)
         return e.exit_code
     except UserError as e:
+        if _is_interrupt(e):
+            raise KeyboardInterrupt from e  # not the user's mistake: Ctrl-C
         if args.debug:
             traceback.print_exc()
         print(f"digitsjax: error: {e.render(COMMAND_LINE)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()  # where it was when stopped
+        raise

@@ -95,3 +95,7 @@ class ImageError(UserError):
 
 class DivergenceError(UserError):
     """Training produced a NaN or infinite loss (usually a learning rate that is too high)."""
+
+
+class ResourceError(UserError):
+    """A run would need more memory than the machine has (refused before allocating)."""

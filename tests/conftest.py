@@ -45,13 +45,7 @@ def mnist(mnist_dir):
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory, mnist_dir) -> Path:
     """mnist_mlp trained for 2 epochs: a real workdir for evaluate/predict/plots/serve tests."""
-    from digitsjax.core.config import load_pipeline
-    from digitsjax.run.loop import train_pipeline
-
-    workdir = tmp_path_factory.mktemp("trained")
-    pipeline = load_pipeline(REPO / "pipelines" / "mnist_mlp.toml", ["train.epochs=2"])
-    train_pipeline(pipeline, workdir, mnist_dir=str(mnist_dir), echo=lambda _: None)
-    return workdir
+    return train_mnist_mlp(tmp_path_factory.mktemp("trained"), ["train.epochs=2"], mnist_dir)
 
 
 def genuine_checksums(mnist_dir: Path) -> dict[str, str]:
@@ -101,11 +95,15 @@ SMALL_RUN = ("model.hidden=[32]", "train.epochs=2", "checkpoint.every_steps=143"
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory, mnist_dir) -> Path:
     """The uninterrupted reference: interrupted, resumed and replayed runs must match it."""
+    return train_mnist_mlp(tmp_path_factory.mktemp("small_run"), SMALL_RUN, mnist_dir)
+
+
+def train_mnist_mlp(workdir: Path, overrides: Sequence[str], mnist_dir: Path) -> Path:
+    """mnist_mlp with `overrides`, trained quietly into `workdir` (a fixture's real run)."""
     from digitsjax.core.config import load_pipeline
     from digitsjax.run.loop import train_pipeline
 
-    workdir = tmp_path_factory.mktemp("small_run")
-    pipeline = load_pipeline(REPO / "pipelines" / "mnist_mlp.toml", SMALL_RUN)
+    pipeline = load_pipeline(REPO / "pipelines" / "mnist_mlp.toml", overrides)
     train_pipeline(pipeline, workdir, mnist_dir=str(mnist_dir), echo=lambda _: None)
     return workdir
 

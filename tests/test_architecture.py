@@ -25,11 +25,11 @@ MAX_FUNCTION_LINES = 60
 
 
 def layer(module: str) -> str:
-    """`digitsjax.run.loop` -> "run"; the root modules are base, but for the CLI."""
+    """`digitsjax.run.loop` -> "run"; the root modules are base, but for the two entries."""
     parts = module.split(".")
     if len(parts) > 1 and parts[1] in ("core", "run", "apps"):
         return parts[1]
-    return "cli" if parts[-1] in ("cli", "__main__") else "base"
+    return "cli" if parts[-1] in ("cli", "api", "__main__") else "base"
 
 
 def module_name(path: Path) -> str:

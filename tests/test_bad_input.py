@@ -207,6 +207,23 @@ CASES = {
                                   "must look like section.key=value"),
     "not TOML": Case(lambda x: ["train", str(x.broken_toml)], "is not valid TOML",
                      "(at line 2, column"),
+    "seed beyond 32 bits": Case(train("--set", f"seed={2**70}"),
+                                "'seed' must be between 0 and 4294967295", f"got {2**70}"),
+    "more steps than the step counter holds": Case(
+        train("--set", "train.epochs=1000000000"), "'train.epochs' = 1000000000 makes",
+        "lower train.epochs to at most 5,005,789"),
+    "a name that leaves checkpoints/": Case(train("--set", "name='../../x'"),
+                                            "'name' must be a plain folder name",
+                                            "e.g. --set name=mnist_mlp"),
+    "validation leaves less than a batch": Case(
+        train("--set", "data.validation_size=59999"),
+        "'data.validation_size' = 59999 leaves 1 training image",
+        "lower data.validation_size to at most 59872"),
+    "train a sweep": Case(lambda x: ["train", str(REPO / "pipelines" / "hidden_sizes.toml")],
+                          "has a [sweep] table", "run them with `digitsjax sweep"),
+    "a grid key twice": Case(lambda x: ["sweep", PIPELINE, "--grid", "seed=[0]",
+                                        "--grid", "seed=[1]"],
+                             "--grid 'seed' is given twice", "list all its values in one"),
     # The pipeline file itself.
     "missing pipeline file": Case(lambda x: ["train", str(x.root / "nope.toml")],
                                   "nope.toml not found", "pass a path such as"),

@@ -1,5 +1,6 @@
 """Pipelines are strict: every mistake is a one-line ConfigError naming the key."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from digitsjax.core.config import (
 from digitsjax.errors import ConfigError
 
 PIPELINES = sorted((Path(__file__).parents[1] / "pipelines").glob("*.toml"))
+MNIST_MLP = Path(__file__).parents[1] / "pipelines" / "mnist_mlp.toml"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -24,7 +26,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
 def test_every_shipped_pipeline_parses(path):
-    pipeline = load_pipeline(path)
+    pipeline = load_pipeline(path, for_sweep=True)  # hidden_sizes.toml is a sweep
     assert pipeline.name == path.stem
 
 
@@ -99,10 +101,132 @@ def test_bad_overrides_are_rejected(tmp_path, override, message):
 
 
 def test_resolved_pipeline_round_trips_and_fingerprints_ignore_key_order():
-    pipeline = load_pipeline(PIPELINES[0])
+    pipeline = load_pipeline(MNIST_MLP)
     as_dict = pipeline_to_dict(pipeline)
     assert pipeline_from_dict(as_dict) == pipeline
     reordered = dict(reversed(list(as_dict.items())))
     assert pipeline_sha256(pipeline_from_dict(reordered)) == pipeline_sha256(pipeline)
-    changed = load_pipeline(PIPELINES[0], ["seed=99"])
+    changed = load_pipeline(MNIST_MLP, ["seed=99"])
     assert pipeline_sha256(changed) != pipeline_sha256(pipeline)
+
+
+# Seeds: jax.random.PRNGKey takes 32 bits (without jax_enable_x64, which digitsjax leaves off),
+# so a larger seed would silently be another run's seed, or fail deep inside JAX.
+MAX_SEED = 2**32 - 1
+
+
+def test_the_largest_seed_is_the_largest_key_jax_keeps_apart():
+    import jax
+
+    def key(seed):
+        return jax.random.key_data(jax.random.PRNGKey(seed)).tolist()
+
+    assert key(MAX_SEED) != key(MAX_SEED - 1)
+    assert key(MAX_SEED + 1) == key(0)  # what an unchecked seed of 2**32 would have trained
+    assert load_pipeline(MNIST_MLP, [f"seed={MAX_SEED}"]).seed == MAX_SEED
+    assert load_pipeline(MNIST_MLP, [f"seed={MAX_SEED - 3}", "train.num_models=4"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([f"seed={2**32}"], "'seed' must be between 0 and 4294967295 (jax.random.PRNGKey takes "
+                        "32 bits), got 4294967296"),
+    ([f"seed={2**70}"], f"'seed' must be between 0 and 4294967295 (jax.random.PRNGKey takes "
+                        f"32 bits), got {2**70}"),
+    (["seed=-1"], "'seed' must be between 0 and 4294967295"),
+    ([f"seed={2**32 - 3}", "train.num_models=4"],
+     "'seed' must be between 0 and 4294967292 with train.num_models = 4 (model k trains with "
+     "seed + k"),
+])
+def test_a_seed_beyond_32_bits_is_refused_rather_than_wrapped(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(MNIST_MLP, overrides)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+# The step counter is an int32 in the train state: a run has at most 2**31 - 1 steps.
+@pytest.mark.parametrize("overrides, message", [
+    (["train.epochs=1000000000"],
+     "'train.epochs' = 1000000000 makes 429,000,000,000 steps (429 per epoch), more than the "
+     "step counter holds (2,147,483,647, an int32); lower train.epochs to at most 5,005,789"),
+    (["train.batch_size=1", "train.epochs=39046"],
+     "lower train.epochs to at most 39,045 (or raise train.batch_size)"),
+    (["train.epochs=1e9"], "'train.epochs' must be int, got float 1000000000.0"),
+    ([f"optimizer.warmup_steps={2**40}"],
+     "'optimizer.warmup_steps' must be between 0 and 2147483647 (the step counter is an int32)"),
+])
+def test_a_run_longer_than_the_step_counter_is_refused(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(MNIST_MLP, overrides)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_the_longest_run_the_step_counter_holds_is_accepted():
+    pipeline = load_pipeline(MNIST_MLP, ["train.batch_size=1", "train.epochs=39045"])
+    assert pipeline.total_steps == 39045 * 55000 < 2**31
+
+
+# The name is the default workdir, checkpoints/<name>: it must stay one folder inside it.
+@pytest.mark.parametrize("name", [
+    "../../x", "/abs", "a/b", ".", "..", "", ".hidden", "a\\b", "tab\there", "new\nline",
+    "nul\x00", "a b", "x" * 256,
+])
+def test_a_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, name):
+    path = write(tmp_path, f"name = {json.dumps(name)}\n")
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(path)
+    assert "'name' must be a plain folder name" in str(error.value)
+    assert "e.g. pipeline key name = mnist_mlp" in str(error.value)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="'name' must be a plain folder name"):
+        load_pipeline(MNIST_MLP, [f"name={json.dumps(name)}"])
+
+
+@pytest.mark.parametrize("name", ["mnist_mlp", "run-2", "v1.5", "-x", "réseau", "x" * 255])
+def test_a_plain_folder_name_is_accepted(tmp_path, name):
+    assert load_pipeline(write(tmp_path, f"name = {json.dumps(name)}\n")).name == name
+
+
+def test_a_file_whose_name_is_not_a_folder_name_must_name_its_pipeline(tmp_path):
+    path = tmp_path / "my run.toml"
+    path.write_text("seed = 1\n")
+    with pytest.raises(ConfigError, match=r"'name' must be a plain folder name.*got 'my run'"):
+        load_pipeline(path)
+    assert load_pipeline(path, ["name=my_run"]).name == "my_run"
+
+
+# A [sweep] table is a grid of runs, which `digitsjax train` would not run.
+def test_a_pipeline_with_a_sweep_table_is_not_one_run(tmp_path):
+    path = write(tmp_path, "seed = 1\n[sweep]\n\"model.hidden\" = [[10], [20]]\n")
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(path)
+    assert str(error.value) == (
+        f"{path} has a [sweep] table: it describes several runs; run them with "
+        f"`digitsjax sweep {path}`, or remove the table to train one")
+    assert load_pipeline(path, for_sweep=True).seed == 1  # the sweep's base pipeline
+
+
+# validation_size and batch_size share the 60,000 training images: each error names the key
+# that is out of range, or both when only their combination is.
+@pytest.mark.parametrize("overrides, message", [
+    (["data.validation_size=0"], "'data.validation_size' must be between 1 and 59999, got 0"),
+    (["data.validation_size=60000"],
+     "'data.validation_size' must be between 1 and 59999, got 60000"),
+    (["data.validation_size=-1"], "'data.validation_size' must be between 1 and 59999, got -1"),
+    (["data.validation_size=59999"],
+     "'data.validation_size' = 59999 leaves 1 training image, fewer than 'train.batch_size' = "
+     "128; lower data.validation_size to at most 59872, or train.batch_size to at most 1"),
+    (["train.batch_size=55001"],
+     "'data.validation_size' = 5000 leaves 55000 training images, fewer than "
+     "'train.batch_size' = 55001; lower data.validation_size to at most 4999, or "
+     "train.batch_size to at most 55000"),
+    (["train.batch_size=60000"],
+     "'train.batch_size' must be between 1 and 55000 (the training images), got 60000"),
+    (["train.batch_size=0"],
+     "'train.batch_size' must be between 1 and 55000 (the training images), got 0"),
+])
+def test_validation_and_batch_size_errors_name_the_key_at_fault(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(MNIST_MLP, overrides)
+    assert message in str(error.value)

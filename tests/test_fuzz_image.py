@@ -2,7 +2,7 @@
 
 `predict` reads files and `serve` reads uploads through `imaging.load_digit`; whatever a user or
 a client sends (random bytes, a cut-off download, a flipped bit, an odd pixel mode) must end
-there in one of those two outcomes, never in another exception.
+there in one of those two outcomes, never in another exception or a warning.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from digitsjax.errors import ImageError
 FUZZ = settings(max_examples=500, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 PNG_MAGIC, JPEG_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
-# Pillow warns about damaged EXIF blocks and reads on: what a flipped bit should lead to.
-pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
+# A warning is an outcome too: Pillow's (a damaged EXIF block, a decompression bomb) must become
+# the image's ImageError inside the decoder, never reach the caller.
+pytestmark = pytest.mark.filterwarnings("error")
 
 
 def digit_picture(mode: str, size: tuple[int, int], fmt: str, **options) -> bytes:

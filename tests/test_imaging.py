@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import io
+import os
+import struct
+import threading
+import warnings
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from digitsjax.apps import imaging
-from digitsjax.apps.imaging import BOX, CENTRE, FIELD, decode_image, load_digit, normalize_digit
+from digitsjax.apps.imaging import (
+    BOX,
+    CENTRE,
+    FIELD,
+    decode_image,
+    load_digit,
+    load_digit_files,
+    normalize_digit,
+)
 from digitsjax.errors import ImageError, UserError
 
 from .digit_pictures import VARIANTS, dark_ink_gray_png
@@ -103,3 +117,109 @@ def test_huge_images_are_refused_before_decoding(monkeypatch):
 
 def test_image_errors_are_user_errors():
     assert issubclass(ImageError, UserError)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG of about 100 bytes whose header declares width x height pixels: a decompression
+    bomb (its pixel data is a few zeros; a decoder that trusted the header would allocate for
+    all of them)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data +
+                struct.pack(">I", zlib.crc32(kind + data)))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+            chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+
+
+def jpeg_with_corrupt_exif() -> bytes:
+    """A JPEG whose EXIF block says it holds 5 tags and ends inside the second: Pillow warns
+    (`Corrupt EXIF data`) when it reads the orientation, and reads on."""
+    buffer = io.BytesIO()
+    exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00" + b"\xff" * 20
+    Image.new("L", (30, 30), 200).save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("width, height", [(10_000, 10_000), (20_000, 20_000)],
+                         ids=["trips Pillow's warning", "over Pillow's error limit"])
+def test_a_decompression_bomb_is_an_image_error_never_a_warning(width, height):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ImageError, match=r"^bomb\.png .*pixels.*; scale it down first$"):
+            decode_image(png_declaring(width, height), "bomb.png")
+    assert caught == []
+
+
+def test_a_warning_while_decoding_is_the_image_error_and_stays_in_the_decode():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filters = list(warnings.filters)
+        with pytest.raises(ImageError, match=r"^exif\.jpg is a damaged .*Corrupt EXIF data"):
+            decode_image(jpeg_with_corrupt_exif(), "exif.jpg")
+        assert warnings.filters == filters  # scoped to the decode, not the process
+    assert caught == []
+
+
+def test_decoding_in_many_threads_leaves_the_warning_filters_as_they_were():
+    """`serve` decodes in several threads at once. The warning filters are one list for the
+    whole process: scopes entered and left out of order would leave one thread's filter
+    installed for every thread after it."""
+    filters, refused = list(warnings.filters), []
+
+    def decode() -> None:
+        for _ in range(250):
+            try:
+                decode_image(jpeg_with_corrupt_exif(), "exif.jpg")
+            except ImageError:
+                refused.append(1)
+
+    threads = [threading.Thread(target=decode) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert warnings.filters == filters
+    assert len(refused) == 8 * 250
+
+
+def test_bytes_over_the_limit_are_refused_before_decoding(monkeypatch):
+    monkeypatch.setattr(imaging, "MAX_IMAGE_BYTES", 1000)
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG")
+    assert len(buffer.getvalue()) > 1000
+    with pytest.raises(ImageError, match=r"^upload\.png is larger than 1,000 bytes, the limit"):
+        decode_image(buffer.getvalue(), "upload.png")
+
+
+def test_each_file_is_its_digit_or_an_error_naming_it(tmp_path, digits):
+    """One bad file costs the others nothing: each path gives its digit or its own error."""
+    seven = tmp_path / "seven.png"
+    seven.write_bytes(dark_ink_gray_png(digits[0][0]))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    fifo = tmp_path / "pipe.png"  # opening it for reading would wait for a writer forever
+    os.mkfifo(fifo)
+    paths = [seven, notes, folder, fifo, tmp_path / "missing.png", seven]
+    results = load_digit_files(paths)
+    assert len(results) == len(paths)
+    for path, result in zip(paths, results, strict=True):
+        if path == seven:
+            assert np.array_equal(result, load_digit(seven.read_bytes()))
+        else:
+            assert isinstance(result, ImageError), path
+            assert str(result).startswith(f"{path} ") and "\n" not in str(result)
+
+
+def test_a_file_is_read_up_to_the_limit_only(monkeypatch, tmp_path):
+    """/dev/zero never ends; a file over the limit is refused without being read whole."""
+    monkeypatch.setattr(imaging, "MAX_IMAGE_BYTES", 1000)
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(5000))
+    paths = [Path("/dev/zero"), big]
+    for path, result in zip(paths, load_digit_files(paths), strict=True):
+        assert isinstance(result, ImageError)
+        assert str(result).startswith(f"{path} is larger than 1,000 bytes, the limit")

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from digitsjax.apps.predict import Predictor
+from digitsjax.apps.imaging import MAX_IMAGE_BYTES
+from digitsjax.apps.predict import Predictor, predict_files
 
 from .conftest import run_cli
 from .digit_pictures import VARIANTS, dark_ink_gray_png
@@ -82,3 +89,115 @@ def test_cli_names_a_missing_or_foreign_file_in_one_line(tmp_path, trained_workd
         assert result.returncode == 2
         assert result.stderr.count("\n") == 1 and fragment in result.stderr
         assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def some_good_some_bad(tmp_path, originals) -> tuple[list[Path], dict[Path, int]]:
+    """Five image arguments, in this order: a digit, a text file, a digit, a blank page and a
+    missing file; with the label of each digit."""
+    images, labels, _ = originals
+    (_, png), (_, jpeg) = list(VARIANTS.items())[:2]
+    good = {tmp_path / "a.png": png(images[0]), tmp_path / "c.jpg": jpeg(images[1])}
+    for path, data in good.items():
+        path.write_bytes(data)
+    bad, blank = tmp_path / "bad.png", tmp_path / "blank.png"
+    bad.write_text("not a picture")
+    blank.write_bytes(dark_ink_gray_png(np.zeros((28, 28), np.float32)))
+    paths = [tmp_path / "a.png", bad, tmp_path / "c.jpg", blank, tmp_path / "missing.png"]
+    return paths, dict(zip(good, map(int, labels[:2]), strict=True))
+
+
+def test_cli_classifies_every_good_file_and_names_each_bad_one(trained_workdir,
+                                                               some_good_some_bad):
+    paths, labels = some_good_some_bad
+    result = run_cli("predict", str(trained_workdir), *map(str, paths))
+    assert result.returncode == 2
+    printed = result.stdout.splitlines()
+    assert [line.split(": ")[0] for line in printed] == [str(p) for p in labels]
+    for line, (path, label) in zip(printed, labels.items(), strict=True):
+        assert line.startswith(f"{path}: {label} ")
+    errors = result.stderr.splitlines()
+    bad = [path for path in paths if path not in labels]
+    assert len(errors) == len(bad)
+    for line, path in zip(errors, bad, strict=True):
+        assert line.startswith(f"digitsjax: error: {path} ")
+
+
+def test_cli_json_gives_each_bad_file_an_error_in_argument_order(trained_workdir,
+                                                                 some_good_some_bad):
+    paths, labels = some_good_some_bad
+    result = run_cli("predict", str(trained_workdir), *map(str, paths), "--json")
+    assert result.returncode == 2
+    answers = json.loads(result.stdout)["predictions"]
+    assert [answer["image"] for answer in answers] == [str(p) for p in paths]
+    for path, answer in zip(paths, answers, strict=True):
+        if path in labels:
+            assert answer["digit"] == labels[path] and "error" not in answer
+        else:
+            assert set(answer) == {"image", "error"}
+            assert answer["error"].startswith(f"{path} ")
+            assert f"digitsjax: error: {answer['error']}" in result.stderr.splitlines()
+    assert len(result.stderr.splitlines()) == len(paths) - len(labels)
+
+
+def test_the_good_files_are_classified_once_in_one_pass(some_good_some_bad, predictor):
+    paths, labels = some_good_some_bad
+    loads, batches = [], []
+
+    class Counting:
+        trained = predictor.trained
+
+        def classify(self, digits):
+            batches.append(len(digits))
+            return predictor.classify(digits)
+
+    def load() -> Counting:
+        loads.append(1)
+        return Counting()
+
+    _, answers = predict_files(paths, load)
+    assert (loads, batches) == ([1], [len(labels)])
+    assert [answer.path for answer in answers] == [str(p) for p in paths]
+    assert [a.prediction.digit for a in answers if a.error is None] == list(labels.values())
+
+    _, answers = predict_files([p for p in paths if p not in labels], load)
+    assert loads == [1]  # no picture to classify: the network is not even loaded
+    assert all(answer.error is not None for answer in answers)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """~100 bytes of PNG whose header declares width x height pixels: a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data +
+                struct.pack(">I", zlib.crc32(kind + data)))
+
+    return (b"\x89PNG\r\n\x1a\n" +
+            chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(bytes(100))) + chunk(b"IEND", b""))
+
+
+def test_cli_refuses_endless_special_and_bomb_files_each_in_one_line(tmp_path, trained_workdir,
+                                                                     originals):
+    """/dev/zero never ends, a FIFO waits for a writer, a folder holds no bytes, a small PNG
+    declares 100 million pixels: each is one line naming it, in argument order among the
+    answers (stdout and stderr merged here), and the process ends."""
+    images, labels, _ = originals
+    seven = tmp_path / "seven.png"
+    seven.write_bytes(dark_ink_gray_png(images[0]))
+    fifo, folder, bomb = tmp_path / "pipe.png", tmp_path / "folder.png", tmp_path / "bomb.png"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    bomb.write_bytes(png_declaring(10_000, 10_000))
+    merged = subprocess.run(
+        [sys.executable, "-m", "digitsjax", "predict", str(trained_workdir), "/dev/zero",
+         str(fifo), str(seven), str(folder), str(bomb)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    lines = merged.stdout.splitlines()
+    assert merged.returncode == 2, merged.stdout
+    assert len(lines) == 5, lines  # no warning, no traceback: five answers
+    assert lines[0].startswith(f"digitsjax: error: /dev/zero is larger than "
+                               f"{MAX_IMAGE_BYTES:,} bytes, the limit")
+    assert lines[1].startswith(f"digitsjax: error: {fifo} is a pipe, not a regular file")
+    assert lines[2].startswith(f"{seven}: {labels[0]} ")
+    assert lines[3].startswith(f"digitsjax: error: {folder} is a folder")
+    assert lines[4].startswith(f"digitsjax: error: {bomb} ") and "pixels" in lines[4]

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from digitsjax.apps import serve
+from digitsjax.apps import imaging, serve
 from digitsjax.apps.imaging import load_digit
 from digitsjax.apps.predict import Predictor
 from digitsjax.errors import UserError
@@ -97,9 +97,11 @@ def test_info_names_the_model(server, predictor):
     ("POST", "/api/predict", b'{"image": ""}', {"Content-Type": "text/plain"}, 415,
      "application/json"),
     ("GET", "/api/predict", None, {}, 405, "use POST"),
+    ("OPTIONS", "/", None, {}, 501, "OPTIONS"),
     ("DELETE", "/", None, {}, 405, "DELETE is not supported"),
     ("GET", "/nowhere", None, {}, 404, "no such page"),
-    ("POST", "/api/nowhere", b"{}", {"Content-Type": "application/json"}, 404, "not an API"),
+    ("POST", "/api/nowhere", b"{}", {"Content-Type": "application/json"}, 404,
+     "no such page or API"),
 ])
 def test_bad_requests_get_a_status_and_a_json_reason(server, method, path, body, headers,
                                                      status, message):
@@ -122,3 +124,24 @@ def test_a_blank_drawing_is_unprocessable_not_a_crash(server):
 def test_a_taken_port_is_a_one_line_user_error(server, predictor):
     with pytest.raises(UserError, match="pass another --port"):
         serve.make_server(predictor, "127.0.0.1", server.server_address[1])
+
+
+@pytest.mark.parametrize("path", ["/", "/index.html", "/api/info", "/api/info?x=1"])
+def test_head_answers_the_headers_of_get_without_a_body(server, path):
+    address = server.server_address[:2]
+    get_status, get_headers, get_body = request(address, "GET", path)
+    head_status, head_headers, head_body = request(address, "HEAD", path)
+    assert head_status == get_status == 200 and get_body and head_body == b""
+    get_headers.pop("Date"), head_headers.pop("Date")  # the only header that may differ
+    assert head_headers == get_headers
+    assert int(head_headers["Content-Length"]) == len(get_body)
+
+
+def test_an_image_over_the_byte_limit_is_422_naming_the_limit(server, monkeypatch, mnist):
+    """An upload is held to the limit on image files that `predict` reads."""
+    monkeypatch.setattr(imaging, "MAX_IMAGE_BYTES", 1000)
+    picture = blue_ink_on_cream_jpeg(mnist.test_images[0].reshape(28, 28))
+    assert len(picture) > 1000
+    status, answer = post_json(server, {"image": base64.b64encode(picture).decode()})
+    assert status == 422
+    assert answer["error"].startswith("the posted image is larger than 1,000 bytes, the limit")

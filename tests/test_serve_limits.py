@@ -150,15 +150,16 @@ def test_an_image_over_the_pixel_limit_is_422_before_decoding(server):
 
 
 @pytest.mark.parametrize("method, path, allow", [
-    ("GET", "/api/predict", "POST"), ("PUT", "/api/predict", "GET, POST"),
-    ("DELETE", "/api/predict", "GET, POST"), ("PATCH", "/", "GET, POST"),
-    ("POST", "/", None), ("POST", "/index.html", None), ("POST", "/api/info", None),
+    ("GET", "/api/predict", "POST"), ("HEAD", "/api/predict", "POST"),
+    ("PUT", "/api/predict", "POST"), ("DELETE", "/api/predict", "POST"),
+    ("PATCH", "/", "GET, HEAD"), ("POST", "/", "GET, HEAD"),
+    ("POST", "/index.html", "GET, HEAD"), ("POST", "/api/info", "GET, HEAD"),
 ])
-def test_a_wrong_method_is_405(server, method, path, allow):
+def test_a_wrong_method_is_405_with_the_methods_the_path_allows(server, method, path, allow):
     status, headers, answer = request(server, method, path, b"{}", JSON)
-    assert status == 405 and json.loads(answer)["error"]
-    if allow:
-        assert headers["Allow"] == allow
+    assert status == 405 and headers["Allow"] == allow
+    if method != "HEAD":
+        assert json.loads(answer)["error"]
 
 
 @pytest.mark.parametrize("method, path", [
@@ -168,6 +169,72 @@ def test_a_wrong_method_is_405(server, method, path, allow):
 def test_an_unknown_path_is_404(server, method, path):
     status, _, answer = request(server, method, path, b"{}", JSON)
     assert status == 404 and json.loads(answer)["error"]
+
+
+def raw(request_line: str, *headers: str, body: bytes = b"") -> bytes:
+    """A request as bytes, closing the connection after the answer."""
+    lines = [request_line, "Host: x", "Connection: close", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+HEADERS_ONLY = {"HEAD"}
+RAW_REQUESTS = {
+    "the page": (raw("GET / HTTP/1.1"), 200),
+    "the page's headers": (raw("HEAD / HTTP/1.1"), 200),
+    "the model's info": (raw("GET /api/info HTTP/1.1"), 200),
+    "a prediction": (raw("POST /api/predict HTTP/1.1", "Content-Type: application/json",
+                         f"Content-Length: {len(predict_body(a_digit_png()))}",
+                         body=predict_body(a_digit_png())), 200),
+    "HTTP/1.0": (b"GET /api/info HTTP/1.0\r\n\r\n", 200),
+    "an unknown path": (raw("GET /nowhere HTTP/1.1"), 404),
+    "an unknown path's headers": (raw("HEAD /nowhere HTTP/1.1"), 404),
+    "the API's headers": (raw("HEAD /api/predict HTTP/1.1"), 405),
+    "a method the path does not allow": (raw("PUT / HTTP/1.1"), 405),
+    "OPTIONS": (raw("OPTIONS / HTTP/1.1"), 501),
+    "an unknown method": (raw("BREW /pot HTTP/1.1"), 501),
+    "a request line of one word": (b"GARBAGE\r\n\r\n", 400),
+    "a request line of four words": (b"GET / HTTP/1.1 extra\r\n\r\n", 400),
+    "a version that is not HTTP": (b"GET / FTP/1.1\r\n\r\n", 400),
+    "HTTP/2 as text": (b"GET / HTTP/2.0\r\n\r\n", 505),
+    "HTTP/0.9": (b"GET /\r\n\r\n", 505),
+    "a URL over 64 KiB": (b"GET /" + b"a" * (65537 - 5), 414),  # exactly what the server reads
+    "101 headers": (raw("GET / HTTP/1.1", *(f"X-{i}: y" for i in range(101))), 431),
+    "no Content-Length": (raw("POST /api/predict HTTP/1.1", "Content-Type: application/json"),
+                          411),
+    "a body over the limit": (raw("POST /api/predict HTTP/1.1", "Content-Type: application/json",
+                                  f"Content-Length: {LIMIT + 1}"), 413),
+    "a body that is not JSON": (raw("POST /api/predict HTTP/1.1", "Content-Type: text/plain",
+                                    "Content-Length: 2", body=b"{}"), 415),
+    "broken JSON": (raw("POST /api/predict HTTP/1.1", "Content-Type: application/json",
+                        "Content-Length: 5", body=b"{nope"), 400),
+}
+
+
+def parse_answer(answer: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    """(status, headers in the order sent, body) of one HTTP/1.x answer."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    assert status_line.startswith("HTTP/1.1 "), answer[:300]
+    headers = [(name.strip().lower(), value.strip())
+               for name, _, value in (line.partition(":") for line in lines)]
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize("name", RAW_REQUESTS)
+def test_every_answer_has_one_content_length_and_every_error_a_json_reason(server, name):
+    """What clients and proxies rely on, whichever part of the server answers (the standard
+    library's parser answers malformed requests, unknown methods and oversized headers)."""
+    sent, status = RAW_REQUESTS[name]
+    got, headers, body = parse_answer(exchange(server, sent))
+    assert got == status
+    lengths = [value for header, value in headers if header == "content-length"]
+    assert len(lengths) == 1, headers
+    headers_only = sent.split(b" ", 1)[0].decode() in HEADERS_ONLY
+    assert len(body) == (0 if headers_only else int(lengths[0]))
+    if status >= 400:
+        assert [value for header, value in headers if header == "content-type"] == [
+            "application/json"]
+        assert headers_only or json.loads(body)["error"]
 
 
 TRAVERSALS = [

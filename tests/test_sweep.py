@@ -17,12 +17,13 @@ from digitsjax.run.trained import load_trained
 from .conftest import REPO, run_cli
 
 HIDDEN_SIZES = REPO / "pipelines" / "hidden_sizes.toml"
+MNIST_MLP = REPO / "pipelines" / "mnist_mlp.toml"
 
 
 def test_hidden_sizes_reproduces_nielsens_comparison_of_hidden_layers():
     grid = read_grid(HIDDEN_SIZES, [])
     assert grid == {"model.hidden": [[15], [30], [100], [128, 64]]}
-    base = load_pipeline(HIDDEN_SIZES)  # `train` ignores the [sweep] table
+    base = load_pipeline(HIDDEN_SIZES, for_sweep=True)  # the base: the file less [sweep]
     assert (base.model.activation, base.optimizer.name, base.train.loss) == (
         "sigmoid", "sgd", "quadratic")
     variants = make_variants(base, grid)
@@ -32,10 +33,12 @@ def test_hidden_sizes_reproduces_nielsens_comparison_of_hidden_layers():
     assert all(v.pipeline.train == base.train for v in variants)
 
 
-def test_grid_options_replace_the_table_and_combine_as_a_product():
-    grid = read_grid(HIDDEN_SIZES, ["model.hidden=[[20], [40]]",
-                                    "optimizer.learning_rate=[0.5, 3.0]"])
-    variants = make_variants(load_pipeline(HIDDEN_SIZES), grid)
+def test_grid_options_add_to_the_table_and_combine_as_a_product():
+    grid = read_grid(HIDDEN_SIZES, ["optimizer.learning_rate=[0.5, 3.0]"])
+    assert list(grid) == ["model.hidden", "optimizer.learning_rate"]
+    grid = read_grid(MNIST_MLP, ["model.hidden=[[20], [40]]",
+                                 "optimizer.learning_rate=[0.5, 3.0]"])
+    variants = make_variants(load_pipeline(MNIST_MLP), grid)
     assert [v.name for v in variants] == [
         "hidden=20,learning_rate=0.5", "hidden=20,learning_rate=3.0",
         "hidden=40,learning_rate=0.5", "hidden=40,learning_rate=3.0"]
@@ -51,7 +54,7 @@ def test_a_malformed_grid_option_says_how_to_write_it(option):
 
 
 def test_a_misspelt_grid_key_fails_before_anything_trains():
-    base = load_pipeline(HIDDEN_SIZES)
+    base = load_pipeline(HIDDEN_SIZES, for_sweep=True)
     with pytest.raises(ConfigError, match=r"did you mean 'model\.hidden'"):
         make_variants(base, {"model.hiden": [[10], [20]]})
     with pytest.raises(ConfigError, match=r"'model\.hidden\[0\]' must be between 1 and"):
@@ -63,9 +66,23 @@ def test_a_pipeline_without_a_grid_asks_for_one():
         read_grid(REPO / "pipelines" / "mnist_mlp.toml", [])
 
 
+@pytest.mark.parametrize("pipeline, options, message", [
+    (MNIST_MLP, ["seed=[0, 1]", "seed=[2]"],
+     "--grid 'seed' is given twice; list all its values in one --grid, e.g. --grid "
+     "seed=[0,1,2]"),
+    (HIDDEN_SIZES, ["model.hidden=[[20], [40]]"],
+     f"--grid 'model.hidden' is also in the [sweep] table of {HIDDEN_SIZES}; give its values "
+     "in one place: edit the table, or remove the key from it and list them all in one --grid"),
+])
+def test_a_grid_key_given_twice_is_refused_naming_it(pipeline, options, message):
+    with pytest.raises(ConfigError) as error:
+        read_grid(pipeline, options)
+    assert str(error.value) == message
+
+
 @pytest.mark.slow
 def test_sweep_trains_each_variant_into_its_own_workdir_and_summarises(tmp_path):
-    result = run_cli("sweep", str(HIDDEN_SIZES), "--grid", "model.hidden=[[10],[40]]",
+    result = run_cli("sweep", str(MNIST_MLP), "--grid", "model.hidden=[[10],[40]]",
                      "--set", "train.epochs=1", "--workdir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "sweep.csv") as f:

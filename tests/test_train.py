@@ -94,4 +94,4 @@ def test_chunks_end_at_epochs_and_checkpoints(every, start, expected):
     pipeline = load_pipeline(Path(PIPELINES / "mnist_mlp.toml"), [
         "data.validation_size=59900", "train.batch_size=10", "train.epochs=3",
         f"checkpoint.every_steps={every}"])
-    assert chunk_plan(pipeline, start) == expected
+    assert list(chunk_plan(pipeline, start)) == expected

@@ -10,6 +10,10 @@ same steps; a photo of dark ink on light paper works as well as white ink on bla
 from __future__ import annotations
 
 import io
+import os
+import stat
+import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,24 +34,55 @@ MIN_CONTRAST = 0.1
 """An image whose ink differs from its paper by less than this (of full scale) is blank."""
 MAX_PIXELS = 40_000_000
 """Refuse larger images before decoding them: a small PNG can inflate to gigabytes."""
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+"""The most bytes an image may have, read from a file (`predict`) or posted (`serve`): several
+times a 50-megapixel camera's JPEG (15-25 MB), and past what MAX_PIXELS lets a PNG decode to.
+Files are read only this far, so /dev/zero or a file still growing is refused rather than read
+until memory runs out; `serve`'s bodies (1 MiB by default) are far smaller, and the same limit
+holds for the image inside one however large `--max-body-bytes` is set."""
 FORMATS = ("PNG", "JPEG")
+_DECODING = threading.Lock()
+"""Held while Pillow decodes with its warnings turned into errors: the warning filters are one
+list for the whole process, and `serve` decodes in several threads; scopes entered and left out
+of order would leave one thread's filter installed for every other thread."""
 
 
 def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
-    """PNG or JPEG bytes -> grayscale float32 (H, W) in [0, 1], 1 = white, alpha flattened."""
+    """PNG or JPEG bytes -> grayscale float32 (H, W) in [0, 1], 1 = white, alpha flattened.
+
+    Pillow's warnings (a decompression bomb, corrupt EXIF data) become this image's
+    `ImageError`: a one-line error naming it, never a warning printed by the process.
+    """
     max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    if len(data) > MAX_IMAGE_BYTES:
+        raise _too_large(name)
     try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-            if image.width * image.height > max_pixels:
-                raise ImageError(f"{name} is {image.width}x{image.height} pixels, more than "
-                                 f"{max_pixels:,}; scale it down first")
-            image.load()
-            return _grayscale(ImageOps.exif_transpose(image))
+        with _DECODING, warnings.catch_warnings():
+            warnings.simplefilter("error")
+            return _decode(data, name, max_pixels)
     except UnidentifiedImageError:
-        raise ImageError(f"{name} is not a PNG or JPEG image; use a PNG or JPEG") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{name} is a damaged or unsupported image ({e}); "
+        raise ImageError(f"{name} is not a PNG or JPEG image", "use a PNG or JPEG") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{name} declares more pixels than can be decoded safely "
+                         f"({str(e).rstrip('.')})", "scale it down first") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Warning) as e:
+        raise ImageError(f"{name} is a damaged or unsupported image ({e})",
                          "re-save it as PNG or JPEG") from None
+
+
+def _decode(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """Open, check the declared size, decode: the steps whose errors `decode_image` names."""
+    with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+        if image.width * image.height > max_pixels:
+            raise ImageError(f"{name} is {image.width}x{image.height} pixels, more than "
+                             f"{max_pixels:,}", "scale it down first")
+        image.load()
+        return _grayscale(ImageOps.exif_transpose(image))
+
+
+def _too_large(name: str) -> ImageError:
+    return ImageError(f"{name} is larger than {MAX_IMAGE_BYTES:,} bytes, the limit for an image",
+                      "scale it down or save it as JPEG")
 
 
 def _grayscale(image: Image.Image) -> np.ndarray:
@@ -67,16 +102,16 @@ def _grayscale(image: Image.Image) -> np.ndarray:
     return luminance * alpha + paper * (1.0 - alpha)
 
 
-def normalize_digit(gray: np.ndarray) -> np.ndarray:
+def normalize_digit(gray: np.ndarray, name: str = "image") -> np.ndarray:
     """Grayscale (H, W) in [0, 1] -> MNIST's (28, 28) float32: white ink on black, fitted in a
-    20x20 box and centred by its centre of mass."""
+    20x20 box and centred by its centre of mass. `name` names the picture in its error."""
     paper = float(np.median(gray))  # a digit covers well under half of its picture
     # Polarity: light paper means dark ink, which MNIST stores inverted (ink 1, paper 0).
     ink = np.clip(gray - paper if paper < 0.5 else paper - gray, 0.0, None)
     strongest = float(ink.max())
     if strongest < MIN_CONTRAST:
-        raise ImageError("the image is blank: no ink stands out from the paper; "
-                         "draw or photograph a digit")
+        raise ImageError(f"{name} shows no digit: the image is blank, no ink stands out from "
+                         "the paper", "draw or photograph a digit")
     ink = ink / strongest
     ink[ink < INK_THRESHOLD] = 0.0
     rows, cols = np.nonzero(ink)
@@ -110,22 +145,67 @@ def _centre_by_mass(box: np.ndarray) -> np.ndarray:
 
 def load_digit(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
     """PNG or JPEG bytes -> the (28, 28) float32 image the network sees."""
-    return normalize_digit(decode_image(data, name, max_pixels))
+    return normalize_digit(decode_image(data, name, max_pixels), name)
 
 
-def load_digit_files(paths: Sequence[Path]) -> np.ndarray:
-    """Image files -> (N, 28, 28); every file is read before any network is loaded."""
-    return np.stack([load_digit(_read(Path(path)), str(path)) for path in paths])
+def load_digit_files(paths: Sequence[str | Path]) -> list[np.ndarray | ImageError]:
+    """Image files -> each one's (28, 28) digit, or the `ImageError` naming what is wrong with
+    it: one bad file among many must not cost the others their answers."""
+    digits: list[np.ndarray | ImageError] = []
+    for path in paths:
+        try:
+            digits.append(load_digit(_read(Path(path)), str(path)))
+        except ImageError as e:
+            digits.append(e)
+    return digits
+
+
+_FIX_PATH = "pass the path of a PNG or JPEG file"
 
 
 def _read(path: Path) -> bytes:
-    fix = "pass the path of a PNG or JPEG file"
+    """A file's bytes, at most MAX_IMAGE_BYTES + 1 of them (one more tells a file over the
+    limit). Opened non-blocking, so that a FIFO without a writer is refused, not waited on."""
     try:
-        return path.read_bytes()
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise ImageError(f"image {path} not found; {fix}") from None
-    except IsADirectoryError:
-        raise ImageError(f"image {path} is a folder; {fix}") from None
+        raise ImageError(f"{path} not found", _FIX_PATH) from None
     except OSError as e:
-        raise ImageError(f"cannot read image {path} ({e.strerror}); check its permissions, or "
-                         f"{fix}") from None
+        raise _unreadable(path, e) from None
+    try:
+        _refuse_what_is_no_image_file(path, os.fstat(descriptor))
+        with open(descriptor, "rb", buffering=0, closefd=False) as file:
+            data = _read_at_most(file, MAX_IMAGE_BYTES + 1)
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    finally:
+        os.close(descriptor)
+    if len(data) > MAX_IMAGE_BYTES:  # /dev/zero, or a file that grew while it was read
+        raise _too_large(str(path))
+    return data
+
+
+def _refuse_what_is_no_image_file(path: Path, info: os.stat_result) -> None:
+    """Folders, pipes and sockets hold no image (a pipe may never end); a regular file over
+    the limit is refused before it is read. Devices report no size: they are read, bounded."""
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(f"{path} is a folder, not an image file", _FIX_PATH)
+    if stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode):
+        kind = "a pipe" if stat.S_ISFIFO(info.st_mode) else "a socket"
+        raise ImageError(f"{path} is {kind}, not a regular file", _FIX_PATH)
+    if info.st_size > MAX_IMAGE_BYTES:
+        raise _too_large(str(path))
+
+
+def _read_at_most(file: io.RawIOBase, limit: int) -> bytes:
+    """Up to `limit` bytes, however few each read returns; stops at the end of the data."""
+    chunks, size = [], 0
+    while size < limit and (chunk := file.read(limit - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _unreadable(path: Path, error: OSError) -> ImageError:
+    return ImageError(f"{path} is unreadable: cannot read image ({error.strerror})",
+                      f"check its permissions, or {_FIX_PATH}")

@@ -180,3 +180,24 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(figure, path)
+
+
+def plot_comparison(records: dict[str, list[EpochRecord]], path: Path) -> Path:
+    """Validation and test accuracy per epoch of several runs, one colour per run."""
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    figure.suptitle("runs compared: accuracy per epoch")
+    axes = dict(zip(("val", "test"), figure.subplots(1, 2), strict=True))
+    for name, run in records.items():
+        for split, ax in axes.items():
+            points = [(r["epoch"], 100 * r[f"{split}_accuracy"]) for r in run
+                      if f"{split}_accuracy" in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), "o-", label=name, markersize=3)
+    for split, ax in axes.items():
+        ax.set(xlabel="epoch", ylabel="accuracy (%)",
+               title={"val": "validation", "test": "test"}[split])
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(figure, path)

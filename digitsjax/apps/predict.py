@@ -6,6 +6,7 @@ one compiled forward pass; the 28x28 image the network saw is returned with the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from digitsjax.apps.evaluate import make_classify
-from digitsjax.apps.imaging import load_digit
+from digitsjax.apps.imaging import load_digit, load_digit_files
 from digitsjax.core.data import NUM_PIXELS
+from digitsjax.errors import LIBRARY, ImageError
 from digitsjax.run.trained import Trained, load_trained
 
 
@@ -56,3 +58,35 @@ class Predictor:
     def predict_bytes(self, data: bytes, name: str = "image",
                       max_pixels: int | None = None) -> Prediction:
         return self.classify(load_digit(data, name, max_pixels)[None])[0]
+
+
+@dataclass(frozen=True)
+class FileAnswer:
+    """One picture file's outcome: its prediction, or the error naming what is wrong with it."""
+
+    path: str
+    prediction: Prediction | None = None
+    error: ImageError | None = None
+
+    def to_json(self, spelling: Mapping[str, str] = LIBRARY) -> dict[str, Any]:
+        if self.error is not None:
+            return {"image": self.path, "error": self.error.render(spelling)}
+        assert self.prediction is not None
+        return {"image": self.path, "digit": self.prediction.digit,
+                "probabilities": self.prediction.probabilities,
+                "top3": [{"digit": d, "probability": q} for d, q in self.prediction.top(3)]}
+
+
+def predict_files(paths: Sequence[str | Path], load: Callable[[], Predictor]
+                  ) -> tuple[Predictor | None, list[FileAnswer]]:
+    """Each file's answer, in the order given, and the predictor (None when no file held a
+    picture). Every file is read first, so a bad one costs the others nothing and the network,
+    `load()`, is loaded only when there is something to classify; the pictures then go through
+    one forward pass together."""
+    digits = load_digit_files(paths)
+    good = [digit for digit in digits if not isinstance(digit, ImageError)]
+    predictor = load() if good else None
+    predictions = iter(predictor.classify(np.stack(good)) if predictor else [])
+    return predictor, [FileAnswer(str(path), error=digit) if isinstance(digit, ImageError)
+                       else FileAnswer(str(path), prediction=next(predictions))
+                       for path, digit in zip(paths, digits, strict=True)]

@@ -7,9 +7,12 @@ The standard library's threading HTTP server is enough for one page and one endp
     request   {"image": "<PNG or JPEG, base64 or a data: URL>"}
     response  {"digit": d, "probabilities": [10 floats], "input": [28 rows of 28 floats]}
 
-Errors answer `{"error": "..."}` with 400 (malformed request), 404, 405, 408 (the body stalled),
-411, 413, 415, 422 (an image that cannot be decoded, is too large or shows no digit) or 500 (a
-bug, logged with its traceback; the server keeps serving).
+Every error, the standard library parser's own included (a malformed request line, an unknown
+method, oversized headers), answers `{"error": "..."}` as application/json, with 400 (malformed
+request), 404, 405 (with the path's `Allow`), 408 (the body stalled), 411, 413, 414, 415, 422 (an
+image that cannot be decoded, is too large or shows no digit), 431, 500 (a bug, logged with its
+traceback; the server keeps serving), 501 (an unknown method) or 505 (HTTP/0.9 or 2 as text).
+HEAD answers a GET's headers. Every answer carries exactly one Content-Length.
 
 `Limits` bound what one client can cost: the body's bytes, the decoded image's pixels, how long
 a connection may stay silent, and how many images are decoded at once (memory).
@@ -52,6 +55,8 @@ stalled client does not hold its thread forever."""
 PAGE_PATHS = ("/", "/index.html")
 PREDICT_PATH = "/api/predict"
 INFO_PATH = "/api/info"
+ALLOWED_METHODS = {**dict.fromkeys((*PAGE_PATHS, INFO_PATH), "GET, HEAD"), PREDICT_PATH: "POST"}
+"""Each path's methods, for the Allow header of a 405; any other path is 404 to every method."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,8 @@ class Limits:
     max_pixels: int = MAX_PIXELS
     timeout_seconds: float = TIMEOUT_SECONDS
     decoders: int = os.cpu_count() or 1
-    """Images decoded and classified at once; more wait their turn (this bounds memory)."""
+    """Images decoded and classified at once; more wait their turn (this bounds memory). Pillow's
+    part of a decode runs one at a time (`imaging.decode_image` says why)."""
 
 
 class DigitServer(ThreadingHTTPServer):
@@ -115,19 +121,16 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
         elif path == INFO_PATH:
             self._send_json(HTTPStatus.OK, self.server.info)
-        elif path == PREDICT_PATH:
-            self._send_error(RequestError(HTTPStatus.METHOD_NOT_ALLOWED,
-                                          f"use POST for {PREDICT_PATH}"), allow="POST")
         else:
-            self._send_error(RequestError(HTTPStatus.NOT_FOUND, f"no such page: {path}"))
+            self._refuse_method()
+
+    do_HEAD = do_GET  # `_send` leaves the body out
 
     def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0]
+        if self.path.split("?", 1)[0] != PREDICT_PATH:
+            self._refuse_method()
+            return
         try:
-            if path != PREDICT_PATH:
-                allowed = path in PAGE_PATHS or path == INFO_PATH
-                raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED if allowed
-                                   else HTTPStatus.NOT_FOUND, f"POST {path} is not an API")
             image = decode_request(self._read_json())
             with self.server.decoding:
                 prediction = self.server.predictor.predict_bytes(
@@ -147,10 +150,39 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.OK, prediction.to_json())
 
     def _refuse_method(self) -> None:
-        self._send_error(RequestError(HTTPStatus.METHOD_NOT_ALLOWED,
-                                      f"{self.command} is not supported"), allow="GET, POST")
+        """405 naming the methods the path allows, or 404 for a path that is not served."""
+        path = self.path.split("?", 1)[0]
+        allow = ALLOWED_METHODS.get(path)
+        if allow is None:
+            self._send_error(RequestError(HTTPStatus.NOT_FOUND, f"no such page or API: {path}"))
+        else:
+            self._send_error(RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is "
+                                          f"not supported for {path}; use {allow}"), allow=allow)
 
     do_PUT = do_DELETE = do_PATCH = _refuse_method
+
+    def parse_request(self) -> bool:
+        """HTTP/0.9, a request line without a version, has no status line or headers to answer
+        with, so no Content-Length or Content-Type: refuse it (in HTTP/1.1)."""
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":
+            self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+                            "HTTP/0.9 is not supported; send HTTP/1.0 or HTTP/1.1")
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """The standard library's own refusals (a malformed request line, an unknown method,
+        oversized headers) in the JSON form of every other error, not its HTML page; and with
+        a status line even when the request line was not understood (the standard library
+        then answers as to HTTP/0.9: a bare body)."""
+        if self.request_version == "HTTP/0.9":
+            self.request_version = self.protocol_version
+        status = HTTPStatus(code)
+        text = message or status.phrase
+        self._send_error(RequestError(status, f"{text} ({explain})" if explain else text))
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """Log refused requests only: a page being drawn on posts several times a second."""
@@ -202,7 +234,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # HEAD: a GET's headers, Content-Length included, no body
+            self.wfile.write(body)
 
 
 def decode_request(payload: Any) -> bytes:

@@ -1,10 +1,10 @@
 """Sweeps: one pipeline trained once per point of a grid, each point into its own workdir.
 
-The grid comes from `--grid KEY=[v1, v2, ...]` options (TOML values) or the pipeline's
-`[sweep]` table; several keys make their cartesian product. A variant is the base pipeline with
-those keys set; `run.train_pipeline` trains (or resumes) it into `SWEEPDIR/<variant>`. The
-summary is read back from the variants' own workdirs, so re-running an interrupted sweep
-resumes the unfinished variants and rewrites the same table.
+The grid comes from `--grid KEY=[v1, v2, ...]` options (TOML values) and the pipeline's
+`[sweep]` table, each key from one of them; several keys make their cartesian product. A
+variant is the base pipeline with those keys set; `run.train_pipeline` trains (or resumes) it
+into `SWEEPDIR/<variant>`. The summary is read back from the variants' own workdirs, so
+re-running an interrupted sweep resumes the unfinished variants and rewrites the same table.
 """
 
 from __future__ import annotations
@@ -63,8 +63,32 @@ def parse_grid_option(text: str) -> tuple[str, list[Any]]:
 
 
 def read_grid(pipeline_path: Path, options: Iterable[str]) -> Grid:
-    """The pipeline file's `[sweep]` table, with `--grid` options replacing or adding keys."""
-    table = read_pipeline_file(Path(pipeline_path)).get(SWEEP_TABLE, {})
+    """The pipeline file's `[sweep]` table, plus the keys of the `--grid` options.
+
+    A key may be given once: were a second list to replace the first, or add to it, one of
+    them would be silently ignored or the grid would not be the one the user read.
+    """
+    grid = _read_table(Path(pipeline_path))
+    from_table = set(grid)
+    for option in options:
+        key, values = parse_grid_option(option)
+        if key in from_table:
+            raise ConfigError(f"--grid {key!r} is also in the [{SWEEP_TABLE}] table of "
+                              f"{pipeline_path}", "give its values in one place: edit the "
+                              "table, or remove the key from it and list them all in one --grid")
+        if key in grid:
+            raise ConfigError(f"--grid {key!r} is given twice", "list all its values in one "
+                              f"--grid, e.g. --grid {key}={_compact([*grid[key], *values])}")
+        grid[key] = values
+    if not grid:
+        raise ConfigError(f"{pipeline_path} has no [{SWEEP_TABLE}] table; pass the grid, e.g. "
+                          "--grid model.hidden=[[30],[100]]")
+    return grid
+
+
+def _read_table(pipeline_path: Path) -> Grid:
+    """The `[sweep]` table of a pipeline file as a grid ({} without one)."""
+    table = read_pipeline_file(pipeline_path).get(SWEEP_TABLE, {})
     if not isinstance(table, dict):
         raise ConfigError(f"{pipeline_path}: [{SWEEP_TABLE}] must be a table of "
                           "key = [values] lines")
@@ -73,11 +97,12 @@ def read_grid(pipeline_path: Path, options: Iterable[str]) -> Grid:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{pipeline_path}: [{SWEEP_TABLE}] {key} must be a non-empty "
                               f"list of values, e.g. {key} = [[30], [100]]")
-    grid |= dict(parse_grid_option(option) for option in options)
-    if not grid:
-        raise ConfigError(f"{pipeline_path} has no [{SWEEP_TABLE}] table; pass the grid, e.g. "
-                          "--grid model.hidden=[[30],[100]]")
     return grid
+
+
+def _compact(values: list[Any]) -> str:
+    """`values` as one shell word of TOML: `[0,1,2]`, `[[30],[100]]`."""
+    return json.dumps(values, separators=(",", ":"), default=str)
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:

@@ -22,7 +22,7 @@ from digitsjax.run.trained import load_trained
 from digitsjax.run.workdir import differences, read_manifest
 
 # Manifest entries that describe the invocation rather than the computation.
-MANIFEST_INVOCATION = ("command", "created")
+MANIFEST_INVOCATION = ("command", "created", "result.", "extensions")  # when, not what
 
 
 @dataclass(frozen=True)

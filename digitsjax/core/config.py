@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -33,6 +34,15 @@ from digitsjax.core.optim import OPTIMIZERS, SCHEDULES
 from digitsjax.errors import ConfigError, setting
 
 MAX_LAYER_SIZE = 65_536  # beyond this a 784-input layer alone outgrows most devices' memory
+MAX_SEED = 2**32 - 1
+"""jax.random.PRNGKey keeps a seed's low 32 bits (digitsjax leaves jax_enable_x64 off): 2**32
+is seed 0 again, and from 2**63 on it raises OverflowError."""
+MAX_STEPS = 2**31 - 1
+"""The train state counts steps in an int32; schedules and dropout keys read that count."""
+FOLDER_NAME = re.compile(r"[\w-][\w.-]*")
+"""A name that is one plain folder: letters, digits, '_', '-', '.', and not '.' first (so
+neither '.', '..' nor a hidden folder). No separator, no control character."""
+MAX_NAME_BYTES = 255  # the longest file name ext4, XFS and APFS take
 SWEEP_TABLE = "sweep"
 
 
@@ -133,15 +143,51 @@ class Pipeline:
         return self.steps_per_epoch * self.train.epochs
 
 
-def load_pipeline(path: str | Path, overrides: Iterable[str] = ()) -> Pipeline:
-    """Read a pipeline file and apply `section.key=value` overrides (values in TOML syntax)."""
+def load_pipeline(path: str | Path, overrides: Iterable[str] = (), *,
+                  for_sweep: bool = False) -> Pipeline:
+    """Read a pipeline file and apply `section.key=value` overrides (values in TOML syntax).
+
+    A `[sweep]` table makes the file a grid of runs. Loaded as one run, it is refused: the grid
+    would be dropped without a word. `for_sweep=True` is for the sweep itself, which reads the
+    grid with `apps.sweep.read_grid`: the table is left out and the rest is its base pipeline.
+    """
     path = Path(path)
     raw = read_pipeline_file(path)
-    raw.pop(SWEEP_TABLE, None)  # the grid of `digitsjax sweep`, not part of any one run
+    if SWEEP_TABLE in raw and not for_sweep:
+        raise ConfigError(f"{path} has a [{SWEEP_TABLE}] table: it describes several runs",
+                          f"run them with `digitsjax sweep {path}`, or remove the table to "
+                          "train one")
+    raw.pop(SWEEP_TABLE, None)
     raw.setdefault("name", path.stem)
     for override in overrides:
         _apply_override(raw, override)
-    return pipeline_from_dict(raw, source=str(path))
+    pipeline = pipeline_from_dict(raw, source=str(path))
+    _check_name(pipeline.name, str(path))
+    return pipeline
+
+
+def _check_name(name: str, source: str) -> None:
+    """A pipeline file's name is its runs' default workdir, `checkpoints/<name>`: it must be one
+    plain folder there, never a path out of it (`../x`, `/x`) or a hidden or special one.
+
+    Checked where a file is loaded, not in `pipeline_from_dict`: recorded pipelines are read
+    back as they were written, and a sweep names its variants `<sweep>/<variant>` (their
+    workdirs are chosen by the sweep, not by the name).
+    """
+    if FOLDER_NAME.fullmatch(name) and len(name.encode()) <= MAX_NAME_BYTES:
+        return
+    raise ConfigError(f"{source}: 'name' must be a plain folder name (letters, digits, '.', "
+                      f"'_' and '-', not starting with '.', at most {MAX_NAME_BYTES} bytes: it "
+                      f"names the default workdir checkpoints/<name>), got {name!r}",
+                      f"e.g. {setting('name', 'mnist_mlp')}")
+
+
+def override_pipeline(pipeline: Pipeline, overrides: Iterable[str], source: str) -> Pipeline:
+    """`pipeline` with `section.key=value` overrides applied, validated like a file."""
+    raw = pipeline_to_dict(pipeline)
+    for override in overrides:
+        _apply_override(raw, override)
+    return pipeline_from_dict(raw, source=source)
 
 
 def read_pipeline_file(path: Path) -> dict[str, Any]:
@@ -278,11 +324,19 @@ def _check_choice(value: str, registry: Mapping[str, Any], key: str, source: str
 
 
 def _validate(p: Pipeline, source: str) -> None:
-    _check(p.seed >= 0, source, f"'seed' must be >= 0, got {p.seed}")
+    """Every range and choice, one section at a time (each in `_SECTION_CHECKS`)."""
+    for check in _SECTION_CHECKS:
+        check(p, source)
+
+
+def _check_data(p: Pipeline, source: str) -> None:
     train_images = SPLIT_SIZES["train"]
     _check(0 < p.data.validation_size < train_images, source,
            f"'data.validation_size' must be between 1 and {train_images - 1}, "
            f"got {p.data.validation_size}")
+
+
+def _check_model(p: Pipeline, source: str) -> None:
     m = p.model
     for i, size in enumerate(m.hidden):
         _check(1 <= size <= MAX_LAYER_SIZE, source,
@@ -291,33 +345,92 @@ def _validate(p: Pipeline, source: str) -> None:
     _check_choice(m.output_activation, OUTPUT_ACTIVATIONS, "model.output_activation", source)
     _check_choice(m.init, INITIALIZERS, "model.init", source)
     _check(0.0 <= m.dropout < 1.0, source, f"'model.dropout' must be in [0, 1), got {m.dropout}")
+
+
+def _check_optimizer(p: Pipeline, source: str) -> None:
     o = p.optimizer
     _check_choice(o.name, OPTIMIZERS, "optimizer.name", source)
     _check_choice(o.schedule, SCHEDULES, "optimizer.schedule", source)
     _check(o.learning_rate > 0, source,
            f"'optimizer.learning_rate' must be > 0, got {o.learning_rate}")
-    _check(o.warmup_steps >= 0, source,
-           f"'optimizer.warmup_steps' must be >= 0, got {o.warmup_steps}")
+    _check(0 <= o.warmup_steps <= MAX_STEPS, source,
+           f"'optimizer.warmup_steps' must be between 0 and {MAX_STEPS} (the step counter is "
+           f"an int32), got {o.warmup_steps}")
     _check(0.0 <= o.final_lr_fraction <= 1.0, source,
            f"'optimizer.final_lr_fraction' must be in [0, 1], got {o.final_lr_fraction}")
     _check(0.0 <= o.momentum < 1.0, source,
            f"'optimizer.momentum' must be in [0, 1), got {o.momentum}")
     _check(o.weight_decay >= 0, source,
            f"'optimizer.weight_decay' must be >= 0, got {o.weight_decay}")
+
+
+def _check_train(p: Pipeline, source: str) -> None:
     t = p.train
     _check_choice(t.loss, LOSSES, "train.loss", source)
-    _check(not LOSSES[t.loss].needs_logits or m.output_activation == "linear", source,
+    _check(not LOSSES[t.loss].needs_logits or p.model.output_activation == "linear", source,
            f"'train.loss' {t.loss} needs model.output_activation = \"linear\" "
            "(the softmax is part of the loss)")
-    _check(1 <= t.batch_size <= p.train_size, source,
-           f"'train.batch_size' must be between 1 and {p.train_size} (the training images), "
-           f"got {t.batch_size}")
+    _check_batch_size(p, source)
     _check(t.epochs >= 1, source, f"'train.epochs' must be >= 1, got {t.epochs}")
+    _check_step_count(p, source)
     _check(t.eval_every_epochs >= 1, source,
            f"'train.eval_every_epochs' must be >= 1, got {t.eval_every_epochs}")
     _check(t.num_models >= 1, source, f"'train.num_models' must be >= 1, got {t.num_models}")
+    _check(t.num_models <= MAX_SEED + 1, source,
+           f"'train.num_models' must be at most {MAX_SEED + 1} (one 32-bit seed each), "
+           f"got {t.num_models}")
     _check_choice(t.matmul_precision, MATMUL_PRECISIONS, "train.matmul_precision", source)
+
+
+def _check_batch_size(p: Pipeline, source: str) -> None:
+    """A batch must fit in the training images, which `data.validation_size` leaves over.
+
+    When the batch alone fits the 60k training split but not what the validation split leaves
+    of it, neither key is wrong alone: the error names both, with a bound for each.
+    """
+    batch, left, held_out = p.train.batch_size, p.train_size, p.data.validation_size
+    largest_batch = SPLIT_SIZES["train"] - 1  # the largest batch any validation_size leaves
+    if left < batch <= largest_batch:
+        raise ConfigError(
+            f"{source}: 'data.validation_size' = {held_out} leaves {left} training "
+            f"image{'s' if left > 1 else ''}, fewer than 'train.batch_size' = {batch}",
+            f"lower data.validation_size to at most {SPLIT_SIZES['train'] - batch}, or "
+            f"train.batch_size to at most {left}")
+    _check(1 <= batch <= left, source,
+           f"'train.batch_size' must be between 1 and {left} (the training images), "
+           f"got {batch}")
+
+
+def _check_step_count(p: Pipeline, source: str) -> None:
+    """The train state counts steps in an int32: a run fits in `MAX_STEPS` steps."""
+    if p.total_steps <= MAX_STEPS:
+        return
+    per_epoch = p.steps_per_epoch
+    larger_batch = " (or raise train.batch_size)" if p.train.batch_size < p.train_size else ""
+    raise ConfigError(
+        f"{source}: 'train.epochs' = {p.train.epochs} makes {p.total_steps:,} steps "
+        f"({per_epoch:,} per epoch), more than the step counter holds ({MAX_STEPS:,}, an "
+        "int32)", f"lower train.epochs to at most {MAX_STEPS // per_epoch:,}{larger_batch}")
+
+
+def _check_checkpoint(p: Pipeline, source: str) -> None:
     c = p.checkpoint
     _check(c.every_steps >= 0, source,
            f"'checkpoint.every_steps' must be >= 0, got {c.every_steps}")
     _check(c.keep >= 1, source, f"'checkpoint.keep' must be >= 1, got {c.keep}")
+
+
+def _check_seed(p: Pipeline, source: str) -> None:
+    """Model k trains with key PRNGKey(seed + k), and PRNGKey keeps a seed's low 32 bits."""
+    models = p.train.num_models
+    largest = MAX_SEED - (models - 1)
+    why = ("(jax.random.PRNGKey takes 32 bits)" if models == 1 else
+           f"with train.num_models = {models} (model k trains with seed + k, and "
+           "jax.random.PRNGKey takes 32 bits)")
+    _check(0 <= p.seed <= largest, source,
+           f"'seed' must be between 0 and {largest} {why}, got {p.seed}")
+
+
+# In this order: the seed's range depends on train.num_models, checked before it.
+_SECTION_CHECKS = (_check_data, _check_model, _check_optimizer, _check_train, _check_checkpoint,
+                   _check_seed)

@@ -6,6 +6,7 @@ Each entry is a line of optax, as in optax's own alias table; config validation 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import optax
@@ -13,17 +14,28 @@ import optax
 if TYPE_CHECKING:
     from digitsjax.core.config import OptimizerConfig
 
-Schedule = Callable[["OptimizerConfig", int], optax.Schedule]
 Optimizer = Callable[[optax.Schedule, "OptimizerConfig"], optax.GradientTransformation]
 
+
+@dataclass(frozen=True)
+class Schedule:
+    make: Callable[[OptimizerConfig, int], optax.Schedule]
+    """(optimizer config, the run's total steps) -> learning rate by step."""
+    over_total_steps: bool
+    """Whether a step's rate depends on the run's length: then a finished run cannot be
+    extended with more epochs (the longer run differs from its first step)."""
+
+
 SCHEDULES: dict[str, Schedule] = {
-    "constant": lambda c, total_steps: optax.constant_schedule(c.learning_rate),
-    "cosine": lambda c, total_steps: optax.cosine_decay_schedule(
+    "constant": Schedule(lambda c, total_steps: optax.constant_schedule(c.learning_rate),
+                         over_total_steps=False),
+    "cosine": Schedule(lambda c, total_steps: optax.cosine_decay_schedule(
         c.learning_rate, decay_steps=total_steps, alpha=c.final_lr_fraction),
-    "warmup_cosine": lambda c, total_steps: optax.warmup_cosine_decay_schedule(
+        over_total_steps=True),
+    "warmup_cosine": Schedule(lambda c, total_steps: optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=c.learning_rate, warmup_steps=c.warmup_steps,
         decay_steps=max(total_steps, c.warmup_steps + 1),
-        end_value=c.learning_rate * c.final_lr_fraction),
+        end_value=c.learning_rate * c.final_lr_fraction), over_total_steps=True),
 }
 
 OPTIMIZERS: dict[str, Optimizer] = {
@@ -38,5 +50,5 @@ OPTIMIZERS: dict[str, Optimizer] = {
 
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
     """The pipeline's optimizer, its learning rate following the schedule over `total_steps`."""
-    schedule = SCHEDULES[config.schedule](config, total_steps)
+    schedule = SCHEDULES[config.schedule].make(config, total_steps)
     return OPTIMIZERS[config.name](schedule, config)

@@ -18,7 +18,7 @@ step 0, and equal after training up to float32 rounding (XLA batches the K model
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -238,18 +238,19 @@ def make_evaluate(pipeline: Pipeline,
     return evaluate
 
 
-def chunk_plan(pipeline: Pipeline, start_step: int) -> list[tuple[int, int]]:
+def chunk_plan(pipeline: Pipeline, start_step: int) -> Iterator[tuple[int, int]]:
     """(first step, number of steps) of every chunk from `start_step` to the end of training.
 
     Chunks end at epoch ends and, with `checkpoint.every_steps`, at its multiples, so each
-    checkpoint falls on a chunk boundary and no chunk crosses an epoch.
+    checkpoint falls on a chunk boundary and no chunk crosses an epoch. Yielded one at a time,
+    by arithmetic: a run may have up to 2**31 steps.
     """
-    every, spe = pipeline.checkpoint.every_steps, pipeline.steps_per_epoch
-    ends = set(range(spe, pipeline.total_steps + 1, spe))
-    if every:
-        ends |= set(range(every, pipeline.total_steps + 1, every))
-    plan, current = [], start_step
-    for end in sorted(e for e in ends if e > start_step):
-        plan.append((current, end - current))
+    every, spe, total = pipeline.checkpoint.every_steps, pipeline.steps_per_epoch, \
+        pipeline.total_steps
+    current = start_step
+    while current < total:
+        end = min((current // spe + 1) * spe, total)
+        if every:
+            end = min(end, (current // every + 1) * every)
+        yield current, end - current
         current = end
-    return plan

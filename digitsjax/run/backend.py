@@ -13,6 +13,8 @@ deterministic either way; there the flag changes nothing.
 from __future__ import annotations
 
 import os
+import re
+from importlib import metadata
 from typing import Any
 
 from digitsjax.core.config import Pipeline
@@ -83,3 +85,61 @@ def summary_line(info: dict[str, Any]) -> str:
     return (f"{info['backend']} backend, {count} device{'s' if count > 1 else ''} "
             f"({info['device_kind']}), matmul_precision {info['matmul_precision']}, "
             + ("deterministic" if info["deterministic"] else "not deterministic"))
+
+
+# How to get each accelerator's JAX build (`make install ACCEL=...`), by the platform name
+# JAX_PLATFORMS uses ("gpu" is JAX's alias for cuda and rocm): (its plugin, the remedy).
+ACCELERATOR_BUILDS = {
+    "cuda": ("CUDA", "install the GPU build with `make install ACCEL=cuda` (ACCEL=cuda12 for "
+                     "NVIDIA drivers older than 580) on a host with an NVIDIA GPU"),
+    "tpu": ("TPU", "install the TPU build with `make install ACCEL=tpu` on a Cloud TPU VM"),
+}
+ACCELERATOR_BUILDS["gpu"] = ACCELERATOR_BUILDS["cuda"]
+OTHER_PLATFORM = ("accelerator", "digitsjax installs JAX for cpu, cuda and tpu "
+                  "(`make install ACCEL=cuda|cuda12|tpu`)")
+_PLUGIN = re.compile(r"jax[-_](cuda|rocm)\d*[-_](plugin|pjrt)|libtpu", re.IGNORECASE)
+_JAX_FAILURE = re.compile(r"Unable to initialize backend '([^']*)': (.*?)\.?"
+                          r"( \((set JAX_PLATFORMS|you may need).*)?", re.DOTALL)
+
+
+def start_backend(deterministic: bool) -> None:
+    """Start JAX's backend now, with `deterministic`'s XLA flag first, so that a platform JAX
+    cannot start (JAX_PLATFORMS=cuda with the CPU-only jaxlib, say) is a one-line `UserError`
+    saying what is installed, not a traceback from wherever the first array happens to be made.
+
+    jax 0.10 raises RuntimeError ("Unable to initialize backend ...") for a platform it cannot
+    start, and a bare AssertionError when the only platform asked for is cuda and no NVIDIA GPU
+    is visible; both come from its first device query, here.
+    """
+    import jax
+
+    request_determinism(deterministic)
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as error:
+        raise _unavailable(error) from None
+
+
+def _unavailable(error: Exception) -> UserError:
+    """What JAX could not start and why, what is installed, and how to install what is not."""
+    import jax
+
+    requested = (jax.config.jax_platforms or "").lower()
+    failed = _JAX_FAILURE.fullmatch(str(error))
+    platform = failed.group(1) if failed else requested.split(",")[0]
+    reason = failed.group(2) if failed else "no NVIDIA GPU is visible"  # jax's bare assert
+    wanted = next((p for p in requested.split(",") if p in ACCELERATOR_BUILDS), platform)
+    plugin, remedy = ACCELERATOR_BUILDS.get(wanted, OTHER_PLATFORM)
+    asked = f"the backend JAX_PLATFORMS asks for ({requested!r})" if requested else \
+        f"its {platform!r} backend"
+    fallback = ", or unset JAX_PLATFORMS to compute on the CPU" if requested else ""
+    return UserError(f"JAX cannot start {asked}: {reason}; installed: {_installed(plugin)}",
+                     remedy + fallback)
+
+
+def _installed(plugin: str) -> str:
+    """`jax 0.10.2, jaxlib 0.10.2, no CUDA plugin (the CPU-only build)`, or the plugins."""
+    plugins = sorted({dist.metadata["Name"] for dist in metadata.distributions()
+                      if _PLUGIN.fullmatch(dist.metadata["Name"] or "")})
+    return (f"jax {metadata.version('jax')}, jaxlib {metadata.version('jaxlib')}, "
+            + (", ".join(plugins) if plugins else f"no {plugin} plugin (the CPU-only build)"))

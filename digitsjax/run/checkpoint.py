@@ -179,6 +179,8 @@ def restore(manager: ocp.CheckpointManager, step: int,
     except Exception as e:  # orbax and tensorstore raise anything from KeyError to Exception
         while e.__cause__ is not None:  # the innermost error names the file and the fault
             e = e.__cause__
+            if isinstance(e, KeyboardInterrupt):  # a Ctrl-C in their threads: not damage
+                raise e from None
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise CheckpointError(f"{where} cannot be read ({reason}): it is damaged or belongs to "
                               "another model or optimizer") from None

@@ -35,9 +35,25 @@ from digitsjax.errors import RESTART, DivergenceError, setting
 from digitsjax.files import write_json_atomic
 from digitsjax.run import backend, checkpoint, cluster, process
 from digitsjax.run.preemption import Preempted, PreemptionGuard
-from digitsjax.run.records import EpochRecord, RecordWriter
+from digitsjax.run.records import (
+    EpochRecord,
+    RecordWriter,
+    best_evaluated,
+    format_best,
+    last_evaluated,
+    read_metrics,
+)
+from digitsjax.run.resources import check_memory
 from digitsjax.run.trained import fingerprints
-from digitsjax.run.workdir import MANIFEST, build_manifest, check_compatible, prepare_workdir
+from digitsjax.run.workdir import (
+    MANIFEST,
+    build_manifest,
+    check_compatible,
+    prepared_workdir,
+    record_extension,
+    record_result,
+    recorded_pipeline,
+)
 
 EpochSums = dict[str, Any]
 """A partial epoch's metric sums, {"loss_sum", "correct"}: saved with mid-epoch checkpoints."""
@@ -57,23 +73,24 @@ def train_pipeline(pipeline: Pipeline, workdir: str | Path, *, mnist_dir: str | 
     process.quiet_libraries()
     backend.request_determinism(pipeline.train.deterministic)  # before JAX starts its backend
     mesh = sharding.data_mesh()
-    sharding.check_batch_size(pipeline.train.batch_size, mesh.size)  # before touching the workdir
+    # What can be refused up front is refused before the workdir is touched.
+    sharding.check_batch_size(pipeline.train.batch_size, mesh.size)
+    check_memory(pipeline, mesh)
     if not cluster.is_primary():
         progress, echo = False, _silent
     echo(backend.summary_line(backend.describe(pipeline)))
-    workdir = prepare_workdir(Path(workdir), restart)
-    resuming = checkpoint.has_checkpoints(workdir)
-    # Every process must look before any creates the checkpoint folder (opening the manager
-    # below does): one that looked after would open a manager more, and orbax's barriers
-    # would no longer pair up across processes.
-    cluster.sync("checkpoints looked for")
-    if resuming:
-        check_compatible(workdir, pipeline)  # before anything in the workdir changes
-    with PreemptionGuard() as guard:
+    with cluster.primary_first("MNIST loaded"):  # prepares a shared data dir only once
+        data = load_mnist(pipeline.data, mnist_dir)
+    with prepared_workdir(Path(workdir), restart, echo) as workdir, PreemptionGuard() as guard:
+        resuming = checkpoint.has_checkpoints(workdir)
+        # Every process must look before any creates the checkpoint folder (opening the
+        # manager below does): one that looked after would open a manager more, and orbax's
+        # barriers would no longer pair up across processes.
+        cluster.sync("checkpoints looked for")
+        if resuming:
+            check_compatible(workdir, pipeline)  # before anything in the workdir changes
         manager = checkpoint.open_manager(workdir, pipeline.checkpoint)
         try:
-            with cluster.primary_first("MNIST loaded"):  # prepares a shared data dir only once
-                data = load_mnist(pipeline.data, mnist_dir)
             run = _Run(pipeline, workdir, manager, guard, mesh, echo, started)
             state, sums = _restore_or_init(run, data)
             return _train(run, state, sums, data, progress)
@@ -106,6 +123,9 @@ def _restore_or_init(run: _Run, data: MNIST) -> tuple[TrainState, EpochSums]:
         return state, _no_sums()
     step, state, meta = resumed
     run.echo(f"resuming {run.workdir} from step {step} (epoch {meta['epoch']:.2f})")
+    if run.primary and recorded_pipeline(run.workdir).train.epochs != run.pipeline.train.epochs:
+        record_extension(run.workdir, run.pipeline, step)
+        run.echo(f"extended to {run.pipeline.train.epochs} epochs")
     return state, meta["epoch_sums"]
 
 
@@ -144,6 +164,9 @@ def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
     prints = fingerprints(pipeline, state["params"])
     run.echo(f"done: step {int(state['step'])}, params_sha256 {prints['params_sha256']}, "
              f"{time.perf_counter() - run.started:.1f} s")
+    if run.primary:
+        record_result(run.workdir, int(state["step"]), prints["params_sha256"])
+    _echo_best(run)
     return record | prints | {"step": int(state["step"])}
 
 
@@ -260,6 +283,14 @@ def _add_sums(total: EpochSums, chunks: list[dict[str, np.ndarray]]) -> EpochSum
             added[key] = (value + np.asarray(chunk[key]).astype(value.dtype)).tolist()
         total = added
     return total
+
+
+def _echo_best(run: _Run) -> None:
+    """The best epoch by validation beside the last: what `checkpoint.keep_best` kept."""
+    records = read_metrics(run.workdir) if run.primary else []
+    best, last = best_evaluated(records), last_evaluated(records)
+    if best is not None and last is not None and "val_accuracy" in last:
+        run.echo(format_best(best, last, run.pipeline.checkpoint.keep_best))
 
 
 def _silent(_: str) -> None:

@@ -33,23 +33,41 @@ class Trained:
 
 
 def load_trained(workdir: str | Path, which: str = "latest") -> Trained:
-    """Restore a workdir's checkpoint (`latest`, `best` or a step) with its pipeline."""
+    """Restore a workdir's checkpoint (`latest`, `best` or a step) with its pipeline.
+
+    A run training in the workdir meanwhile may delete the checkpoint being read (it keeps only
+    `checkpoint.keep`); then the newest complete one is read instead, a few times at most.
+    """
     workdir = Path(workdir)
     pipeline = recorded_pipeline(workdir)
     backend.request_determinism(pipeline.train.deterministic)  # before JAX starts its backend
-    manager = checkpoint.open_manager(workdir, pipeline.checkpoint, read_only=True)
-    try:
-        step = checkpoint.resolve_step(manager, which)
+    for attempt in range(READ_ATTEMPTS):
+        manager = checkpoint.open_manager(workdir, pipeline.checkpoint, read_only=True)
         try:
-            state, meta = checkpoint.restore(manager, step, init_train_state(pipeline))
-        except CheckpointError as e:
-            others = sorted(set(manager.all_steps()) - {step})
-            fix = (f"choose another with {CHECKPOINT} (saved steps: {others})" if others
-                   else f"retrain with {RESTART}")
-            raise CheckpointError(e.problem, fix) from None
-    finally:
-        manager.close()
-    return Trained(pipeline=pipeline, state=state, meta=meta, step=step)
+            step = checkpoint.resolve_step(manager, which)
+            try:
+                state, meta = checkpoint.restore(manager, step, init_train_state(pipeline))
+            except CheckpointError as e:
+                if _deleted_meanwhile(workdir, step) and attempt + 1 < READ_ATTEMPTS:
+                    continue
+                raise CheckpointError(e.problem, _other_checkpoint(manager, step)) from None
+        finally:
+            manager.close()
+        return Trained(pipeline=pipeline, state=state, meta=meta, step=step)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+READ_ATTEMPTS = 3
+
+
+def _deleted_meanwhile(workdir: Path, step: int) -> bool:
+    return not (checkpoint.checkpoint_dir(workdir) / str(step)).exists()
+
+
+def _other_checkpoint(manager: Any, step: int) -> str:
+    others = sorted(set(manager.all_steps()) - {step})
+    return (f"choose another with {CHECKPOINT} (saved steps: {others})" if others
+            else f"retrain with {RESTART}")
 
 
 def fingerprints(pipeline: Pipeline, params: Any) -> dict[str, Any]:

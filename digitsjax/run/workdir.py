@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -19,9 +22,12 @@ from typing import Any
 import jax
 
 from digitsjax.core.config import Pipeline, pipeline_from_dict, pipeline_sha256, pipeline_to_dict
+from digitsjax.core.optim import SCHEDULES
 from digitsjax.errors import RESTART, WORKDIR, CheckpointError
+from digitsjax.files import write_json_atomic
 from digitsjax.run import checkpoint, cluster
 from digitsjax.run.backend import xla_flags
+from digitsjax.run.lock import LOCK, workdir_lock
 from digitsjax.run.records import METRICS
 from digitsjax.run.tensorboard import remove_event_files
 
@@ -89,26 +95,36 @@ def recorded_pipeline(workdir: Path) -> Pipeline:
     return pipeline_from_dict(read_manifest(workdir)["pipeline"], source=str(workdir))
 
 
-def prepare_workdir(workdir: Path, restart: bool) -> Path:
-    """Create `workdir` (process 0), emptied of a previous run's files with `restart`."""
-    if cluster.is_primary():
-        _clean_workdir(workdir, restart)
-    cluster.sync("workdir prepared")
-    return workdir
+@contextmanager
+def prepared_workdir(workdir: Path, restart: bool,
+                     notice: Callable[[str], None]) -> Iterator[Path]:
+    """`workdir` created and locked for this run (by process 0), and with `restart` emptied of a
+    previous run's files, for as long as the `with` block lasts."""
+    primary = cluster.is_primary()
+    if primary:
+        _make_workdir(workdir)
+        _check_ours(workdir, restart)  # before writing anything there, even the lock
+        _check_writable(workdir)
+    with workdir_lock(workdir, notice) if primary else nullcontext():
+        if primary and restart:
+            _remove_run_files(workdir)
+        cluster.sync("workdir prepared")
+        yield workdir
 
 
-def _clean_workdir(workdir: Path, restart: bool) -> None:
+def _make_workdir(workdir: Path) -> None:
     if workdir.exists() and not workdir.is_dir():
         raise CheckpointError(f"workdir {workdir} is a file, not a folder",
                               f"choose another with {WORKDIR}")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        if restart:
-            shutil.rmtree(checkpoint.checkpoint_dir(workdir), ignore_errors=True)
-            shutil.rmtree(checkpoint.unreadable_dir(workdir), ignore_errors=True)
-            for name in (MANIFEST, METRICS):
-                (workdir / name).unlink(missing_ok=True)
-            remove_event_files(workdir)
+    except OSError as e:
+        raise CheckpointError(f"workdir {workdir} is not writable ({e.strerror})",
+                              f"choose another with {WORKDIR}") from None
+
+
+def _check_writable(workdir: Path) -> None:
+    try:
         probe = workdir / ".write-test"
         probe.write_text("")
         probe.unlink()
@@ -117,15 +133,109 @@ def _clean_workdir(workdir: Path, restart: bool) -> None:
                               f"choose another with {WORKDIR}") from None
 
 
+# What runs write into a workdir's checkpoint folders: orbax's step folders (and their
+# unfinished `STEP.orbax-checkpoint-tmp-N`), and damaged steps set aside as `STEP-TIMESTAMP`.
+_RUN_ENTRIES = re.compile(r"\d+(\.orbax-checkpoint-tmp-\d+)?|\d+-\d{8}T\d{6}")
+
+
+def _check_ours(workdir: Path, restart: bool) -> None:
+    """Refuse a folder digitsjax did not make, and a `restart` that would delete a stranger.
+
+    A run writes only into a new or empty folder or its own workdir, and `restart` deletes only
+    what runs wrote: a folder without a digitsjax manifest is never emptied.
+    """
+    folders = [checkpoint.checkpoint_dir(workdir), checkpoint.unreadable_dir(workdir)]
+    entries = [entry for folder in folders if folder.is_dir() for entry in folder.iterdir()]
+    if not _is_digitsjax_workdir(workdir):
+        others = sorted(p.name for p in workdir.iterdir()
+                        if p.name not in (LOCK, *(f.name for f in folders)))
+        if others or entries:
+            raise CheckpointError(
+                f"{workdir} is not a digitsjax workdir (it has no {MANIFEST}) and holds files "
+                f"({', '.join(others + [str(e.relative_to(workdir)) for e in entries][:3])})",
+                f"train into a new or empty folder: choose one with {WORKDIR}")
+    strangers = [e for e in entries if not _RUN_ENTRIES.fullmatch(e.name)]
+    if restart and strangers:
+        raise CheckpointError(
+            f"{workdir} holds files that no run wrote ({strangers[0].relative_to(workdir)}), "
+            f"which a restart would delete", f"move them away first, or choose another "
+            f"with {WORKDIR}")
+
+
+def _is_digitsjax_workdir(workdir: Path) -> bool:
+    try:
+        read_manifest(workdir)
+    except CheckpointError:
+        return False
+    return True
+
+
+def _remove_run_files(workdir: Path) -> None:
+    for folder in (checkpoint.checkpoint_dir(workdir), checkpoint.unreadable_dir(workdir)):
+        shutil.rmtree(folder, ignore_errors=True)
+    for name in (MANIFEST, METRICS):
+        (workdir / name).unlink(missing_ok=True)
+    remove_event_files(workdir)
+
+
 def check_compatible(workdir: Path, pipeline: Pipeline) -> None:
-    """Refuse to continue a workdir whose checkpoints come from a different pipeline."""
+    """Refuse to continue a workdir whose checkpoints come from a different pipeline.
+
+    One change is a continuation, not another pipeline: more `train.epochs` under a schedule
+    that does not depend on the run's length, since then the first epochs are the same run.
+    """
+    recorded = recorded_pipeline(workdir)
     # Round-tripped so that keys added since the manifest was written compare as defaults.
-    recorded = pipeline_to_dict(recorded_pipeline(workdir))
-    diffs = differences(recorded, pipeline_to_dict(pipeline), ignore=RESULT_NEUTRAL)
+    diffs = differences(pipeline_to_dict(recorded), pipeline_to_dict(pipeline),
+                        ignore=(*RESULT_NEUTRAL, EPOCHS))
     if diffs:
         raise CheckpointError(
             f"{workdir} holds checkpoints of a different pipeline ({'; '.join(diffs)})",
             f"pass {RESTART} to start over there, or choose another {WORKDIR}")
+    if pipeline.train.epochs != recorded.train.epochs:
+        _check_extension(workdir, recorded.train.epochs, pipeline)
+
+
+EPOCHS = "train.epochs"
+
+
+def _check_extension(workdir: Path, trained: int, pipeline: Pipeline) -> None:
+    wanted, schedule = pipeline.train.epochs, pipeline.optimizer.schedule
+    start_over = f"pass {RESTART} to train {wanted} epochs from the start there, or choose " \
+                 f"another {WORKDIR}"
+    if wanted < trained:
+        raise CheckpointError(f"{workdir} is a run of {trained} epochs; {EPOCHS} = {wanted} "
+                              "would end before its checkpoints", start_over)
+    if SCHEDULES[schedule].over_total_steps:
+        raise CheckpointError(
+            f"{workdir} cannot be extended from {trained} to {wanted} epochs: its {schedule} "
+            "schedule is defined over the run's total steps, so the longer run differs from "
+            "its first step", start_over)
+
+
+def record_result(workdir: Path, step: int, params_sha256: str) -> None:
+    """The finished run's fingerprint in its manifest, so listing runs needs no checkpoint.
+
+    Written once: re-running a finished workdir changes nothing in it.
+    """
+    manifest = read_manifest(workdir)
+    if manifest.get("result", {}).get("params_sha256") == params_sha256:
+        return
+    manifest["result"] = {"step": step, "params_sha256": params_sha256,
+                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json_atomic(workdir / MANIFEST, manifest)
+
+
+def record_extension(workdir: Path, pipeline: Pipeline, step: int) -> None:
+    """The manifest of a continued run: its new pipeline, and when it was extended from what."""
+    manifest = read_manifest(workdir)
+    old_epochs = manifest["pipeline"]["train"]["epochs"]
+    manifest["extensions"] = [*manifest.get("extensions", []), {
+        "from_epochs": old_epochs, "to_epochs": pipeline.train.epochs, "at_step": step,
+        "command": " ".join(sys.argv), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
+    manifest |= {"pipeline": pipeline_to_dict(pipeline),
+                 "pipeline_sha256": pipeline_sha256(pipeline)}
+    write_json_atomic(workdir / MANIFEST, manifest)
 
 
 def differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = (),

@@ -1,0 +1,118 @@
+"""Every run at a glance (`digitsjax runs`) and runs side by side (`digitsjax compare`).
+
+Both read only what a run writes as it goes (its manifest, metrics.jsonl and lock), never a
+checkpoint: listing a hundred runs starts no JAX and touches no device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from digitsjax.apps.plots import plot_comparison
+from digitsjax.errors import CheckpointError
+from digitsjax.run.lock import holder_of
+from digitsjax.run.records import best_evaluated, last_evaluated, read_metrics
+from digitsjax.run.workdir import MANIFEST, read_manifest
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One workdir's state and results, as its files say."""
+
+    workdir: Path
+    state: str
+    """finished, interrupted, or running (with who runs it)."""
+    epochs: str
+    """`done/total`."""
+    best_val: str
+    test: str
+    params_sha256: str
+    age_seconds: float
+    """Since the run last wrote a record (or its manifest)."""
+
+
+def find_workdirs(root: Path) -> list[Path]:
+    """`root` itself if it is a workdir, else the workdirs directly inside it, by name."""
+    root = Path(root)
+    if (root / MANIFEST).is_file():
+        return [root]
+    if not root.is_dir():
+        raise CheckpointError(f"{root} is not a folder", "give the folder that holds the runs, "
+                              "e.g. checkpoints")
+    return sorted(p for p in root.iterdir() if (p / MANIFEST).is_file())
+
+
+def summarize(workdir: Path) -> RunSummary:
+    manifest, records = read_manifest(workdir), read_metrics(workdir)
+    total = manifest["pipeline"]["train"]["epochs"]
+    done = records[-1]["epoch"] if records else 0
+    holder = holder_of(workdir)
+    state = (f"running ({holder})" if holder else "finished" if done >= total
+             else "interrupted")
+    best, last = best_evaluated(records), last_evaluated(records)
+    newest = max(p.stat().st_mtime for p in (workdir / MANIFEST, workdir / "metrics.jsonl")
+                 if p.exists())
+    return RunSummary(
+        workdir=workdir, state=state, epochs=f"{done}/{total}",
+        best_val=f"{100 * best['val_accuracy']:.2f}% (epoch {best['epoch']})" if best else "-",
+        test=f"{100 * last['test_accuracy']:.2f}%" if last else "-",
+        params_sha256=manifest.get("result", {}).get("params_sha256", "-")[:12],
+        age_seconds=time.time() - newest)
+
+
+def runs_table(summaries: Sequence[RunSummary]) -> str:
+    """A fixed-width table, one line per run."""
+    header = ("run", "state", "epochs", "best validation", "test", "params_sha256", "age")
+    rows = [(s.workdir.name, s.state, s.epochs, s.best_val, s.test, s.params_sha256,
+             _age(s.age_seconds)) for s in summaries]
+    return _table(header, rows)
+
+
+def compare(workdirs: Sequence[Path], plot_path: Path) -> tuple[str, Path]:
+    """The pipeline keys that differ, the results side by side, and the curves in one plot."""
+    manifests = [read_manifest(w) for w in workdirs]
+    flat = [_flatten(m["pipeline"]) for m in manifests]
+    keys = sorted({key for f in flat for key in f if len({repr(g.get(key)) for g in flat}) > 1})
+    summaries = [summarize(w) for w in workdirs]
+    rows = [(key, *(_show(f.get(key)) for f in flat)) for key in keys if key != "name"]
+    rows += [("epochs", *(s.epochs for s in summaries)),
+             ("best validation", *(s.best_val for s in summaries)),
+             ("test", *(s.test for s in summaries)),
+             ("params_sha256", *(s.params_sha256 for s in summaries))]
+    names = [w.name for w in workdirs]
+    plot = plot_comparison({name: read_metrics(w) for name, w in zip(names, workdirs,
+                                                                    strict=True)}, plot_path)
+    return _table(("", *names), rows), plot
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _show(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows,
+                                                                        strict=True)]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in
+                               zip(line, widths, strict=True)).rstrip()
+                     for line in (header, *rows))
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"

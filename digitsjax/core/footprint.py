@@ -1,0 +1,59 @@
+"""How much memory a run needs, from its pipeline alone, before anything is allocated.
+
+A run that does not fit would be killed by the operating system or fail deep inside XLA. The
+estimate counts what dominates: the MNIST arrays on each device, the train state (parameters
+and optimizer slots, K models), and the larger of the two programs' working sets, a training
+step (gradients, the batch's activations) or an evaluation (a whole split's activations at
+once). It is an estimate, not XLA's exact plan; it errs a little high.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from digitsjax.core import optim
+from digitsjax.core.config import Pipeline
+from digitsjax.core.data import NUM_PIXELS, SPLIT_SIZES
+from digitsjax.core.model import layer_sizes, parameter_count
+
+FLOAT32 = 4
+
+KNOBS = {  # what to lower when a part is too large
+    "the parameters and optimizer state": ("model.hidden", "train.num_models"),
+    "a training step": ("train.batch_size", "train.num_models"),
+    "an evaluation": ("train.num_models", "model.hidden"),
+    "MNIST": (),
+}
+
+
+def footprint(pipeline: Pipeline, devices: int = 1) -> dict[str, int]:
+    """Bytes each of `devices` devices needs for each part of the run (see KNOBS for names)."""
+    k, model = pipeline.train.num_models, pipeline.model
+    params = parameter_count(model) * FLOAT32
+    widths = sum(layer_sizes(model)[1:])  # the activations of one example
+    batch = -(-pipeline.train.batch_size // devices)
+    evaluated = max(pipeline.data.validation_size, SPLIT_SIZES["test"])
+    return {
+        "MNIST": (SPLIT_SIZES["train"] + SPLIT_SIZES["test"]) * NUM_PIXELS * FLOAT32,
+        "the parameters and optimizer state": k * (params + _optimizer_state_bytes(pipeline)),
+        "a training step": k * (params + 2 * batch * widths * FLOAT32),
+        "an evaluation": k * evaluated * widths * FLOAT32,
+    }
+
+
+def peak_bytes(parts: dict[str, int]) -> int:
+    """Data and state are held throughout; the two programs' working sets one at a time."""
+    return (parts["MNIST"] + parts["the parameters and optimizer state"]
+            + max(parts["a training step"], parts["an evaluation"]))
+
+
+def _optimizer_state_bytes(pipeline: Pipeline) -> int:
+    """One model's optimizer slots, by tracing the optimizer's init on shapes alone."""
+    shapes = [{"w": jax.ShapeDtypeStruct((fan_in, fan_out), jnp.float32),
+               "b": jax.ShapeDtypeStruct((fan_out,), jnp.float32)}
+              for fan_in, fan_out in zip(layer_sizes(pipeline.model)[:-1],
+                                         layer_sizes(pipeline.model)[1:], strict=True)]
+    optimizer = optim.make_optimizer(pipeline.optimizer, pipeline.total_steps)
+    state = jax.eval_shape(optimizer.init, shapes)
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))

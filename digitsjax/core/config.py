@@ -67,6 +67,9 @@ class ModelConfig:
     """A key of `model.INITIALIZERS`."""
     dropout: float = 0.0
     """Dropout on hidden activations while training; the only per-step randomness."""
+    max_norm: float = 0.0
+    """After each update, scale down any unit's incoming weights longer than this (L2 norm),
+    as Srivastava et al. (2014) pair with dropout; 0 = off."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,10 @@ class OptimizerConfig:
     """For momentum, nesterov and rmsprop."""
     weight_decay: float = 0.0
     """For adamw."""
+    decay_per_epoch: float = 1.0
+    """For epoch_decay: the learning rate is multiplied by this after every epoch ..."""
+    min_learning_rate: float = 0.0
+    """... down to this floor (Ciresan et al. 2010: 0.95 per epoch, down to 1e-6)."""
 
 
 @dataclass(frozen=True)
@@ -345,6 +352,7 @@ def _check_model(p: Pipeline, source: str) -> None:
     _check_choice(m.output_activation, OUTPUT_ACTIVATIONS, "model.output_activation", source)
     _check_choice(m.init, INITIALIZERS, "model.init", source)
     _check(0.0 <= m.dropout < 1.0, source, f"'model.dropout' must be in [0, 1), got {m.dropout}")
+    _check(m.max_norm >= 0, source, f"'model.max_norm' must be >= 0 (0 = off), got {m.max_norm}")
 
 
 def _check_optimizer(p: Pipeline, source: str) -> None:
@@ -362,6 +370,11 @@ def _check_optimizer(p: Pipeline, source: str) -> None:
            f"'optimizer.momentum' must be in [0, 1), got {o.momentum}")
     _check(o.weight_decay >= 0, source,
            f"'optimizer.weight_decay' must be >= 0, got {o.weight_decay}")
+    _check(0.0 < o.decay_per_epoch <= 1.0, source,
+           f"'optimizer.decay_per_epoch' must be in (0, 1], got {o.decay_per_epoch}")
+    _check(0.0 <= o.min_learning_rate <= o.learning_rate, source,
+           f"'optimizer.min_learning_rate' must be between 0 and optimizer.learning_rate "
+           f"({o.learning_rate:g}), got {o.min_learning_rate:g}")
 
 
 def _check_train(p: Pipeline, source: str) -> None:

@@ -54,6 +54,7 @@ def _optimizer_state_bytes(pipeline: Pipeline) -> int:
                "b": jax.ShapeDtypeStruct((fan_out,), jnp.float32)}
               for fan_in, fan_out in zip(layer_sizes(pipeline.model)[:-1],
                                          layer_sizes(pipeline.model)[1:], strict=True)]
-    optimizer = optim.make_optimizer(pipeline.optimizer, pipeline.total_steps)
+    optimizer = optim.make_optimizer(pipeline.optimizer, pipeline.total_steps,
+                               pipeline.steps_per_epoch)
     state = jax.eval_shape(optimizer.init, shapes)
     return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))

@@ -19,20 +19,24 @@ Optimizer = Callable[[optax.Schedule, "OptimizerConfig"], optax.GradientTransfor
 
 @dataclass(frozen=True)
 class Schedule:
-    make: Callable[[OptimizerConfig, int], optax.Schedule]
-    """(optimizer config, the run's total steps) -> learning rate by step."""
+    make: Callable[[OptimizerConfig, int, int], optax.Schedule]
+    """(optimizer config, the run's total steps, steps per epoch) -> learning rate by step."""
     over_total_steps: bool
     """Whether a step's rate depends on the run's length: then a finished run cannot be
     extended with more epochs (the longer run differs from its first step)."""
 
 
 SCHEDULES: dict[str, Schedule] = {
-    "constant": Schedule(lambda c, total_steps: optax.constant_schedule(c.learning_rate),
+    "constant": Schedule(lambda c, total, epoch: optax.constant_schedule(c.learning_rate),
                          over_total_steps=False),
-    "cosine": Schedule(lambda c, total_steps: optax.cosine_decay_schedule(
+    # x decay_per_epoch after every epoch, down to min_learning_rate (Ciresan et al. 2010)
+    "epoch_decay": Schedule(lambda c, total, epoch: optax.exponential_decay(
+        c.learning_rate, transition_steps=epoch, decay_rate=c.decay_per_epoch, staircase=True,
+        end_value=c.min_learning_rate), over_total_steps=False),
+    "cosine": Schedule(lambda c, total_steps, epoch: optax.cosine_decay_schedule(
         c.learning_rate, decay_steps=total_steps, alpha=c.final_lr_fraction),
         over_total_steps=True),
-    "warmup_cosine": Schedule(lambda c, total_steps: optax.warmup_cosine_decay_schedule(
+    "warmup_cosine": Schedule(lambda c, total_steps, epoch: optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=c.learning_rate, warmup_steps=c.warmup_steps,
         decay_steps=max(total_steps, c.warmup_steps + 1),
         end_value=c.learning_rate * c.final_lr_fraction), over_total_steps=True),
@@ -48,7 +52,8 @@ OPTIMIZERS: dict[str, Optimizer] = {
 }
 
 
-def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(config: OptimizerConfig, total_steps: int,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
     """The pipeline's optimizer, its learning rate following the schedule over `total_steps`."""
-    schedule = SCHEDULES[config.schedule].make(config, total_steps)
+    schedule = SCHEDULES[config.schedule].make(config, total_steps, steps_per_epoch)
     return OPTIMIZERS[config.name](schedule, config)

@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 from digitsjax.core import optim, sharding
 from digitsjax.core.config import Pipeline
 from digitsjax.core.losses import mean_loss
-from digitsjax.core.model import apply, ensemble_probabilities, forward, init_params
+from digitsjax.core.model import apply, ensemble_probabilities, forward, init_params, max_norm
 
 TrainState = dict[str, Any]
 
@@ -42,7 +42,8 @@ MODEL_AXES = {"params": 0, "opt_state": 0, "step": None, "key": 0}
 
 
 def make_optimizer(pipeline: Pipeline) -> optax.GradientTransformation:
-    return optim.make_optimizer(pipeline.optimizer, pipeline.total_steps)
+    return optim.make_optimizer(pipeline.optimizer, pipeline.total_steps,
+                               pipeline.steps_per_epoch)
 
 
 def init_train_state(pipeline: Pipeline) -> TrainState:
@@ -123,8 +124,11 @@ def train_step(pipeline: Pipeline, optimizer: optax.GradientTransformation, stat
 
     (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    if model.max_norm > 0:
+        params = max_norm(params, model.max_norm)
     new_state = {
-        "params": optax.apply_updates(state["params"], updates),
+        "params": params,
         "opt_state": opt_state,
         "step": state["step"] + 1,
         "key": state["key"],

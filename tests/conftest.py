@@ -98,6 +98,26 @@ def small_run(tmp_path_factory, mnist_dir) -> Path:
     return train_mnist_mlp(tmp_path_factory.mktemp("small_run"), SMALL_RUN, mnist_dir)
 
 
+# mnist_mlp on 1,000 training images in batches of 100: an epoch is 10 steps, a real training
+# in seconds.
+TINY = ("model.hidden=[16]", "data.validation_size=59000", "train.batch_size=100")
+
+
+def train_tiny_epoch(*overrides: str) -> dict:
+    """The train state after one TINY epoch on random images, in this process (no workdir)."""
+    import jax
+
+    from digitsjax.core.config import load_pipeline
+    from digitsjax.core.train import init_train_state, make_train_chunk
+
+    pipeline = load_pipeline(REPO / "pipelines" / "mnist_mlp.toml", [*TINY, *overrides])
+    images = jax.random.uniform(jax.random.PRNGKey(0), (pipeline.train_size, 784))
+    labels = jax.random.randint(jax.random.PRNGKey(1), (pipeline.train_size,), 0, 10)
+    state, _ = make_train_chunk(pipeline)(init_train_state(pipeline), images, labels,
+                                          num_steps=pipeline.steps_per_epoch)
+    return state
+
+
 def train_mnist_mlp(workdir: Path, overrides: Sequence[str], mnist_dir: Path) -> Path:
     """mnist_mlp with `overrides`, trained quietly into `workdir` (a fixture's real run)."""
     from digitsjax.core.config import load_pipeline

@@ -25,7 +25,7 @@ from digitsjax.cli import EXPORT_FORMATS, main
 from digitsjax.errors import UserError
 from digitsjax.run.trained import load_trained
 
-from .conftest import run_cli, train_mnist_mlp
+from .conftest import TINY, run_cli, train_mnist_mlp
 
 ONNX_MISSING = [name for name in ("jax2onnx", "onnxruntime")
                 if importlib.util.find_spec(name) is None]
@@ -34,8 +34,7 @@ needs_onnx = pytest.mark.skipif(
     reason=f"needs {' and '.join(ONNX_MISSING)}: pip install 'digitsjax[export]'")
 PROBABILITY_TOLERANCE = 1e-5
 # K = 2 models on 1,000 training images for one epoch: an ensemble in seconds.
-ENSEMBLE = ("model.hidden=[16]", "data.validation_size=59000", "train.batch_size=100",
-            "train.epochs=1", "train.num_models=2")
+ENSEMBLE = (*TINY, "train.epochs=1", "train.num_models=2")
 
 
 @pytest.fixture(scope="module")

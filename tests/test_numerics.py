@@ -28,12 +28,9 @@ from digitsjax.run import backend
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.records import read_metrics
 
-from .conftest import REPO, SMALL_RUN
+from .conftest import REPO, SMALL_RUN, TINY, train_tiny_epoch
 
 PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
-# 1,000 training images in batches of 100: a whole epoch is 10 steps, fast to compile and run.
-TINY = ("model.hidden=[16]", "data.validation_size=59000", "train.batch_size=100")
-
 
 def tiny(*overrides: str):
     return load_pipeline(PIPELINE, [*TINY, *overrides])
@@ -74,17 +71,12 @@ def test_training_multiplies_include_the_gradients():
     assert lowered.count("stablehlo.dot_general") == 5
 
 
-def train_tiny_epoch(precision: str):
-    pipeline = tiny(f"train.matmul_precision={precision}")
-    images = jax.random.uniform(jax.random.PRNGKey(0), (pipeline.train_size, 784))
-    labels = jax.random.randint(jax.random.PRNGKey(1), (pipeline.train_size,), 0, 10)
-    state, _ = make_train_chunk(pipeline)(init_train_state(pipeline), images, labels,
-                                          num_steps=pipeline.steps_per_epoch)
-    return state
+def train_at(precision: str):
+    return train_tiny_epoch(f"train.matmul_precision={precision}")
 
 
 def test_bfloat16_multiplies_but_keeps_float32_parameters_and_optimizer_state():
-    reduced, full = train_tiny_epoch("bfloat16"), train_tiny_epoch("float32")
+    reduced, full = train_at("bfloat16"), train_at("float32")
     floats = [leaf for leaf in jax.tree.leaves((reduced["params"], reduced["opt_state"]))
               if jnp.issubdtype(leaf.dtype, jnp.floating)]
     assert floats and {leaf.dtype for leaf in floats} == {jnp.dtype(jnp.float32)}
@@ -98,8 +90,8 @@ def test_tensorfloat32_on_a_cpu_is_float32_bit_for_bit():
     """A CPU has no TF32: the README says so, and this holds it."""
     if jax.default_backend() != "cpu":
         pytest.skip("only a CPU lacks TF32; a GPU is meant to differ")
-    for got, want in zip(jax.tree.leaves(train_tiny_epoch("tensorfloat32")["params"]),
-                         jax.tree.leaves(train_tiny_epoch("float32")["params"]), strict=True):
+    for got, want in zip(jax.tree.leaves(train_at("tensorfloat32")["params"]),
+                         jax.tree.leaves(train_at("float32")["params"]), strict=True):
         np.testing.assert_array_equal(got, want)
 
 

@@ -11,16 +11,12 @@ import pytest
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.model import ACTIVATIONS
 from digitsjax.core.optim import SCHEDULES
-from digitsjax.core.train import init_train_state, make_train_chunk
 from digitsjax.errors import ConfigError
 from digitsjax.run.loop import train_pipeline
 
-from .conftest import REPO
+from .conftest import REPO, train_tiny_epoch
 
 PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
-TINY = ("model.hidden=[16]", "data.validation_size=59000", "train.batch_size=100")
-
-
 def test_scaled_tanh_maps_plus_minus_one_to_themselves():
     f = ACTIVATIONS["scaled_tanh"]
     np.testing.assert_allclose(f(jnp.array([-1.0, 0.0, 1.0])), [-1.0, 0.0, 1.0], atol=1e-4)
@@ -39,26 +35,21 @@ def test_epoch_decay_multiplies_the_rate_after_every_epoch_down_to_the_floor():
     assert not SCHEDULES["epoch_decay"].over_total_steps  # so a finished run may go on
 
 
-def train_tiny_epoch(*overrides: str):
-    pipeline = load_pipeline(PIPELINE, [*TINY, *overrides])
-    images = jax.random.uniform(jax.random.PRNGKey(0), (pipeline.train_size, 784))
-    labels = jax.random.randint(jax.random.PRNGKey(1), (pipeline.train_size,), 0, 10)
-    state, _ = make_train_chunk(pipeline)(init_train_state(pipeline), images, labels,
-                                          num_steps=pipeline.steps_per_epoch)
-    return state["params"]
+def trained_params(*overrides: str):
+    return train_tiny_epoch(*overrides)["params"]
 
 
 def test_max_norm_keeps_every_units_incoming_weights_within_the_limit():
-    free = train_tiny_epoch("optimizer.learning_rate=0.05")
-    held = train_tiny_epoch("optimizer.learning_rate=0.05", "model.max_norm=0.5")
+    free = trained_params("optimizer.learning_rate=0.05")
+    held = trained_params("optimizer.learning_rate=0.05", "model.max_norm=0.5")
     assert max(float(jnp.linalg.norm(layer["w"], axis=0).max()) for layer in free) > 0.5
     for layer in held:
         assert float(jnp.linalg.norm(layer["w"], axis=0).max()) <= 0.5 + 1e-5
 
 
 def test_a_max_norm_that_never_binds_changes_nothing_bit_for_bit():
-    for a, b in zip(jax.tree.leaves(train_tiny_epoch()),
-                    jax.tree.leaves(train_tiny_epoch("model.max_norm=1e6")), strict=True):
+    for a, b in zip(jax.tree.leaves(trained_params()),
+                    jax.tree.leaves(trained_params("model.max_norm=1e6")), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -16,11 +16,11 @@ from digitsjax.run.loop import train_pipeline
 from digitsjax.run.records import read_metrics, truncate_metrics
 from digitsjax.run.workdir import read_manifest
 
+from . import conftest
 from .conftest import REPO
 
 PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
-TINY = ("model.hidden=[16]", "data.validation_size=59000", "train.batch_size=100",
-        "train.epochs=2")
+TINY = (*conftest.TINY, "train.epochs=2")
 
 
 @pytest.fixture(scope="module")

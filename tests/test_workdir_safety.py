@@ -21,12 +21,11 @@ from digitsjax.run.lock import LOCK, workdir_lock
 from digitsjax.run.records import read_metrics
 from digitsjax.run.trained import load_trained
 
+from . import conftest
 from .conftest import REPO, SMALL_RUN, run_cli
 
 PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
-# One epoch of 10 steps on 1,000 images: a real training in a couple of seconds.
-TINY = ("model.hidden=[16]", "data.validation_size=59000", "train.batch_size=100",
-        "train.epochs=1")
+TINY = (*conftest.TINY, "train.epochs=1")
 
 
 def train(workdir, *options: str, overrides=TINY):
@@ -207,7 +206,7 @@ def test_the_end_of_training_names_the_best_epoch_beside_the_last(tmp_path):
         f"({100 * records[-1]['val_accuracy']:.2f}%)")
 
 
-CONSTANT = (*TINY[:-1], "optimizer.schedule=constant")
+CONSTANT = (*conftest.TINY, "optimizer.schedule=constant")
 
 
 def test_a_finished_run_with_a_constant_schedule_continues_to_more_epochs_exactly(tmp_path):

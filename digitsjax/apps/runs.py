@@ -15,7 +15,7 @@ from typing import Any
 from digitsjax.apps.plots import plot_comparison
 from digitsjax.errors import CheckpointError
 from digitsjax.run.lock import holder_of
-from digitsjax.run.records import best_evaluated, last_evaluated, read_metrics
+from digitsjax.run.records import METRICS, best_evaluated, last_evaluated, read_metrics
 from digitsjax.run.workdir import MANIFEST, read_manifest
 
 
@@ -54,7 +54,7 @@ def summarize(workdir: Path) -> RunSummary:
     state = (f"running ({holder})" if holder else "finished" if done >= total
              else "interrupted")
     best, last = best_evaluated(records), last_evaluated(records)
-    newest = max(p.stat().st_mtime for p in (workdir / MANIFEST, workdir / "metrics.jsonl")
+    newest = max(p.stat().st_mtime for p in (workdir / MANIFEST, workdir / METRICS)
                  if p.exists())
     return RunSummary(
         workdir=workdir, state=state, epochs=f"{done}/{total}",

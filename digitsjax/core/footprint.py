@@ -10,12 +10,11 @@ once). It is an estimate, not XLA's exact plan; it errs a little high.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from digitsjax.core import optim
 from digitsjax.core.config import Pipeline
 from digitsjax.core.data import NUM_PIXELS, SPLIT_SIZES
-from digitsjax.core.model import layer_sizes, parameter_count
+from digitsjax.core.model import init_params, layer_sizes, parameter_count
 
 FLOAT32 = 4
 
@@ -49,12 +48,9 @@ def peak_bytes(parts: dict[str, int]) -> int:
 
 
 def _optimizer_state_bytes(pipeline: Pipeline) -> int:
-    """One model's optimizer slots, by tracing the optimizer's init on shapes alone."""
-    shapes = [{"w": jax.ShapeDtypeStruct((fan_in, fan_out), jnp.float32),
-               "b": jax.ShapeDtypeStruct((fan_out,), jnp.float32)}
-              for fan_in, fan_out in zip(layer_sizes(pipeline.model)[:-1],
-                                         layer_sizes(pipeline.model)[1:], strict=True)]
+    """One model's optimizer slots, from tracing its init on shapes alone (nothing allocated)."""
     optimizer = optim.make_optimizer(pipeline.optimizer, pipeline.total_steps,
-                               pipeline.steps_per_epoch)
-    state = jax.eval_shape(optimizer.init, shapes)
+                                     pipeline.steps_per_epoch)
+    state = jax.eval_shape(lambda key: optimizer.init(init_params(key, pipeline.model)),
+                           jax.random.PRNGKey(0))
     return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))

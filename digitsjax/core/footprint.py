@@ -51,6 +51,7 @@ def _optimizer_state_bytes(pipeline: Pipeline) -> int:
     """One model's optimizer slots, from tracing its init on shapes alone (nothing allocated)."""
     optimizer = optim.make_optimizer(pipeline.optimizer, pipeline.total_steps,
                                      pipeline.steps_per_epoch)
-    state = jax.eval_shape(lambda key: optimizer.init(init_params(key, pipeline.model)),
-                           jax.random.PRNGKey(0))
+    # The key is made inside the trace too: nothing runs, so nothing compiles before the run.
+    state = jax.eval_shape(
+        lambda: optimizer.init(init_params(jax.random.PRNGKey(0), pipeline.model)))
     return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))

@@ -36,9 +36,11 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = exit_code(signal.SIGINT)
 EXIT_BROKEN_PIPE = exit_code(signal.SIGPIPE)
 RESUMABLE = ("train", "sweep")
+"""Commands that a second run continues where a signal stopped them."""
 EXPORT_FORMATS = ("onnx", "stablehlo", "npz")
 """`digitsjax export --format`: the keys of apps.export.FORMATS (not imported: it loads JAX)."""
-"""Commands that a second run continues where a signal stopped them."""
+PREVIEW_COUNT, MAX_PREVIEW_COUNT = 30, 200
+"""`digitsjax augment-preview --count`: its default (apps.plots.AUGMENT_COUNT) and limit."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -54,6 +56,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--version", action="version", version=f"digitsjax {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_training_commands(commands)
+    _add_augment_preview_command(commands)
     _add_trained_network_commands(commands)
     _add_serve_command(commands)
     return parser
@@ -112,6 +115,31 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     verify.add_argument("workdir", type=Path)
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     _add_mnist_dir(verify)
+
+
+def _add_augment_preview_command(commands: argparse._SubParsersAction) -> None:
+    preview = commands.add_parser(
+        "augment-preview", help="draw step 0's batch before and after the pipeline's [augment] "
+        "distortions, without training")
+    preview.add_argument("pipeline", type=Path, help="a pipelines/*.toml file, or a workdir "
+                         "(its recorded pipeline)")
+    preview.add_argument("--set", dest="overrides", action="append", default=[],
+                         metavar="KEY=VALUE",
+                         help="override a pipeline key, e.g. augment.elastic_alpha=34")
+    preview.add_argument("--out", type=Path, metavar="FILE.png", help="the picture to write "
+                         "(default: <pipeline name>-augment.png here); never overwritten")
+    preview.add_argument("--count", type=_preview_count, default=PREVIEW_COUNT, metavar="N",
+                         help="digits shown, at most one batch (default: %(default)s)")
+    _add_mnist_dir(preview)
+    preview.set_defaults(workdir=None)  # read by _pipeline_and_workdir; nothing is written there
+
+
+def _preview_count(text: str) -> int:
+    count = int(_positive(int)(text))
+    if count > MAX_PREVIEW_COUNT:
+        raise argparse.ArgumentTypeError(f"{count} digits are too many to draw (at most "
+                                         f"{MAX_PREVIEW_COUNT})")
+    return count
 
 
 def _add_trained_network_commands(commands: argparse._SubParsersAction) -> None:
@@ -241,6 +269,44 @@ def _pipeline_and_workdir(args: argparse.Namespace) -> tuple[Pipeline, Path]:
                 args.workdir or args.pipeline)
     pipeline = load_pipeline(args.pipeline, args.overrides)
     return pipeline, args.workdir or DEFAULT_WORKDIR_ROOT / pipeline.name
+
+
+def cmd_augment_preview(args: argparse.Namespace) -> int:
+    """Step 0's batch as loaded and as training distorts it: no training, no workdir."""
+    pipeline, _ = _pipeline_and_workdir(args)  # a mistake shows before JAX loads
+    out = args.out or Path(f"{pipeline.name.replace('/', '-')}-augment.png")
+    _check_new_png(out)
+
+    from digitsjax.apps.plots import augmentation_sample, augmentation_title, plot_augmentation
+    from digitsjax.core import augment
+    from digitsjax.core.data import load_mnist
+    from digitsjax.run.backend import start_backend
+
+    start_backend(pipeline.train.deterministic)
+    data = load_mnist(pipeline.data, args.mnist_dir)
+    before, after = augmentation_sample(pipeline, data.train_images, args.count)
+    try:
+        plot_augmentation(before, after, out, augmentation_title(pipeline, len(before)))
+    except OSError as e:
+        raise UserError(f"cannot write {out} ({e.strerror})", "choose another --out") from None
+    if not augment.active(pipeline.augment):
+        print(f"digitsjax: [augment] is off in {args.pipeline} (every strength is 0): the "
+              "lower rows repeat the upper ones; turn it on with e.g. "
+              "--set augment.rotation=15 --set augment.elastic_alpha=34", file=sys.stderr)
+    print(out)
+    return 0
+
+
+def _check_new_png(out: Path) -> None:
+    """Refuse an output path that is not a .png, already exists, or lies in no folder."""
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out} does not end in .png", "the picture is a PNG: give a "
+                        "path such as preview.png")
+    if out.exists() or out.is_symlink():
+        raise UserError(f"{out} already exists", "choose another --out, or delete it first")
+    if not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: there is no folder {out.parent}",
+                        "create it, or choose another --out")
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -423,7 +489,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "verify": cmd_verify,
             "predict": cmd_predict, "plots": cmd_plots, "sweep": cmd_sweep, "serve": cmd_serve,
-            "export": cmd_export, "runs": cmd_runs, "compare": cmd_compare}
+            "export": cmd_export, "runs": cmd_runs, "compare": cmd_compare,
+            "augment-preview": cmd_augment_preview}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,7 @@ def test_layer_shapes_follow_the_config():
 @pytest.mark.parametrize("init, expected_std", [
     ("he", np.sqrt(2 / 784)), ("small_normal", 0.01), ("standard_normal", 1.0),
     ("glorot", np.sqrt(6 / (784 + 300)) / np.sqrt(3)), ("scaled_normal", 1 / np.sqrt(784)),
+    ("small_uniform", 0.05 / np.sqrt(3)),
 ])
 def test_initialisations_have_their_textbook_scale(init, expected_std):
     w = init_params(jax.random.PRNGKey(0), ModelConfig(hidden=(300,), init=init))[0]["w"]

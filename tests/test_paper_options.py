@@ -72,3 +72,20 @@ def test_bad_values_are_one_line_naming_the_key(override, message):
     with pytest.raises(ConfigError) as error:
         load_pipeline(PIPELINE, [override])
     assert str(error.value) == f"{PIPELINE}: {message}"
+
+
+def test_input_dropout_drops_pixels_at_its_rate_while_training_and_never_in_evaluation():
+    from digitsjax.core.config import ModelConfig
+    from digitsjax.core.model import forward
+
+    config = ModelConfig(hidden=(784,), input_dropout=0.5)
+    # the hidden layer copies the input and the output averages it: output = kept / (1 - rate)
+    params = [{"w": jnp.eye(784), "b": jnp.zeros(784)},
+              {"w": jnp.full((784, 10), 1 / 784), "b": jnp.zeros(10)}]
+    ones = jnp.ones(784)
+    kept = [float(forward(params, ones, config, jax.random.PRNGKey(s))[0]) * 0.5
+            for s in range(3)]
+    assert all(0.44 < k < 0.56 for k in kept) and len(set(kept)) == 3
+    assert float(forward(params, ones, config)[0]) == pytest.approx(1.0, rel=1e-4)
+    with pytest.raises(ConfigError, match=r"model\.input_dropout"):
+        load_pipeline(PIPELINE, ["model.input_dropout=1.0"])

@@ -33,6 +33,8 @@ from .conftest import REPO
 # Adam divides by sqrt(v), so rounding differences grow over an epoch: measured up to 5e-6 on
 # parameters of magnitude ~0.1 for vmapped models, hence a few times that as the tolerance.
 RTOL, ATOL = 1e-5, 2e-5
+AUGMENT = ("augment.rotation=10", "augment.scale=0.1", "augment.elastic_alpha=30",
+           "augment.elastic_sigma=5")
 
 
 def mnist_mlp(*overrides: str) -> Pipeline:
@@ -64,7 +66,8 @@ def assert_params_close(actual, expected) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [(), ("model.dropout=0.2",)], ids=["plain", "dropout"])
+@pytest.mark.parametrize("overrides", [(), ("model.dropout=0.2",), AUGMENT],
+                         ids=["plain", "dropout", "augment"])
 def test_a_scanned_epoch_trains_what_a_step_by_step_loop_trains(mnist, overrides):
     pipeline = mnist_mlp(*overrides)
     x, y = mnist.train_images, mnist.train_labels

@@ -6,10 +6,13 @@ pyplot: no display is needed, and no global figure state leaks between calls or 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
@@ -17,7 +20,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from digitsjax.apps.evaluate import confusion_matrix, predict_classes
+from digitsjax.core import augment
+from digitsjax.core.config import AugmentConfig, Pipeline
 from digitsjax.core.data import MNIST, NUM_CLASSES
+from digitsjax.core.train import epoch_permutation
+from digitsjax.files import write_atomic
 from digitsjax.run.records import EpochRecord, read_metrics
 from digitsjax.run.trained import Trained
 
@@ -27,6 +34,8 @@ GRID_ROWS = 6
 CELL_MARGIN, CELL_TITLE = 3, 10  # pixels of the mosaic around each digit and above it
 CORRECT, MISTAKE = "#1a7f37", "#cf222e"
 SPLIT_COLORS = {"train": "#0969da", "val": "#bf8700", "test": "#cf222e"}
+AUGMENT_COUNT = 30  # three pairs of rows: 950 x 710 pixels, as the other digit grids
+ORIGINAL, DISTORTED = "black", "#0969da"
 
 
 def write_plots(workdir: Path, trained: Trained, data: MNIST) -> list[Path]:
@@ -49,6 +58,10 @@ def write_plots(workdir: Path, trained: Trained, data: MNIST) -> list[Path]:
     records = read_metrics(workdir)
     if records:
         paths.append(plot_curves(records, out / "curves.png", title=trained.pipeline.name))
+    if augment.active(trained.pipeline.augment):
+        before, after = augmentation_sample(trained.pipeline, data.train_images)
+        paths.append(plot_augmentation(before, after, out / "augmentation.png",
+                                       augmentation_title(trained.pipeline, len(before))))
     return paths
 
 
@@ -58,9 +71,18 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def _digit_grid(images: np.ndarray, titles: Sequence[str], colors: Sequence[str],
-                title: str, framed: Sequence[bool] | None = None) -> Figure:
-    """Digits in rows of ten, each with a coloured title; `framed` ones get a red frame.
+def _save_atomic(figure: Figure, path: Path) -> Path:
+    """`_save` for a path a user chose: a PNG written whole or not at all."""
+    FigureCanvasAgg(figure)
+    write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=100))
+    return path
+
+
+def _digit_grid(images: Sequence[np.ndarray | None], titles: Sequence[str],
+                colors: Sequence[str], title: str,
+                framed: Sequence[bool] | None = None) -> Figure:
+    """Digits in rows of ten, each with a coloured title; `framed` ones get a red frame; a
+    None leaves its cell empty.
 
     One mosaic image in one axes: a hundred small axes would take seconds to draw.
     """
@@ -72,6 +94,8 @@ def _digit_grid(images: np.ndarray, titles: Sequence[str], colors: Sequence[str]
     ax = figure.subplots()
     ax.set_axis_off()
     for i, image in enumerate(images):
+        if image is None:
+            continue
         top = (i // GRID_COLUMNS) * (cell + CELL_TITLE) + CELL_TITLE + CELL_MARGIN
         left = (i % GRID_COLUMNS) * cell + CELL_MARGIN
         mosaic[top:top + 28, left:left + 28] = image.reshape(28, 28)
@@ -116,6 +140,57 @@ def plot_mistakes(images: np.ndarray, labels: np.ndarray, predictions: np.ndarra
                          f"The first {len(shown)} of {len(wrong)} misclassified test images "
                          "(true → predicted)")
     return _save(figure, path)
+
+
+def augmentation_sample(pipeline: Pipeline, train_images: np.ndarray,
+                        count: int = AUGMENT_COUNT) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` images of training's first batch (at most a batch): as loaded, and as
+    step 0 trains on them, each (count, 784).
+
+    Drawn with training's own keys: the batch is epoch 0's order of the root key
+    `PRNGKey(seed)` (model 0's, for K models), its distortions `augment.distort_step` at step
+    0, on the whole batch, as `core.train.train_step` does. `train_images` is the training
+    split of `load_mnist(pipeline.data)`. With [augment] off, training leaves the images as
+    they are, and so does this.
+    """
+    key, step = jax.random.PRNGKey(pipeline.seed), jnp.int32(0)
+    order = epoch_permutation(key, step, train_images.shape[0])
+    batch = jnp.asarray(train_images)[order[:pipeline.train.batch_size]]
+    after = batch
+    if augment.active(pipeline.augment):
+        after = jax.jit(augment.distort_step, static_argnums=3)(batch, key, step,
+                                                               pipeline.augment)
+    return np.asarray(batch[:count]), np.asarray(after[:count])
+
+
+def augmentation_title(pipeline: Pipeline, count: int) -> str:
+    """Which digits an augmentation grid shows, and the [augment] settings that drew it."""
+    model = f" of model 0 (of {pipeline.train.num_models})" if pipeline.train.num_models > 1 \
+        else ""
+    return (f"{pipeline.name}: the first {count} images of step 0's batch{model}, as loaded "
+            f"(upper rows) and as trained on (lower rows)\n[augment] "
+            f"{augment_settings(pipeline.augment)}")
+
+
+def augment_settings(config: AugmentConfig) -> str:
+    """`rotation = 15, elastic_alpha = 34, elastic_sigma = 4`: the strengths in use, or off."""
+    used = [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)
+            if getattr(config, f.name) and (f.name != "elastic_sigma" or config.elastic_alpha)]
+    return ", ".join(f"{name} = {value:g}" for name, value in used) or "off: every strength is 0"
+
+
+def plot_augmentation(before: np.ndarray, after: np.ndarray, path: Path, title: str) -> Path:
+    """Pairs of rows: ten digits as loaded, the same ten distorted below them."""
+    cells: list[np.ndarray | None] = []
+    titles: list[str] = []
+    for start in range(0, len(before), GRID_COLUMNS):
+        for images, label in ((before, "original"), (after, "distorted")):
+            chunk = list(images[start:start + GRID_COLUMNS])
+            blank = GRID_COLUMNS - len(chunk)
+            cells += chunk + [None] * blank
+            titles += [label] * len(chunk) + [""] * blank
+    colors = [ORIGINAL if label == "original" else DISTORTED for label in titles]
+    return _save_atomic(_digit_grid(cells, titles, colors, title), path)
 
 
 def plot_curves(records: list[EpochRecord], path: Path, title: str) -> Path:

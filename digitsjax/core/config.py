@@ -67,9 +67,30 @@ class ModelConfig:
     """A key of `model.INITIALIZERS`."""
     dropout: float = 0.0
     """Dropout on hidden activations while training; the only per-step randomness."""
+    input_dropout: float = 0.0
+    """Probability of dropping each input pixel while training (Srivastava et al. 2014: 0.2)."""
     max_norm: float = 0.0
     """After each update, scale down any unit's incoming weights longer than this (L2 norm),
     as Srivastava et al. (2014) pair with dropout; 0 = off."""
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """`[augment]`: distortions of each training image, drawn afresh at every step (see
+    core/augment.py). All strengths 0, the default, trains on the images as they are."""
+
+    rotation: float = 0.0
+    """Degrees: each image is turned by an angle uniform in [-rotation, rotation]."""
+    shear: float = 0.0
+    """Degrees, the same way (a horizontal shear)."""
+    scale: float = 0.0
+    """Each axis is scaled by a factor uniform in [1 - scale, 1 + scale]."""
+    translation: float = 0.0
+    """Pixels: each axis is shifted by up to this much."""
+    elastic_alpha: float = 0.0
+    """Simard et al. (2003)'s elastic distortion: the strength of the displacement field."""
+    elastic_sigma: float = 4.0
+    """Pixels: the standard deviation of the Gaussian that smooths the displacement field."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +113,7 @@ class OptimizerConfig:
     decay_per_epoch: float = 1.0
     """For epoch_decay: the learning rate is multiplied by this after every epoch ..."""
     min_learning_rate: float = 0.0
-    """... down to this floor (Ciresan et al. 2010: 0.95 per epoch, down to 1e-6)."""
+    """... down to this floor (Ciresan et al. 2010 decay from 1e-3 towards 1e-6)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +153,7 @@ class Pipeline:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -351,8 +373,22 @@ def _check_model(p: Pipeline, source: str) -> None:
     _check_choice(m.activation, ACTIVATIONS, "model.activation", source)
     _check_choice(m.output_activation, OUTPUT_ACTIVATIONS, "model.output_activation", source)
     _check_choice(m.init, INITIALIZERS, "model.init", source)
-    _check(0.0 <= m.dropout < 1.0, source, f"'model.dropout' must be in [0, 1), got {m.dropout}")
+    for key, rate in (("dropout", m.dropout), ("input_dropout", m.input_dropout)):
+        _check(0.0 <= rate < 1.0, source, f"'model.{key}' must be in [0, 1), got {rate}")
     _check(m.max_norm >= 0, source, f"'model.max_norm' must be >= 0 (0 = off), got {m.max_norm}")
+
+
+def _check_augment(p: Pipeline, source: str) -> None:
+    a = p.augment
+    for key, value, top in (("rotation", a.rotation, 180.0), ("shear", a.shear, 60.0),
+                            ("translation", a.translation, 28.0)):
+        _check(0.0 <= value <= top, source,
+               f"'augment.{key}' must be between 0 and {top:g}, got {value:g}")
+    _check(0.0 <= a.scale < 1.0, source, f"'augment.scale' must be in [0, 1), got {a.scale:g}")
+    _check(a.elastic_alpha >= 0, source,
+           f"'augment.elastic_alpha' must be >= 0 (0 = off), got {a.elastic_alpha:g}")
+    _check(0.0 < a.elastic_sigma <= 28.0, source,
+           f"'augment.elastic_sigma' must be in (0, 28] pixels, got {a.elastic_sigma:g}")
 
 
 def _check_optimizer(p: Pipeline, source: str) -> None:
@@ -445,5 +481,5 @@ def _check_seed(p: Pipeline, source: str) -> None:
 
 
 # In this order: the seed's range depends on train.num_models, checked before it.
-_SECTION_CHECKS = (_check_data, _check_model, _check_optimizer, _check_train, _check_checkpoint,
-                   _check_seed)
+_SECTION_CHECKS = (_check_data, _check_model, _check_augment, _check_optimizer, _check_train,
+                   _check_checkpoint, _check_seed)

@@ -38,7 +38,8 @@ CACHE_NAME = "digitsjax-arrays.npz"
 _DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 _SPLITS = ("train", "test")
 
-NUM_PIXELS = 28 * 28
+IMAGE_SIDE = 28
+NUM_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 NUM_CLASSES = 10
 SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 """MNIST's registered split sizes (tfds mnist 3.0.1); loaded arrays are checked against them."""

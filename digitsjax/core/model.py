@@ -49,6 +49,13 @@ def _glorot(w_key: jax.Array, b_key: jax.Array, fan_in: int, fan_out: int):
     return w, jnp.zeros((fan_out,))
 
 
+def _uniform(limit: float) -> Initializer:
+    def init(w_key: jax.Array, b_key: jax.Array, fan_in: int, fan_out: int):
+        w = jax.random.uniform(w_key, (fan_in, fan_out), minval=-limit, maxval=limit)
+        return w, jnp.zeros((fan_out,))
+    return init
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
     "sigmoid": jax.nn.sigmoid,
@@ -67,6 +74,8 @@ INITIALIZERS: dict[str, Initializer] = {
     "glorot": _glorot,
     # N(0, 1) * 0.01, the from-scratch NumPy network's seed
     "small_normal": _normal(lambda w, _: w * 0.01),
+    # U(+-0.05) weights, zero biases: Ciresan et al. (2010)'s deep MLPs
+    "small_uniform": _uniform(0.05),
     # N(0, 1) weights and biases, Nielsen's network.py (chapter 1)
     "standard_normal": _normal(lambda w, _: w, normal_bias=True),
     # N(0, 1/fan_in) weights: Nielsen's chapter 3 remedy for saturated sigmoids in wide layers
@@ -144,19 +153,28 @@ def forward(params: Params, image: jax.Array, config: ModelConfig,
             precision: str = DEFAULT_PRECISION) -> jax.Array:
     """One image (784,) -> one output (10,): logits, or sigmoid activations for Nielsen's net.
 
-    With `dropout_key`, hidden activations are dropped (inverted dropout) at `config.dropout`.
-    `precision` is the pipeline's `train.matmul_precision`.
+    With `dropout_key`, hidden activations are dropped (inverted dropout) at `config.dropout`,
+    and input pixels at `config.input_dropout`. `precision` is the pipeline's
+    `train.matmul_precision`.
     """
     act = ACTIVATIONS[config.activation]
     x = image
+    if dropout_key is not None:  # the input's mask draws from a stream no hidden layer uses
+        x = _dropped(x, config.input_dropout, jax.random.fold_in(dropout_key, len(params)))
     for i, layer in enumerate(params[:-1]):
         x = act(dense(x, layer, precision))
-        if dropout_key is not None and config.dropout > 0:
-            keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, i), 1 - config.dropout,
-                                        x.shape)
-            x = jnp.where(keep, x / (1 - config.dropout), 0.0)
+        if dropout_key is not None:
+            x = _dropped(x, config.dropout, jax.random.fold_in(dropout_key, i))
     out = params[-1]
     return OUTPUT_ACTIVATIONS[config.output_activation](dense(x, out, precision))
+
+
+def _dropped(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Inverted dropout: each unit zeroed with probability `rate`, the rest scaled up."""
+    if rate == 0:
+        return x
+    keep = jax.random.bernoulli(key, 1 - rate, x.shape)
+    return jnp.where(keep, x / (1 - rate), 0.0)
 
 
 def batched_forward(params: Params, images: jax.Array, config: ModelConfig, *,

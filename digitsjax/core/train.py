@@ -1,9 +1,10 @@
 """Training: a pure train state, one compiled program per chunk of steps, and the epoch loop.
 
 The train state is a plain dict `{"params", "opt_state", "step", "key"}`. Everything random is
-derived from the root key with `fold_in`: epoch e's data order from (key, DATA, e) and step s's
-dropout from (key, DROPOUT, s). So the position in the data *is* the step, and a run is a pure
-function of its pipeline: resuming at step s replays exactly what an uninterrupted run does.
+derived from the root key with `fold_in`: epoch e's data order from (key, DATA, e), step s's
+dropout from (key, DROPOUT, s) and its distortions from (key, AUGMENT, s, example). So the
+position in the data *is* the step, and a run is a pure function of its pipeline: resuming at
+step s replays exactly what an uninterrupted run does.
 
 A chunk of steps (an epoch, or up to the next checkpoint) is one `jax.lax.scan` over device-
 resident data: the epoch's permutation is computed on the device, batches are gathered there,
@@ -27,14 +28,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from digitsjax.core import optim, sharding
+from digitsjax.core import augment, optim, sharding
 from digitsjax.core.config import Pipeline
 from digitsjax.core.losses import mean_loss
 from digitsjax.core.model import apply, ensemble_probabilities, forward, init_params, max_norm
 
 TrainState = dict[str, Any]
 
-# Independent random streams folded out of the root key.
+# Independent random streams folded out of the root key (augment.AUGMENT_STREAM is 3).
 INIT_STREAM, DATA_STREAM, DROPOUT_STREAM = 0, 1, 2
 
 # Where the model axis of a K-model train state is: all K models share (and advance) one step.
@@ -108,9 +109,11 @@ def _permutation_by_packed_sorts(key: jax.Array, n: int) -> jax.Array:
 
 def train_step(pipeline: Pipeline, optimizer: optax.GradientTransformation, state: TrainState,
                images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update on a batch: images (B, 784), labels (B,)."""
+    """One update on a batch: images (B, 784), labels (B,), distorted here if [augment] is on."""
     model, loss_name = pipeline.model, pipeline.train.loss
-    if model.dropout > 0:
+    if augment.active(pipeline.augment):
+        images = augment.distort_step(images, state["key"], state["step"], pipeline.augment)
+    if model.dropout > 0 or model.input_dropout > 0:
         step_key = jax.random.fold_in(jax.random.fold_in(state["key"], DROPOUT_STREAM),
                                       state["step"])
         keys, key_axis = jax.random.split(step_key, images.shape[0]), 0

@@ -98,6 +98,11 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
                        metavar="KEY=VALUE", help="override a key of every variant")
     sweep.add_argument("--restart", action="store_true",
                        help="discard the variants' checkpoints and start over")
+    sweep.add_argument("--max-models-per-program", type=_positive(int), metavar="N",
+                       help="train at most N points in one program (default: as many as "
+                       "the device's memory holds)")
+    sweep.add_argument("--separate", action="store_true",
+                       help="train every point as its own run, one after another")
     _add_mnist_dir(sweep)
 
     runs = commands.add_parser("runs", help="one line per run under a folder: state, epochs, "
@@ -160,7 +165,7 @@ def _add_trained_network_commands(commands: argparse._SubParsersAction) -> None:
     plots = commands.add_parser("plots", help="write PNG plots into DIR/plots/ (a workdir "
                                 "or a sweep)")
     plots.add_argument("workdir", type=Path, metavar="DIR")
-    _add_checkpoint(plots)
+    _add_checkpoint(plots, point=False)
     _add_mnist_dir(plots)
 
     export = commands.add_parser("export", help="write the network as ONNX, StableHLO or "
@@ -215,8 +220,27 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
     return parse
 
 
-def _add_checkpoint(parser: argparse.ArgumentParser) -> None:
+def _add_checkpoint(parser: argparse.ArgumentParser, point: bool = True) -> None:
     parser.add_argument("--checkpoint", default="latest", help="latest, best or a step")
+    if point:
+        parser.add_argument("--point", type=_non_negative_int, metavar="N",
+                            help="in a sweep folder: its point N (row N of sweep.csv, from 0)")
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text) if text.strip().lstrip("-").isdigit() else None
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a point number (0, 1, 2, ...)")
+    return value
+
+
+def _resolve_point(args: argparse.Namespace) -> None:
+    """`SWEEPDIR --point N`: the workdir holding point N, and its model there."""
+    args.model = None
+    if getattr(args, "point", None) is not None:
+        from digitsjax.apps.sweep import locate_point
+
+        args.workdir, args.model = locate_point(args.workdir, args.point)
 
 
 def _add_mnist_dir(parser: argparse.ArgumentParser) -> None:
@@ -333,7 +357,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from digitsjax.run.trained import load_trained
 
     _start_backend_for(args.workdir)
-    trained = load_trained(args.workdir, args.checkpoint)
+    trained = load_trained(args.workdir, args.checkpoint, args.model)
     result = evaluate_trained(trained, _load_data(trained, args.mnist_dir))
     if args.json:
         print(json.dumps(result))
@@ -380,7 +404,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     def load() -> Predictor:
         _start_backend_for(args.workdir)
-        return Predictor.from_workdir(args.workdir, args.checkpoint)
+        return Predictor.from_workdir(args.workdir, args.checkpoint, args.model)
 
     predictor, answers = predict_files(args.images, load)
     for answer in answers:
@@ -402,13 +426,13 @@ def cmd_plots(args: argparse.Namespace) -> int:
     from digitsjax.apps import sweep
 
     if sweep.is_sweep(args.workdir):
-        paths = sweep.write_summary(args.workdir)
+        paths = sweep.write_summary(args.workdir, plots=True)
     else:
         from digitsjax.apps.plots import write_plots
         from digitsjax.run.trained import load_trained
 
         _start_backend_for(args.workdir)
-        trained = load_trained(args.workdir, args.checkpoint)
+        trained = load_trained(args.workdir, args.checkpoint, args.model)
         paths = write_plots(args.workdir, trained, _load_data(trained, args.mnist_dir))
     for path in paths:
         print(path)
@@ -420,9 +444,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from digitsjax.run.trained import load_trained
 
     _start_backend_for(args.workdir)
-    trained = load_trained(args.workdir, args.checkpoint)
+    trained = load_trained(args.workdir, args.checkpoint, args.model)
+    name = "model" if args.point is None else f"point-{args.point}"
     done = export_trained(trained, args.format,
-                          args.output or default_output(args.workdir, args.format))
+                          args.output or default_output(args.workdir, args.format, name))
     print(done.path)
     print(done.sidecar)
     size = (f"{done.size / 1e6:.1f} MB" if done.size >= 1e6 else f"{done.size / 1e3:.1f} kB")
@@ -446,11 +471,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     start_backend(base.train.deterministic)
     sweep_dir = args.workdir or DEFAULT_WORKDIR_ROOT / base.name
     paths = run_sweep(base, grid, sweep_dir, mnist_dir=args.mnist_dir, restart=args.restart,
-                      progress=sys.stderr.isatty())
+                      progress=sys.stderr.isatty(), separate=args.separate,
+                      max_models=_models_per_program(args.max_models_per_program))
     print((sweep_dir / SUMMARY_MARKDOWN).read_text(), end="")
     for path in paths:
         print(path)
     return 0
+
+
+def _models_per_program(flag: int | None) -> Callable[[Pipeline, int], int]:
+    """The sweep's cap on models per program: the flag's, or what memory holds (said aloud)."""
+    from digitsjax.core import sharding
+    from digitsjax.run.resources import max_models_that_fit
+
+    def cap(pipeline: Pipeline, wanted: int) -> int:
+        if flag is not None:
+            return min(flag, wanted)
+        fit = max_models_that_fit(pipeline, sharding.data_mesh(), wanted)
+        if fit < wanted:
+            print(f"sweep: {wanted} points share a program; memory holds {fit} at a time "
+                  "(--max-models-per-program sets it)")
+        return fit
+    return cap
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -460,7 +502,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels,
                     timeout_seconds=args.timeout)
     _start_backend_for(args.workdir)
-    server = make_server(Predictor.from_workdir(args.workdir, args.checkpoint),
+    server = make_server(Predictor.from_workdir(args.workdir, args.checkpoint, args.model),
                          args.host, args.port, limits)
     serve_forever(server, echo=lambda line: print(line, flush=True))
     return 0
@@ -618,6 +660,7 @@ def _run(argv: list[str] | None) -> int:
         process.hide_library_tracebacks()
     enable_compilation_cache()  # a second run of a pipeline skips compilation
     try:
+        _resolve_point(args)
         return COMMANDS[args.command](args)
     except Preempted as e:
         hint = "; run the same command again to continue" if args.command in RESUMABLE else ""

@@ -102,6 +102,9 @@ def test_sweep_trains_each_variant_into_its_own_workdir_and_summarises(tmp_path)
     assert markdown in result.stdout
     assert markdown.splitlines()[0].startswith("| model.hidden | parameters |")
     assert f"{100 * float(rows[1]['test_accuracy']):.2f}%" in markdown.splitlines()[3]
+    assert not (tmp_path / "plots").exists()  # charts on demand: `digitsjax plots SWEEPDIR`
+    assert write_summary(tmp_path, plots=True)[-2:] == [tmp_path / "plots" / "sweep.png",
+                                                         tmp_path / "plots" / "sweep-curves.png"]
     with Image.open(tmp_path / "plots" / "sweep.png") as chart:
         assert chart.format == "PNG" and chart.size[0] >= 600
 

@@ -80,8 +80,8 @@ class Exported:
     check: dict[str, Any]
 
 
-def default_output(workdir: str | Path, format_name: str) -> Path:
-    return Path(workdir) / EXPORT_DIR / f"model.{format_name}"
+def default_output(workdir: str | Path, format_name: str, name: str = "model") -> Path:
+    return Path(workdir) / EXPORT_DIR / f"{name}.{format_name}"
 
 
 def sidecar_path(output: Path) -> Path:

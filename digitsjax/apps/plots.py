@@ -237,7 +237,8 @@ def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> Path:
 
 def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Train, validation and test accuracy of each sweep variant, in the grid's order."""
-    figure = Figure(figsize=(max(6.0, 1.3 * len(rows) + 2), 4.5), layout="constrained")
+    figure = Figure(figsize=(min(24.0, max(6.0, 1.3 * len(rows) + 2)), 4.5),
+                    layout="constrained")
     ax = figure.subplots()
     positions = np.arange(len(rows))
     for split, color in SPLIT_COLORS.items():
@@ -254,6 +255,74 @@ def plot_sweep(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax.set(ylabel="accuracy after the last epoch (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(figure, path)
+
+
+def plot_sweep_key(rows: list[dict[str, Any]], key: str, path: Path, title: str) -> Path:
+    """Validation and test accuracy against one swept key's value: every point (seeds and the
+    other keys' values scatter) and the mean per value; a log axis for values spanning 10x."""
+    figure = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = figure.subplots()
+    values = sorted({row[key] for row in rows})
+    for split in ("val", "test"):
+        points = [(row[key], 100 * row[f"{split}_accuracy"]) for row in rows
+                  if row.get(f"{split}_accuracy") is not None]
+        if not points:
+            continue
+        ax.scatter(*zip(*points, strict=True), s=12, alpha=0.4, color=SPLIT_COLORS[split])
+        means = [np.mean([a for v, a in points if v == value]) for value in values
+                 if any(v == value for v, _ in points)]
+        ax.plot([v for v in values if any(p == v for p, _ in points)], means, "o-",
+                color=SPLIT_COLORS[split], label=f"{split} (mean)")
+    if min(values) > 0 and max(values) >= 10 * min(values):
+        ax.set_xscale("log")
+    ax.set(xlabel=key, ylabel="accuracy after the last epoch (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(figure, path)
+
+
+def plot_sweep_heatmap(rows: list[dict[str, Any]], keys: tuple[str, str], path: Path,
+                       title: str) -> Path:
+    """Mean validation accuracy over the grid of two swept keys (rows: the first)."""
+    ys, xs = (sorted({str(row[k]) for row in rows}, key=_numeric_first) for k in keys)
+    grid = np.full((len(ys), len(xs)), np.nan)
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
+            cell = [row["val_accuracy"] for row in rows if str(row[keys[0]]) == y
+                    and str(row[keys[1]]) == x and row.get("val_accuracy") is not None]
+            grid[i, j] = 100 * np.mean(cell) if cell else np.nan
+    figure = Figure(figsize=(1.0 * len(xs) + 3, 0.6 * len(ys) + 2), layout="constrained")
+    ax = figure.subplots()
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="white")
+    ax.set_xticks(range(len(xs)), xs, fontsize=8)
+    ax.set_yticks(range(len(ys)), ys, fontsize=8)
+    ax.set(xlabel=keys[1], ylabel=keys[0], title=title)
+    figure.colorbar(image, ax=ax, label="validation accuracy (%)")
+    return _save(figure, path)
+
+
+def _numeric_first(text: str) -> tuple[int, float, str]:
+    try:
+        return 0, float(text), text
+    except ValueError:
+        return 1, 0.0, text
+
+
+def plot_sweep_curves(curves: dict[str, list[tuple[int, float]]], path: Path,
+                      title: str) -> Path:
+    """Validation accuracy per epoch of the named points (the best of a sweep)."""
+    figure = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = figure.subplots()
+    for name, points in curves.items():
+        epochs, accuracies = zip(*points, strict=True) if points else ((), ())
+        ax.plot(epochs, [100 * a for a in accuracies], "o-", markersize=3, label=name)
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(figure, path)
 
 

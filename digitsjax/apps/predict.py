@@ -45,8 +45,9 @@ class Predictor:
         self._classify = make_classify(trained.pipeline)
 
     @classmethod
-    def from_workdir(cls, workdir: str | Path, which: str = "latest") -> Predictor:
-        return cls(load_trained(workdir, which))
+    def from_workdir(cls, workdir: str | Path, which: str = "latest",
+                     model: int | None = None) -> Predictor:
+        return cls(load_trained(workdir, which, model))
 
     def classify(self, digits: np.ndarray) -> list[Prediction]:
         """(N, 28, 28) MNIST-normalised images -> one `Prediction` each."""

@@ -1,15 +1,22 @@
-"""Sweeps: one pipeline trained once per point of a grid, each point into its own workdir.
+"""Sweeps: one pipeline trained at every point of a grid, the points of one program at once.
 
 The grid comes from `--grid KEY=[v1, v2, ...]` options (TOML values) and the pipeline's
 `[sweep]` table, each key from one of them; several keys make their cartesian product. A
-variant is the base pipeline with those keys set; `run.train_pipeline` trains (or resumes) it
-into `SWEEPDIR/<variant>`. The summary is read back from the variants' own workdirs, so
-re-running an interrupted sweep resumes the unfinished variants and rewrites the same table.
+variant is the base pipeline with those keys set.
+
+Variants that differ only in per-model keys (`core.hyper.PER_MODEL`: learning rate and the
+other numbers of the optimizer, dropout, max-norm, augmentation strengths, seed) share a
+program: they train together as the models of one vmapped run, `SWEEPDIR/program-<i>`, as many
+at a time as fit in memory. A variant alone in its program trains as a plain run into
+`SWEEPDIR/<variant>`. `sweep.json` records which workdir and model holds each variant; the
+summary is read back from the workdirs, so re-running an interrupted sweep resumes what is
+unfinished and rewrites the same table.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 from collections.abc import Callable, Iterable
@@ -17,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from digitsjax.apps.plots import PLOTS_DIR, plot_sweep
 from digitsjax.core.config import (
     SWEEP_TABLE,
     Pipeline,
@@ -27,19 +33,26 @@ from digitsjax.core.config import (
     read_pipeline_file,
     set_key,
 )
+from digitsjax.core.hyper import PerModel, per_model_of, program_key
 from digitsjax.core.model import parameter_count
 from digitsjax.errors import ConfigError, UserError
 from digitsjax.files import write_json_atomic, write_text_atomic
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.records import last_evaluated, read_metrics
-from digitsjax.run.workdir import MANIFEST, recorded_pipeline
+from digitsjax.run.workdir import MANIFEST, read_manifest, recorded_pipeline
 
 SWEEP_JSON = "sweep.json"
 SUMMARY_CSV = "sweep.csv"
 SUMMARY_MARKDOWN = "sweep.md"
+RESULTS_JSON = "sweep-results.json"
 CHART = "sweep.png"
 RESULT_COLUMNS = ("parameters", "epochs", "train_loss", "train_accuracy", "val_accuracy",
-                  "test_loss", "test_accuracy", "train_seconds")
+                  "test_loss", "test_accuracy", "train_seconds", "diverged_at", "params_sha256")
+PROGRAM_DIR = "program-{}"
+# A sweep program's per-model record fields, and the summary columns they fill.
+MODEL_FIELDS = {"train_loss": "model_train_losses", "train_accuracy": "model_train_accuracies",
+                "val_accuracy": "val_model_accuracies", "test_loss": "test_model_losses",
+                "test_accuracy": "test_model_accuracies", "diverged_at": "model_diverged_at"}
 
 Grid = dict[str, list[Any]]
 
@@ -47,9 +60,32 @@ Grid = dict[str, list[Any]]
 @dataclass(frozen=True)
 class Variant:
     name: str
-    """Its folder in the sweep directory, e.g. `hidden=128-64`."""
+    """Its name in the summary, e.g. `hidden=128-64` (and its folder, when trained alone)."""
     values: dict[str, Any]
     pipeline: Pipeline
+
+
+@dataclass(frozen=True)
+class Program:
+    """Variants trained together: the models of one vmapped run in `workdir`."""
+
+    workdir: str
+    variants: list[Variant]
+
+    @property
+    def per_model(self) -> PerModel | None:
+        return per_model_of([v.pipeline for v in self.variants]) if len(self.variants) > 1 \
+            else None
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The run that trains them: the first variant's pipeline with one model per variant."""
+        first = self.variants[0].pipeline
+        if len(self.variants) == 1:
+            return first
+        train = dataclasses.replace(first.train, num_models=len(self.variants))
+        return dataclasses.replace(first, train=train,
+                                   name=f"{first.name.split('/')[0]}/{self.workdir}")
 
 
 def parse_grid_option(text: str) -> tuple[str, list[Any]]:
@@ -141,24 +177,86 @@ def _label(value: Any) -> str:
     return str(value)
 
 
+def plan_programs(variants: list[Variant], max_models: Callable[[Pipeline, int], int],
+                  separate: bool = False) -> list[Program]:
+    """Group the variants by program, in grid order, each group cut into runs of at most
+    `max_models(pipeline, wanted)` models; `separate` trains every variant alone."""
+    groups: dict[str, list[Variant]] = {}
+    for variant in variants:
+        key = variant.name if separate else program_key(variant.pipeline)
+        groups.setdefault(key, []).append(variant)
+    programs: list[Program] = []
+    for members in groups.values():
+        size = max_models(members[0].pipeline, len(members)) if len(members) > 1 else 1
+        for start in range(0, len(members), size):
+            chunk = members[start:start + size]
+            workdir = chunk[0].name if len(chunk) == 1 else \
+                PROGRAM_DIR.format(sum(len(p.variants) > 1 for p in programs) + 1)
+            programs.append(Program(workdir, chunk))
+    return programs
+
+
 def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | None = None,
               restart: bool = False, progress: bool = False,
-              echo: Callable[[str], None] = print) -> list[Path]:
-    """Train every variant into `sweep_dir/<variant>`; write and return the summary files."""
+              echo: Callable[[str], None] = print,
+              max_models: Callable[[Pipeline, int], int] | None = None,
+              separate: bool = False) -> list[Path]:
+    """Train every variant, the variants of one program together; write and return the
+    summary files. `max_models(pipeline, wanted)` caps the models per program (default: all)."""
     variants = make_variants(base, grid)
+    programs = plan_programs(variants, max_models or (lambda _, wanted: wanted), separate)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(sweep_dir / SWEEP_JSON, {
         "pipeline": pipeline_to_dict(base), "grid": grid,
-        "variants": [{"name": v.name, "values": v.values} for v in variants]})
-    for i, variant in enumerate(variants, 1):
-        echo(f"sweep {i}/{len(variants)}: {variant.name}")
-        train_pipeline(variant.pipeline, sweep_dir / variant.name, mnist_dir=mnist_dir,
-                       restart=restart, progress=progress, echo=echo)
-    return write_summary(sweep_dir)
+        "variants": [_variant_entry(v, p) for p in programs for v in p.variants]})
+    echo(f"sweep: {len(variants)} points in {len(programs)} program(s)"
+         f"{'' if separate else ' (points that differ only in per-model keys train together)'}")
+    for i, program in enumerate(programs, 1):
+        names = ", ".join(v.name for v in program.variants)
+        echo(f"sweep program {i}/{len(programs)}: {program.workdir} ({names})")
+        train_pipeline(program.pipeline, sweep_dir / program.workdir, mnist_dir=mnist_dir,
+                       restart=restart, progress=progress, echo=echo,
+                       per_model=program.per_model)
+    paths = write_summary(sweep_dir)
+    best = best_point(summarize(sweep_dir)[1])
+    if best is not None:
+        echo(f"best point by validation accuracy: {best['variant']} "
+             f"({100 * best['val_accuracy']:.2f}%, test {100 * best['test_accuracy']:.2f}%)")
+    return paths
+
+
+def _variant_entry(variant: Variant, program: Program) -> dict[str, Any]:
+    """Where a variant's results live: its program's workdir and, in a program of several,
+    its model there."""
+    model = program.variants.index(variant) if len(program.variants) > 1 else None
+    return {"name": variant.name, "values": variant.values, "workdir": program.workdir,
+            "model": model}
+
+
+def best_point(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row with the best validation accuracy among those trained and not diverged."""
+    done = [r for r in rows if r["val_accuracy"] is not None and
+            (r["diverged_at"] is None or r["diverged_at"] < 0)]
+    return max(done, key=lambda r: r["val_accuracy"]) if done else None
 
 
 def is_sweep(directory: Path) -> bool:
     return (Path(directory) / SWEEP_JSON).is_file()
+
+
+def locate_point(sweep_dir: Path, point: int) -> tuple[Path, int | None]:
+    """Point N of a sweep (its row N in sweep.csv, from 0): the workdir that holds it, and its
+    model there (None when it trained alone)."""
+    if not is_sweep(sweep_dir):
+        raise UserError(f"{sweep_dir} is not a sweep folder (it has no {SWEEP_JSON}), so it "
+                        "has no points", "pass the folder `digitsjax sweep` wrote, or leave "
+                        "out --point for a plain workdir")
+    variants = summarize(sweep_dir)[0]["variants"]
+    if not 0 <= point < len(variants):
+        raise UserError(f"{sweep_dir} has {len(variants)} points, so there is no point {point}",
+                        f"choose one from 0 to {len(variants) - 1} (the rows of its sweep.csv)")
+    entry = variants[point]
+    return Path(sweep_dir) / entry.get("workdir", entry["name"]), entry.get("model")
 
 
 def summarize(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -170,22 +268,39 @@ def summarize(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                         "run `digitsjax sweep` into it") from None
     rows = []
     for variant in sweep["variants"]:
-        workdir = Path(sweep_dir) / variant["name"]
         row = {"variant": variant["name"], **variant["values"], **dict.fromkeys(RESULT_COLUMNS)}
-        if (workdir / MANIFEST).is_file():
-            row["parameters"] = parameter_count(recorded_pipeline(workdir).model)
-        records = read_metrics(workdir)
-        final = last_evaluated(records)
-        if final is not None:  # a variant not trained yet keeps its empty cells
-            row |= {key: final[key] for key in RESULT_COLUMNS if key in final}
-            row["epochs"] = final["epoch"]
-            row["train_seconds"] = sum(r["epoch_seconds"] for r in records)
-        rows.append(row)
+        # a sweep.json from before programs: every variant in its own workdir
+        workdir = Path(sweep_dir) / variant.get("workdir", variant["name"])
+        rows.append(row | _results(workdir, variant.get("model")))
     return sweep, rows
 
 
-def write_summary(sweep_dir: Path) -> list[Path]:
-    """sweep.csv, sweep.md and plots/sweep.png from the variants' results."""
+def _results(workdir: Path, model: int | None) -> dict[str, Any]:
+    """A variant's result columns, from its workdir (model `model` of a program's); none
+    for a variant not trained yet."""
+    if not (workdir / MANIFEST).is_file():
+        return {}
+    manifest = read_manifest(workdir)
+    row: dict[str, Any] = {"parameters": parameter_count(recorded_pipeline(workdir).model)}
+    records = read_metrics(workdir)
+    final = last_evaluated(records)
+    if final is None:
+        return row
+    row |= {"epochs": final["epoch"], "train_seconds": sum(r["epoch_seconds"] for r in records)}
+    result = manifest.get("result", {})
+    if model is None:
+        row |= {key: final[key] for key in RESULT_COLUMNS if key in final}
+        row["params_sha256"] = result.get("params_sha256")
+    else:
+        row |= {key: final[field][model] for key, field in MODEL_FIELDS.items()}
+        row["params_sha256"] = result.get("model_params_sha256", [None] * (model + 1))[model]
+    return row
+
+
+def write_summary(sweep_dir: Path, plots: bool = False) -> list[Path]:
+    """sweep.csv, sweep.md and sweep-results.json from the variants' results; with `plots`,
+    also the charts in plots/ (`digitsjax plots SWEEPDIR`: matplotlib takes seconds to load
+    and draw, which a sweep of small networks would spend again at every run)."""
     sweep, rows = summarize(sweep_dir)
     keys = list(sweep["grid"])
     columns = ["variant", *keys, *RESULT_COLUMNS]
@@ -196,11 +311,57 @@ def write_summary(sweep_dir: Path) -> list[Path]:
         writer.writerows({c: _csv_value(row[c]) for c in columns} for row in rows)
     markdown_path = Path(sweep_dir) / SUMMARY_MARKDOWN
     write_text_atomic(markdown_path, _markdown_table(rows, keys))
-    (Path(sweep_dir) / PLOTS_DIR).mkdir(exist_ok=True)
-    chart = plot_sweep([r for r in rows if r["parameters"] is not None],
-                       Path(sweep_dir) / PLOTS_DIR / CHART,
-                       title=f"{sweep['pipeline']['name']}: accuracy by {', '.join(keys)}")
-    return [csv_path, markdown_path, chart]
+    json_path = Path(sweep_dir) / RESULTS_JSON
+    write_json_atomic(json_path, {"grid": sweep["grid"], "points": rows,
+                                  "best": (best_point(rows) or {}).get("variant")})
+    charts = _write_plots(Path(sweep_dir), sweep, rows) if plots else []
+    return [csv_path, markdown_path, json_path, *charts]
+
+
+def _write_plots(sweep_dir: Path, sweep: dict[str, Any], rows: list[dict[str, Any]]) -> list[Path]:
+    """Accuracy by variant; against each numeric key (and a heat map of the first two); the
+    learning curves of the best points."""
+    from digitsjax.apps.plots import (
+        PLOTS_DIR,
+        plot_sweep,
+        plot_sweep_curves,
+        plot_sweep_heatmap,
+        plot_sweep_key,
+    )
+
+    plots, name = sweep_dir / PLOTS_DIR, sweep["pipeline"]["name"]
+    plots.mkdir(exist_ok=True)
+    trained = [r for r in rows if r["val_accuracy"] is not None and
+               (r["diverged_at"] is None or r["diverged_at"] < 0)]  # diverged: in the table
+    keys = list(sweep["grid"])
+    paths = [plot_sweep([r for r in rows if r["parameters"] is not None], plots / CHART,
+                        title=f"{name}: accuracy by {', '.join(keys)}")]
+    numeric = [k for k in keys if all(isinstance(v, int | float) and not isinstance(v, bool)
+                                      for v in sweep["grid"][k])]
+    if trained:
+        for key in numeric:
+            paths.append(plot_sweep_key(trained, key, plots / f"sweep-{key}.png",
+                                        title=f"{name}: accuracy by {key}"))
+        if len(numeric) >= 2:
+            paths.append(plot_sweep_heatmap(trained, (numeric[0], numeric[1]),
+                                            plots / "sweep-heatmap.png", title=name))
+        best = sorted(trained, key=lambda r: r["val_accuracy"], reverse=True)[:BEST_CURVES]
+        entries = {v["name"]: v for v in sweep["variants"]}
+        curves = {r["variant"]: _curve(sweep_dir, entries[r["variant"]]) for r in best}
+        paths.append(plot_sweep_curves(curves, plots / "sweep-curves.png",
+                                       title=f"{name}: the {len(curves)} best points"))
+    return paths
+
+
+BEST_CURVES = 5
+
+
+def _curve(sweep_dir: Path, entry: dict[str, Any]) -> list[tuple[int, float]]:
+    """A point's validation accuracy per evaluated epoch."""
+    records = read_metrics(sweep_dir / entry.get("workdir", entry["name"]))
+    model = entry.get("model")
+    return [(r["epoch"], r["val_accuracy"] if model is None else r["val_model_accuracies"][model])
+            for r in records if "val_accuracy" in r]
 
 
 def _csv_value(value: Any) -> Any:
@@ -218,7 +379,13 @@ def _markdown_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
                   _percent(row["val_accuracy"]), _percent(row["test_accuracy"]),
                   f"{row['test_loss']:.4f}" if row["test_loss"] is not None else "",
                   f"{row['train_seconds']:.1f}" if row["train_seconds"] is not None else ""]
+        if (row["diverged_at"] or -1) >= 0:
+            cells[len(keys) + 3] = f"diverged at step {row['diverged_at']}"
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    best = best_point(rows)
+    if best is not None:
+        lines += ["", f"Best by validation accuracy: {best['variant']} ("
+                      f"{_percent(best['val_accuracy'])}, test {_percent(best['test_accuracy'])})."]
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,7 @@ from digitsjax.errors import CheckpointError
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.records import EpochRecord, read_metrics, without_timings
 from digitsjax.run.trained import load_trained
-from digitsjax.run.workdir import differences, read_manifest
+from digitsjax.run.workdir import differences, read_manifest, recorded_per_model
 
 # Manifest entries that describe the invocation rather than the computation.
 MANIFEST_INVOCATION = ("command", "created", "result.", "extensions")  # when, not what
@@ -59,7 +59,8 @@ def verify_workdir(workdir: str | Path, *, mnist_dir: str | None = None,
             "continues it), then verify")
     echo(f"replaying {workdir}'s pipeline {trained.pipeline.name!r} into a temporary workdir")
     with tempfile.TemporaryDirectory(prefix="digitsjax-verify-") as replay_dir:
-        replayed = train_pipeline(trained.pipeline, replay_dir, mnist_dir=mnist_dir, echo=echo)
+        replayed = train_pipeline(trained.pipeline, replay_dir, mnist_dir=mnist_dir, echo=echo,
+                                  per_model=recorded_per_model(workdir))
         replay_manifest, replay_metrics = read_manifest(replay_dir), read_metrics(replay_dir)
     return Verification(
         step=trained.step,

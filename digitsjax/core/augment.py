@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from digitsjax.core.data import IMAGE_SIDE
+from digitsjax.core.hyper import known_zero
 
 if TYPE_CHECKING:
     from digitsjax.core.config import AugmentConfig
@@ -39,12 +40,13 @@ _CENTRE = (IMAGE_SIDE - 1) / 2.0
 
 
 def active(config: AugmentConfig) -> bool:
-    """Whether `config` distorts anything; an inactive section leaves training untouched."""
-    return _affine_active(config) or config.elastic_alpha > 0
+    """Whether `config` may distort anything; an inactive section leaves training untouched.
 
-
-def _affine_active(config: AugmentConfig) -> bool:
-    return any((config.rotation, config.shear, config.scale, config.translation))
+    A sweep's per-model strengths count as active: their zeros are the identity, computed.
+    """
+    strengths = (config.rotation, config.shear, config.scale, config.translation,
+                 config.elastic_alpha)
+    return not all(known_zero(strength) for strength in strengths)
 
 
 def example_keys(root_key: jax.Array, step: jax.Array, batch_size: int) -> jax.Array:
@@ -76,7 +78,7 @@ def _source_points(keys: jax.Array, config: AugmentConfig) -> tuple[jax.Array, j
     Written over the whole batch with elementwise maths and two plain matrix multiplies: on
     XLA:CPU that is several times faster than vmapping small per-example products.
     """
-    elastic = config.elastic_alpha > 0
+    elastic = not known_zero(config.elastic_alpha)
     words = jax.vmap(lambda k: jax.random.bits(k, (_AFFINE_DRAWS + elastic * _FIELD_WORDS,),
                                                jnp.uint32))(keys)
     m00, m01, m10, m11, ty, tx = _affine(_signed_uniform(words[:, :_AFFINE_DRAWS], 24), config)
@@ -108,7 +110,8 @@ def _affine(u: jax.Array, config: AugmentConfig) -> tuple[jax.Array, ...]:
 
     Multiplied out by hand: [[c, -s], [s, c]] @ [[1, 0], [t, 1]] @ diag(a, b).
     """
-    angle, shear = np.deg2rad(config.rotation) * u[:, 0], np.deg2rad(config.shear) * u[:, 1]
+    radians = np.pi / 180  # as np.deg2rad, which per-model (traced) strengths cannot take
+    angle, shear = config.rotation * radians * u[:, 0], config.shear * radians * u[:, 1]
     c, s, t = jnp.cos(angle), jnp.sin(angle), jnp.tan(shear)
     # reading the source at p / f draws the digit f times larger
     a, b = 1.0 / (1.0 + config.scale * u[:, 2]), 1.0 / (1.0 + config.scale * u[:, 3])
@@ -126,7 +129,9 @@ def _elastic(bits: jax.Array, config: AugmentConfig) -> tuple[jax.Array, jax.Arr
     side = IMAGE_SIDE
     quarters = jnp.stack([bits << shift for shift in (0, 8, 16, 24)], axis=1)  # (B, 4, side²/2)
     field = _signed_uniform(quarters, 8).reshape(-1, side, side)          # (B*2, side, side)
-    g = jnp.asarray(gaussian_matrix(config.elastic_sigma))
+    sigma = config.elastic_sigma
+    g = _traced_gaussian(sigma) if isinstance(sigma, jax.Array) else \
+        jnp.asarray(gaussian_matrix(sigma))
     smooth = _along_last_axis(_along_last_axis(field, g).swapaxes(1, 2), g).swapaxes(1, 2)
     smooth = (config.elastic_alpha * smooth).reshape(-1, 2, side, side)
     return smooth[:, 0], smooth[:, 1]
@@ -145,6 +150,14 @@ def gaussian_matrix(sigma: float) -> np.ndarray:
     full = np.arange(-4 * IMAGE_SIDE, 4 * IMAGE_SIDE + 1)
     norm = np.exp(-full**2 / (2 * sigma**2)).sum()
     return (np.exp(-offsets**2 / (2 * sigma**2)) / norm).astype(np.float32)
+
+
+def _traced_gaussian(sigma: jax.Array) -> jax.Array:
+    """`gaussian_matrix` for a per-model sigma, in float32 on the device."""
+    offsets = jnp.arange(IMAGE_SIDE)[:, None] - jnp.arange(IMAGE_SIDE)[None, :]
+    full = jnp.arange(-4 * IMAGE_SIDE, 4 * IMAGE_SIDE + 1)
+    norm = jnp.sum(jnp.exp(-full**2 / (2 * sigma**2)))
+    return jnp.exp(-offsets**2 / (2 * sigma**2)) / norm
 
 
 def _bilinear(images: jax.Array, y: jax.Array, x: jax.Array) -> jax.Array:

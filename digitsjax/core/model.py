@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from digitsjax.core.data import NUM_CLASSES, NUM_PIXELS
+from digitsjax.core.hyper import known_zero
 
 if TYPE_CHECKING:
     from digitsjax.core.config import ModelConfig
@@ -131,7 +132,8 @@ def max_norm(params: Params, limit: float) -> Params:
     (Srivastava et al. 2014); biases are left alone."""
     def project(w: jax.Array) -> jax.Array:
         norms = jnp.sqrt(jnp.sum(w * w, axis=0, keepdims=True))
-        return w * jnp.minimum(1.0, limit / jnp.maximum(norms, 1e-12))
+        # a per-model limit of a sweep may be 0, which means off
+        return jnp.where(limit > 0, w * jnp.minimum(1.0, limit / jnp.maximum(norms, 1e-12)), w)
 
     return [{"w": project(layer["w"]), "b": layer["b"]} for layer in params]
 
@@ -171,7 +173,7 @@ def forward(params: Params, image: jax.Array, config: ModelConfig,
 
 def _dropped(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
     """Inverted dropout: each unit zeroed with probability `rate`, the rest scaled up."""
-    if rate == 0:
+    if known_zero(rate):
         return x
     keep = jax.random.bernoulli(key, 1 - rate, x.shape)
     return jnp.where(keep, x / (1 - rate), 0.0)

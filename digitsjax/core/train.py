@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 
 from digitsjax.core import augment, optim, sharding
 from digitsjax.core.config import Pipeline
+from digitsjax.core.hyper import PerModel, known_zero, with_values
 from digitsjax.core.losses import mean_loss
 from digitsjax.core.model import apply, ensemble_probabilities, forward, init_params, max_norm
 
@@ -38,8 +39,13 @@ TrainState = dict[str, Any]
 # Independent random streams folded out of the root key (augment.AUGMENT_STREAM is 3).
 INIT_STREAM, DATA_STREAM, DROPOUT_STREAM = 0, 1, 2
 
-# Where the model axis of a K-model train state is: all K models share (and advance) one step.
-MODEL_AXES = {"params": 0, "opt_state": 0, "step": None, "key": 0}
+
+
+def model_axes(state: TrainState) -> dict[str, int | None]:
+    """Where the model axis of a K-model train state is: on everything but the one step that
+    all K models share (and advance); a sweep's state also carries per-model `hyper` values
+    and `diverged_at` steps."""
+    return {name: None if name == "step" else 0 for name in state}
 
 
 def make_optimizer(pipeline: Pipeline) -> optax.GradientTransformation:
@@ -47,18 +53,30 @@ def make_optimizer(pipeline: Pipeline) -> optax.GradientTransformation:
                                pipeline.steps_per_epoch)
 
 
-def init_train_state(pipeline: Pipeline) -> TrainState:
-    """The state at step 0; for K models, the K single-run states stacked on a model axis."""
-    states = [_init_single_state(pipeline, pipeline.seed + k)
-              for k in range(pipeline.train.num_models)]
+def init_train_state(pipeline: Pipeline, per_model: PerModel | None = None) -> TrainState:
+    """The state at step 0; for K models, the K single-run states stacked on a model axis.
+
+    With `per_model` (a sweep's models of one program), model k starts as the single run of
+    its own point, and the state carries the points' values and a `diverged_at` per model
+    (an optimizer's initial state does not depend on its numbers: each point's is its
+    program's).
+    """
+    seeds = per_model.seeds(pipeline) if per_model is not None else \
+        [pipeline.seed + k for k in range(pipeline.train.num_models)]
+    # One model at a time, each exactly its single run's ops (a vmap or jit of them would
+    # compile anew and round a few last bits differently); the dispatches repeat compiled ops.
+    states = [_init_single_state(pipeline, jax.random.PRNGKey(seed)) for seed in seeds]
     if len(states) == 1:
         return states[0]
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
-    return stacked | {"step": states[0]["step"]}
+    stacked |= {"step": states[0]["step"]}
+    if per_model is not None:
+        stacked |= {"hyper": jax.tree.map(jnp.asarray, per_model.state_values()),
+                    "diverged_at": jnp.full((len(states),), -1, jnp.int32)}
+    return stacked
 
 
-def _init_single_state(pipeline: Pipeline, seed: int) -> TrainState:
-    key = jax.random.PRNGKey(seed)
+def _init_single_state(pipeline: Pipeline, key: jax.Array) -> TrainState:
     params = init_params(jax.random.fold_in(key, INIT_STREAM), pipeline.model)
     return {
         "params": params,
@@ -113,7 +131,7 @@ def train_step(pipeline: Pipeline, optimizer: optax.GradientTransformation, stat
     model, loss_name = pipeline.model, pipeline.train.loss
     if augment.active(pipeline.augment):
         images = augment.distort_step(images, state["key"], state["step"], pipeline.augment)
-    if model.dropout > 0 or model.input_dropout > 0:
+    if not (known_zero(model.dropout) and known_zero(model.input_dropout)):
         step_key = jax.random.fold_in(jax.random.fold_in(state["key"], DROPOUT_STREAM),
                                       state["step"])
         keys, key_axis = jax.random.split(step_key, images.shape[0]), 0
@@ -128,14 +146,9 @@ def train_step(pipeline: Pipeline, optimizer: optax.GradientTransformation, stat
     (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    if model.max_norm > 0:
+    if not known_zero(model.max_norm):
         params = max_norm(params, model.max_norm)
-    new_state = {
-        "params": params,
-        "opt_state": opt_state,
-        "step": state["step"] + 1,
-        "key": state["key"],
-    }
+    new_state = state | {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
     correct = jnp.sum(jnp.argmax(outputs, -1) == labels)
     return new_state, {"loss": loss, "correct": correct}
 
@@ -161,37 +174,61 @@ def make_train_chunk(pipeline: Pipeline,
     outputs stay replicated (see sharding.py); the maths is the same. For K models the metric
     sums have shape (K,) (under vmap, each model's batch is split over `data` the same way).
     """
-    optimizer = make_optimizer(pipeline)
     batch_size, steps_per_epoch = pipeline.train.batch_size, pipeline.steps_per_epoch
     split_batch = sharding.split_batch(mesh)
 
     def one_model_chunk(state, images, labels, num_steps):
         epoch = state["step"] // steps_per_epoch
         order = epoch_permutation(state["key"], epoch, images.shape[0])
+        own = with_values(pipeline, state["hyper"]) if "hyper" in state else pipeline
+        step_fn = functools.partial(train_step, own, make_optimizer(own))
+        if "diverged_at" in state:
+            step_fn = functools.partial(_masked_step, step_fn)
 
         def body(state, _):
             start = (state["step"] % steps_per_epoch) * batch_size
             idx = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
             batch = split_batch((images[idx], labels[idx]))  # each device gathers its slice
-            state, metrics = train_step(pipeline, optimizer, state, *batch)
-            return state, metrics
+            return step_fn(state, *batch)
 
         first_step = state["step"]
         state, metrics = jax.lax.scan(body, state, length=num_steps)
+        diverged_at = state["diverged_at"] if "diverged_at" in state else \
+            _first_nonfinite_step(first_step, metrics["loss"], state["params"])
         return state, {"loss_sum": jnp.sum(metrics["loss"]),
-                       "correct": jnp.sum(metrics["correct"]),
-                       "diverged_at": _first_nonfinite_step(first_step, metrics["loss"],
-                                                            state["params"])}
+                       "correct": jnp.sum(metrics["correct"]), "diverged_at": diverged_at}
 
     @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0,
                        compiler_options=compiler_options(), **sharding.replicated_outputs(mesh))
     def train_chunk(state, images, labels, num_steps):
         chunk = functools.partial(one_model_chunk, num_steps=num_steps)
         if pipeline.train.num_models > 1:
-            chunk = jax.vmap(chunk, in_axes=(MODEL_AXES, None, None), out_axes=(MODEL_AXES, 0))
+            axes = model_axes(state)
+            chunk = jax.vmap(chunk, in_axes=(axes, None, None), out_axes=(axes, 0))
         return chunk(state, images, labels)
 
     return train_chunk
+
+
+def _masked_step(step_fn: Callable[..., tuple[TrainState, dict]], state: TrainState,
+                 images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict]:
+    """A sweep's step: a model whose loss or parameters turn NaN/inf stops there, its state
+    kept as it was and the step recorded in `diverged_at`, while the others train on."""
+    new, metrics = step_fn(state, images, labels)
+    finite = jnp.isfinite(metrics["loss"]) & _all_finite(new["params"])
+    alive = (state["diverged_at"] < 0) & finite
+    kept = jax.tree.map(lambda n, o: jnp.where(alive, n, o),
+                        {"params": new["params"], "opt_state": new["opt_state"]},
+                        {"params": state["params"], "opt_state": state["opt_state"]})
+    diverged_at = jnp.where((state["diverged_at"] < 0) & ~finite, new["step"],
+                            state["diverged_at"])
+    metrics = {"loss": jnp.where(alive, metrics["loss"], 0.0),
+               "correct": jnp.where(alive, metrics["correct"], 0)}
+    return new | kept | {"diverged_at": diverged_at}, metrics
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
 def _first_nonfinite_step(first_step: jax.Array, losses: jax.Array, params: Any) -> jax.Array:
@@ -201,8 +238,7 @@ def _first_nonfinite_step(first_step: jax.Array, losses: jax.Array, params: Any)
     state must never be checkpointed.
     """
     finite_losses = jnp.isfinite(losses)
-    params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf))
-                                       for leaf in jax.tree.leaves(params)]))
+    params_finite = _all_finite(params)
     return jnp.where(~jnp.all(finite_losses), first_step + jnp.argmin(finite_losses) + 1,
                      jnp.where(params_finite, -1, first_step + losses.shape[0]))
 

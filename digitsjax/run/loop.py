@@ -24,6 +24,7 @@ from tqdm import tqdm
 from digitsjax.core import sharding
 from digitsjax.core.config import Pipeline, pipeline_sha256
 from digitsjax.core.data import MNIST, load_mnist
+from digitsjax.core.hyper import PerModel
 from digitsjax.core.train import (
     TrainState,
     chunk_plan,
@@ -61,8 +62,12 @@ EpochSums = dict[str, Any]
 
 def train_pipeline(pipeline: Pipeline, workdir: str | Path, *, mnist_dir: str | None = None,
                    restart: bool = False, progress: bool = False,
-                   echo: Callable[[str], None] = print) -> dict[str, Any]:
+                   echo: Callable[[str], None] = print,
+                   per_model: PerModel | None = None) -> dict[str, Any]:
     """Train into `workdir`, continuing from its newest intact checkpoint; return the final record.
+
+    `per_model` makes the run a sweep's program: its `train.num_models` models are grid points,
+    each with its own values of those keys; one whose loss turns NaN/inf stops alone.
 
     Uses every device of every process (call `cluster.initialize` first to join several);
     all processes run this together, and only process 0 writes files other than checkpoints.
@@ -87,11 +92,11 @@ def train_pipeline(pipeline: Pipeline, workdir: str | Path, *, mnist_dir: str | 
         # manager below does): one that looked after would open a manager more, and orbax's
         # barriers would no longer pair up across processes.
         cluster.sync("checkpoints looked for")
-        if resuming:
-            check_compatible(workdir, pipeline)  # before anything in the workdir changes
+        if resuming:  # before anything in the workdir changes
+            check_compatible(workdir, pipeline, per_model)
         manager = checkpoint.open_manager(workdir, pipeline.checkpoint)
         try:
-            run = _Run(pipeline, workdir, manager, guard, mesh, echo, started)
+            run = _Run(pipeline, workdir, manager, guard, mesh, echo, started, per_model)
             state, sums = _restore_or_init(run, data)
             return _train(run, state, sums, data, progress)
         finally:
@@ -109,17 +114,19 @@ class _Run:
     mesh: Mesh
     echo: Callable[[str], None]
     started: float
+    per_model: PerModel | None = None
     primary: bool = field(default_factory=cluster.is_primary)
 
 
 def _restore_or_init(run: _Run, data: MNIST) -> tuple[TrainState, EpochSums]:
     """The newest intact checkpoint's state, or step 0's (and the manifest of a new run)."""
-    state = sharding.replicate(init_train_state(run.pipeline), run.mesh)
+    state = sharding.replicate(init_train_state(run.pipeline, run.per_model), run.mesh)
     # Onto this run's devices, whatever the devices that saved it.
     resumed = checkpoint.restore_newest_intact(run.manager, state, warn=run.echo)
     if resumed is None:
         if run.primary:
-            write_json_atomic(run.workdir / MANIFEST, build_manifest(run.pipeline, data.checksums))
+            write_json_atomic(run.workdir / MANIFEST,
+                              build_manifest(run.pipeline, data.checksums, run.per_model))
         return state, _no_sums()
     step, state, meta = resumed
     run.echo(f"resuming {run.workdir} from step {step} (epoch {meta['epoch']:.2f})")
@@ -165,7 +172,8 @@ def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
     run.echo(f"done: step {int(state['step'])}, params_sha256 {prints['params_sha256']}, "
              f"{time.perf_counter() - run.started:.1f} s")
     if run.primary:
-        record_result(run.workdir, int(state["step"]), prints["params_sha256"])
+        record_result(run.workdir, int(state["step"]), prints["params_sha256"],
+                      prints.get("model_params_sha256") if run.per_model else None)
     _echo_best(run)
     return record | prints | {"step": int(state["step"])}
 
@@ -200,7 +208,8 @@ class _Chunks:
     def collect(self, run: _Run) -> list[dict[str, np.ndarray]]:
         """Wait for the dispatched chunks (a sync point) and check them before any save."""
         synced, self.pending = jax.device_get(self.pending), []
-        _check_finite(synced, run.pipeline, run.manager)
+        if run.per_model is None:  # a sweep's diverged models stop alone, in the program
+            _check_finite(synced, run.pipeline, run.manager)
         return synced
 
     def restart_clock(self) -> tuple[float, int]:
@@ -233,6 +242,8 @@ def _end_epoch(run: _Run, chunks: _Chunks, state: TrainState, end: int, epoch_su
         for name, (x, y) in chunks.splits.items():
             result = jax.device_get(chunks.evaluate(state["params"], x, y))
             record |= {f"{name}_{key}": value.tolist() for key, value in result.items()}
+    if run.per_model is not None:
+        record |= _per_model_fields(state, epoch_sums, spe, batch)
     record |= {"epoch_seconds": seconds,
                "examples_per_second": steps * batch * pipeline.train.num_models / seconds,
                "wall_seconds": time.perf_counter() - run.started}
@@ -244,6 +255,15 @@ def _end_epoch(run: _Run, chunks: _Chunks, state: TrainState, end: int, epoch_su
         checkpoint.save(run.manager, state, _meta(pipeline, end, _no_sums()), best)
     writer.log(record)
     return record
+
+
+def _per_model_fields(state: TrainState, epoch_sums: EpochSums, spe: int,
+                      batch: int) -> dict[str, Any]:
+    """A sweep's models each train with their own numbers: their own training metrics, and the
+    step at which each stopped on a NaN/inf (-1: training)."""
+    return {"model_train_losses": (np.asarray(epoch_sums["loss_sum"]) / spe).tolist(),
+            "model_train_accuracies": (np.asarray(epoch_sums["correct"]) / (spe * batch)).tolist(),
+            "model_diverged_at": jax.device_get(state["diverged_at"]).tolist()}
 
 
 def _check_finite(synced: list[dict[str, np.ndarray]], pipeline: Pipeline,

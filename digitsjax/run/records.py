@@ -43,6 +43,11 @@ class EpochRecord(TypedDict):
     test_model_losses: NotRequired[list[float]]
     test_model_accuracies: NotRequired[list[float]]
     test_model_accuracy_sd: NotRequired[float]
+    model_train_losses: NotRequired[list[float]]
+    """A sweep's program: each model's own training loss and accuracy, and the 1-based step
+    at which its loss or parameters turned NaN/inf (-1 while it trains)."""
+    model_train_accuracies: NotRequired[list[float]]
+    model_diverged_at: NotRequired[list[int]]
     epoch_seconds: float
     """Device time of the epoch's steps, compilation excluded."""
     examples_per_second: float
@@ -125,14 +130,33 @@ def truncate_metrics(workdir: Path, last_step: int) -> None:
 def format_record(record: EpochRecord, epochs: int) -> str:
     """One line per epoch: `loss accuracy` for train, validation and test, then speed."""
     parts = [f"epoch {record['epoch']:>3}/{epochs}  step {record['step']:>6}"]
+    if "model_diverged_at" in record:  # a sweep's program: its models are grid points
+        return " | ".join([*parts, *format_points(record), format_speed(record)])
     for name in SPLITS:
         if f"{name}_accuracy" in record:
             parts.append(f"{name} {record[f'{name}_loss']:.4f} "
                          f"{100 * record[f'{name}_accuracy']:.2f}%")
         if f"{name}_model_accuracies" in record:
             parts.append(format_spread(record, name))
-    parts.append(f"{record['epoch_seconds']:.2f} s  {record['examples_per_second']:,.0f} ex/s")
+    parts.append(format_speed(record))
     return " | ".join(parts)
+
+
+def format_speed(record: EpochRecord) -> str:
+    return f"{record['epoch_seconds']:.2f} s  {record['examples_per_second']:,.0f} ex/s"
+
+
+def format_points(record: EpochRecord) -> list[str]:
+    """A sweep program's epoch: the range of its points' accuracies, and any stopped."""
+    parts = []
+    for split, field in (("train", "model_train_accuracies"), ("val", "val_model_accuracies"),
+                         ("test", "test_model_accuracies")):
+        if field in record:
+            values = record[field]  # type: ignore[literal-required]
+            parts.append(f"{split} {100 * min(values):.2f}-{100 * max(values):.2f}%")
+    stopped = sum(step >= 0 for step in record["model_diverged_at"])
+    points = len(record["model_diverged_at"])
+    return [f"{points} points", *parts] + ([f"{stopped} diverged"] if stopped else [])
 
 
 def format_spread(record: dict[str, Any], split: str) -> str:

@@ -6,6 +6,7 @@ there the host's available memory is the limit, shared by every simulated device
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -19,12 +20,7 @@ from digitsjax.errors import ResourceError
 def check_memory(pipeline: Pipeline, mesh: Mesh) -> None:
     """Refuse, in one line with the estimate, the limit and what to lower, a run that cannot fit."""
     parts = footprint(pipeline, mesh.size)
-    device = mesh.devices.flat[0]
-    limit, where = _device_limit(device)
-    sharing = 1
-    if limit is None:  # the host's memory, held by each of this process's devices
-        limit, where = host_available_bytes(), "this host has available"
-        sharing = len([d for d in mesh.devices.flat if d.process_index == device.process_index])
+    limit, where, sharing = _memory_limit(mesh)
     need = peak_bytes(parts) * sharing
     if need <= limit:
         return
@@ -33,6 +29,34 @@ def check_memory(pipeline: Pipeline, mesh: Mesh) -> None:
         f"this run needs about {_gb(need)} of memory ({_gb(parts[largest] * sharing)} for "
         f"{largest}), more than the {_gb(limit)} {where}",
         f"lower {' or '.join(KNOBS[largest])}")
+
+
+def max_models_that_fit(pipeline: Pipeline, mesh: Mesh, wanted: int) -> int:
+    """The most of `wanted` models (the pipeline's network, K at a time under vmap) that one
+    program can train in this machine's memory; at least 1 (check_memory refuses that one)."""
+    limit, _, sharing = _memory_limit(mesh)
+
+    def fits(k: int) -> bool:
+        many = dataclasses.replace(pipeline, train=dataclasses.replace(pipeline.train,
+                                                                       num_models=k))
+        return peak_bytes(footprint(many, mesh.size)) * sharing <= limit
+
+    low, high = 1, wanted  # the footprint grows with k: bisect for the largest that fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low
+
+
+def _memory_limit(mesh: Mesh) -> tuple[int, str, int]:
+    """(bytes a device may hold, where that limit comes from, devices sharing it)."""
+    device = mesh.devices.flat[0]
+    limit, where = _device_limit(device)
+    if limit is not None:
+        return limit, where, 1
+    # a CPU backend: the host's memory, held by each of this process's devices
+    sharing = len([d for d in mesh.devices.flat if d.process_index == device.process_index])
+    return host_available_bytes(), "this host has available", sharing
 
 
 def _device_limit(device: Any) -> tuple[int | None, str]:

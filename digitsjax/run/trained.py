@@ -6,16 +6,20 @@ checkpoint; none of the training machinery.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from digitsjax.core.config import Pipeline
+from digitsjax.core.hyper import PerModel
 from digitsjax.core.model import params_sha256
 from digitsjax.core.train import TrainState, init_train_state, model_params
 from digitsjax.errors import CHECKPOINT, RESTART, CheckpointError
 from digitsjax.run import backend, checkpoint
-from digitsjax.run.workdir import recorded_pipeline
+from digitsjax.run.workdir import recorded_per_model, recorded_pipeline
 
 
 @dataclass
@@ -32,8 +36,9 @@ class Trained:
         return self.state["params"]
 
 
-def load_trained(workdir: str | Path, which: str = "latest") -> Trained:
-    """Restore a workdir's checkpoint (`latest`, `best` or a step) with its pipeline.
+def load_trained(workdir: str | Path, which: str = "latest", model: int | None = None) -> Trained:
+    """Restore a workdir's checkpoint (`latest`, `best` or a step) with its pipeline; with
+    `model`, only that model of a K-model run (or of a sweep's program), as its single run.
 
     A run training in the workdir meanwhile may delete the checkpoint being read (it keeps only
     `checkpoint.keep`); then the newest complete one is read instead, a few times at most.
@@ -46,15 +51,38 @@ def load_trained(workdir: str | Path, which: str = "latest") -> Trained:
         try:
             step = checkpoint.resolve_step(manager, which)
             try:
-                state, meta = checkpoint.restore(manager, step, init_train_state(pipeline))
+                template = init_train_state(pipeline, recorded_per_model(workdir))
+                state, meta = checkpoint.restore(manager, step, template)
             except CheckpointError as e:
                 if _deleted_meanwhile(workdir, step) and attempt + 1 < READ_ATTEMPTS:
                     continue
                 raise CheckpointError(e.problem, _other_checkpoint(manager, step)) from None
         finally:
             manager.close()
-        return Trained(pipeline=pipeline, state=state, meta=meta, step=step)
+        trained = Trained(pipeline=pipeline, state=state, meta=meta, step=step)
+        return trained if model is None else one_model(trained, model,
+                                                       recorded_per_model(workdir))
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def one_model(trained: Trained, k: int, per_model: PerModel | None) -> Trained:
+    """Model k of a K-model run as the single run it equals: its own pipeline (seed, and a
+    sweep point's values) and its slice of the state."""
+    pipeline, count = trained.pipeline, trained.pipeline.train.num_models
+    if not 0 <= k < count:
+        raise CheckpointError(f"the run has {count} model{'s' if count > 1 else ''}, so there "
+                              f"is no model {k}", f"choose one from 0 to {count - 1}")
+    if count == 1:
+        return trained
+    if per_model is None:
+        single = dataclasses.replace(pipeline, seed=pipeline.seed + k, train=dataclasses.replace(
+            pipeline.train, num_models=1))
+    else:
+        single = per_model.point(pipeline, k)
+    state = {name: trained.state[name] if name == "step" else
+             jax.tree.map(lambda leaf: leaf[k], trained.state[name])
+             for name in ("params", "opt_state", "step", "key")}
+    return dataclasses.replace(trained, pipeline=single, state=state)
 
 
 READ_ATTEMPTS = 3
@@ -72,8 +100,9 @@ def _other_checkpoint(manager: Any, step: int) -> str:
 
 def fingerprints(pipeline: Pipeline, params: Any) -> dict[str, Any]:
     """The run's params_sha256; for K models also each model's own."""
-    result: dict[str, Any] = {"params_sha256": params_sha256(params)}
+    host = jax.device_get(params)  # one transfer, not one per model and leaf
+    result: dict[str, Any] = {"params_sha256": params_sha256(host)}
     if pipeline.train.num_models > 1:
-        result["model_params_sha256"] = [params_sha256(model_params(params, k))
+        result["model_params_sha256"] = [params_sha256(model_params(host, k))
                                          for k in range(pipeline.train.num_models)]
     return result

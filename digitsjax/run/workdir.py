@@ -22,6 +22,7 @@ from typing import Any
 import jax
 
 from digitsjax.core.config import Pipeline, pipeline_from_dict, pipeline_sha256, pipeline_to_dict
+from digitsjax.core.hyper import PerModel
 from digitsjax.core.optim import SCHEDULES
 from digitsjax.errors import RESTART, WORKDIR, CheckpointError
 from digitsjax.files import write_json_atomic
@@ -62,10 +63,12 @@ def platform_info() -> dict[str, Any]:
     }
 
 
-def build_manifest(pipeline: Pipeline, dataset_checksums: dict[str, Any]) -> dict[str, Any]:
+def build_manifest(pipeline: Pipeline, dataset_checksums: dict[str, Any],
+                   per_model: PerModel | None = None) -> dict[str, Any]:
     return {
         "pipeline": pipeline_to_dict(pipeline),
         "pipeline_sha256": pipeline_sha256(pipeline),
+        **({PER_MODEL: per_model.to_json()} if per_model is not None else {}),
         "versions": package_versions(),
         "platform": platform_info(),
         "dataset": dataset_checksums,
@@ -93,6 +96,16 @@ def read_manifest(workdir: Path) -> dict[str, Any]:
 def recorded_pipeline(workdir: Path) -> Pipeline:
     """The pipeline a workdir was trained with, as its manifest records it."""
     return pipeline_from_dict(read_manifest(workdir)["pipeline"], source=str(workdir))
+
+
+PER_MODEL = "per_model"
+"""The manifest's record of a sweep program's per-model values (absent for other runs)."""
+
+
+def recorded_per_model(workdir: Path) -> PerModel | None:
+    """A sweep program's per-model values, as its manifest records them; None for a run."""
+    values = read_manifest(workdir).get(PER_MODEL)
+    return PerModel({key: tuple(v) for key, v in values.items()}) if values else None
 
 
 @contextmanager
@@ -178,8 +191,10 @@ def _remove_run_files(workdir: Path) -> None:
     remove_event_files(workdir)
 
 
-def check_compatible(workdir: Path, pipeline: Pipeline) -> None:
-    """Refuse to continue a workdir whose checkpoints come from a different pipeline.
+def check_compatible(workdir: Path, pipeline: Pipeline,
+                     per_model: PerModel | None = None) -> None:
+    """Refuse to continue a workdir whose checkpoints come from a different pipeline (or, for a
+    sweep's program, different per-model values).
 
     One change is a continuation, not another pipeline: more `train.epochs` under a schedule
     that does not depend on the run's length, since then the first epochs are the same run.
@@ -188,6 +203,10 @@ def check_compatible(workdir: Path, pipeline: Pipeline) -> None:
     # Round-tripped so that keys added since the manifest was written compare as defaults.
     diffs = differences(pipeline_to_dict(recorded), pipeline_to_dict(pipeline),
                         ignore=(*RESULT_NEUTRAL, EPOCHS))
+    recorded_models = recorded_per_model(workdir)
+    if recorded_models != per_model:
+        diffs.append(f"{PER_MODEL}: {_json_or_none(recorded_models)} -> "
+                     f"{_json_or_none(per_model)}")
     if diffs:
         raise CheckpointError(
             f"{workdir} holds checkpoints of a different pipeline ({'; '.join(diffs)})",
@@ -197,6 +216,10 @@ def check_compatible(workdir: Path, pipeline: Pipeline) -> None:
 
 
 EPOCHS = "train.epochs"
+
+
+def _json_or_none(per_model: PerModel | None) -> str:
+    return json.dumps(per_model.to_json()) if per_model is not None else "none"
 
 
 def _check_extension(workdir: Path, trained: int, pipeline: Pipeline) -> None:
@@ -213,8 +236,10 @@ def _check_extension(workdir: Path, trained: int, pipeline: Pipeline) -> None:
             "its first step", start_over)
 
 
-def record_result(workdir: Path, step: int, params_sha256: str) -> None:
-    """The finished run's fingerprint in its manifest, so listing runs needs no checkpoint.
+def record_result(workdir: Path, step: int, params_sha256: str,
+                  model_params_sha256: list[str] | None = None) -> None:
+    """The finished run's fingerprint in its manifest (and each model's, for a sweep's program),
+    so listing runs and summarising sweeps need no checkpoint.
 
     Written once: re-running a finished workdir changes nothing in it.
     """
@@ -222,6 +247,8 @@ def record_result(workdir: Path, step: int, params_sha256: str) -> None:
     if manifest.get("result", {}).get("params_sha256") == params_sha256:
         return
     manifest["result"] = {"step": step, "params_sha256": params_sha256,
+                          **({"model_params_sha256": model_params_sha256}
+                             if model_params_sha256 else {}),
                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json_atomic(workdir / MANIFEST, manifest)
 

@@ -1,0 +1,109 @@
+"""What a grid costs: a sweep trained as one program, beside the same points as K seeds of one
+run and as separate runs, each a whole `digitsjax` process timed from launch to exit.
+
+`python bench/sweep_cost.py [--long]`:
+- nielsen: Nielsen's network at 8 learning rates for 1 epoch, three ways: `digitsjax sweep`
+  (one program), one `train.num_models=8` run (8 seeds, the same program size), and 8 separate
+  `digitsjax train` processes;
+- with `--long`, also lr_sweep (mnist_mlp, 8 rates x 4 seeds, 15 epochs): the sweep against its
+  32 separate runs, and whether both name the same best point.
+Ratios come from one run on one machine. Every process shares one fresh compilation cache, and
+each way runs once untimed before its timed run, so that all are measured warm (compiled
+programs cached, files in the page cache), as a user's repeated runs are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINES = REPO / "pipelines"
+
+
+def timed(args: list[str], env: dict[str, str]) -> float:
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-m", "digitsjax", *args], check=True, cwd=REPO, env=env,
+                   stdout=subprocess.DEVNULL)
+    return time.monotonic() - start
+
+
+def rates_of(sweep_file: Path) -> list[float]:
+    return tomllib.loads(sweep_file.read_text())["sweep"]["optimizer"]["learning_rate"]
+
+
+def warm_then_timed(commands: list[list[str]], root: Path, env: dict[str, str]) -> float:
+    """Run the commands once untimed into scratch workdirs, then time them into fresh ones."""
+    for i, command in enumerate(commands):
+        timed([*command, "--workdir", str(root / "warm" / str(i))], env)
+    return sum(timed([*command, "--workdir", str(root / "timed" / str(i))], env)
+               for i, command in enumerate(commands))
+
+
+def nielsen(root: Path, env: dict[str, str]) -> dict[str, float]:
+    one_epoch = ["--set", "train.epochs=1"]
+    rates = rates_of(PIPELINES / "nielsen_lr_sweep.toml")
+    sweep = warm_then_timed([["sweep", str(PIPELINES / "nielsen_lr_sweep.toml"), *one_epoch]],
+                            root / "sweep", env)
+    seeds = warm_then_timed([["train", str(PIPELINES / "nielsen.toml"), *one_epoch, "--set",
+                              "train.num_models=8"]], root / "k8", env)
+    separate = warm_then_timed([["train", str(PIPELINES / "nielsen.toml"), *one_epoch, "--set",
+                                 f"optimizer.learning_rate={rate}"] for rate in rates],
+                               root / "separate", env)
+    return {"sweep": sweep, "k8": seeds, "separate": separate}
+
+
+def lr_sweep(root: Path, env: dict[str, str]) -> dict[str, object]:
+    sweep_file = PIPELINES / "lr_sweep.toml"
+    sweep = timed(["sweep", str(sweep_file), "--workdir", str(root / "sweep")], env)
+    separate, best = 0.0, (-1.0, "")
+    for rate in rates_of(sweep_file):
+        for seed in range(4):
+            workdir = root / f"lr{rate}-s{seed}"
+            separate += timed(["train", str(PIPELINES / "mnist_mlp.toml"), "--set",
+                               f"optimizer.learning_rate={rate}", "--set", f"seed={seed}",
+                               "--workdir", str(workdir)], env)
+            last = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+            best = max(best, (last[-1]["val_accuracy"], f"learning_rate={rate},seed={seed}"))
+    with open(root / "sweep" / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    grid_best = max(rows, key=lambda r: float(r["val_accuracy"]))["variant"]
+    return {"sweep": sweep, "separate": separate, "sweep_best": grid_best,
+            "separate_best": best[1]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--long", action="store_true", help="also lr_sweep (about 15 minutes)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        env = {**os.environ, "DIGITSJAX_COMPILATION_CACHE": str(root / "cache")}
+        n = nielsen(root / "nielsen", env)
+        print("| nielsen, 8 learning rates x 1 epoch | seconds | sweep / this |")
+        print("|---|---|---|")
+        for label, key in (("digitsjax sweep (one program)", "sweep"),
+                           ("one train.num_models=8 run", "k8"),
+                           ("8 separate digitsjax train runs", "separate")):
+            print(f"| {label} | {n[key]:.1f} | {n['sweep'] / n[key]:.2f} |", flush=True)
+        if args.long:
+            r = lr_sweep(root / "lr", env)
+            print("\n| lr_sweep, 32 points x 15 epochs | seconds | sweep / this | best point |")
+            print("|---|---|---|---|")
+            print(f"| digitsjax sweep (one program) | {r['sweep']:.1f} | 1.00 | "
+                  f"{r['sweep_best']} |")
+            print(f"| 32 separate digitsjax train runs | {r['separate']:.1f} | "
+                  f"{r['sweep'] / r['separate']:.2f} | {r['separate_best']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

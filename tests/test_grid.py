@@ -1,0 +1,117 @@
+"""Grid points of one program train together: each model of the vmapped program, with its own
+hyperparameters, trains what its own single run trains; a diverging model stops alone."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from digitsjax.core import hyper
+from digitsjax.core.config import Pipeline, load_pipeline
+from digitsjax.core.train import init_train_state, make_train_chunk, model_params
+
+from .conftest import REPO, TINY
+
+PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
+RTOL, ATOL = 1e-5, 2e-5  # XLA batches the models' matmuls: float32 rounding differs
+
+
+def point(*overrides: str) -> Pipeline:
+    return load_pipeline(PIPELINE, [*TINY, *overrides])
+
+
+def data(pipeline: Pipeline):
+    images = jax.random.uniform(jax.random.PRNGKey(0), (pipeline.train_size, 784))
+    labels = jax.random.randint(jax.random.PRNGKey(1), (pipeline.train_size,), 0, 10)
+    return images, labels
+
+
+def train_points(points: list[Pipeline], epochs: int = 2):
+    """The points as one program: its final state and each chunk's sums."""
+    per_model = hyper.per_model_of(points)
+    program = dataclasses.replace(points[0], train=dataclasses.replace(
+        points[0].train, num_models=len(points)))
+    state, chunk = init_train_state(program, per_model), make_train_chunk(program)
+    images, labels = data(program)
+    for _ in range(epochs):
+        state, sums = chunk(state, images, labels, num_steps=program.steps_per_epoch)
+    return state, sums
+
+
+def train_single(pipeline: Pipeline, epochs: int = 2):
+    state, chunk = init_train_state(pipeline), make_train_chunk(pipeline)
+    images, labels = data(pipeline)
+    for _ in range(epochs):
+        state, sums = chunk(state, images, labels, num_steps=pipeline.steps_per_epoch)
+    return state, sums
+
+
+def assert_each_model_is_its_single_run(points: list[Pipeline]) -> None:
+    grid, sums = train_points(points)
+    for k, single_pipeline in enumerate(points):
+        single, single_sums = train_single(single_pipeline)
+        for a, e in zip(jax.tree.leaves(model_params(grid["params"], k)),
+                        jax.tree.leaves(single["params"]), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=RTOL, atol=ATOL)
+        assert float(sums["loss_sum"][k]) == pytest.approx(float(single_sums["loss_sum"]),
+                                                          rel=1e-5)
+
+
+def test_only_per_model_keys_share_a_program():
+    base = point()
+    assert hyper.program_key(point("optimizer.learning_rate=0.01", "seed=4",
+                                   "model.dropout=0.3")) == hyper.program_key(base)
+    for shape_or_code in ("model.hidden=[32]", "train.batch_size=50", "train.epochs=3",
+                          "model.activation=tanh", "optimizer.name=sgd",
+                          "optimizer.schedule=constant"):
+        assert hyper.program_key(point(shape_or_code)) != hyper.program_key(base), shape_or_code
+
+
+def test_models_with_their_own_learning_rates_and_seeds_train_their_single_runs():
+    assert_each_model_is_its_single_run([
+        point("optimizer.learning_rate=0.001", "seed=0"),
+        point("optimizer.learning_rate=0.01", "seed=0"),
+        point("optimizer.learning_rate=0.003", "seed=5")])
+
+
+# Every key that switches work off at 0: swept, one model has them all at 0 (which must compute
+# exactly what skipping does) and the other has them all on.
+REGULARISERS = {"model.dropout": (0.0, 0.3), "model.input_dropout": (0.0, 0.2),
+                "model.max_norm": (0.0, 0.5), "augment.rotation": (0.0, 15.0),
+                "augment.elastic_alpha": (0.0, 34.0), "augment.elastic_sigma": (4.0, 6.0),
+                "optimizer.momentum": (0.5, 0.9)}
+
+
+def test_swept_regularisers_are_per_model_and_their_zeros_are_exactly_off():
+    assert_each_model_is_its_single_run([
+        point("optimizer.name=momentum", "optimizer.learning_rate=0.05",
+              *(f"{key}={values[k]}" for key, values in REGULARISERS.items()))
+        for k in range(2)])
+
+
+@pytest.mark.parametrize("schedule", [
+    ("optimizer.schedule=warmup_cosine", "optimizer.warmup_steps=5"),
+    ("optimizer.schedule=epoch_decay", "optimizer.decay_per_epoch=0.5"),
+    ("optimizer.schedule=cosine", "optimizer.final_lr_fraction=0.1"),
+], ids=lambda s: s[0].split("=")[1])
+def test_every_schedule_takes_per_model_rates(schedule):
+    assert_each_model_is_its_single_run([point(*schedule, f"optimizer.learning_rate={lr}")
+                                         for lr in (0.002, 0.02)])
+
+
+def test_a_diverging_model_stops_alone_and_is_reported():
+    points = [point("optimizer.name=sgd", "optimizer.learning_rate=0.01"),
+              point("optimizer.name=sgd", "optimizer.learning_rate=1e30")]
+    grid, sums = train_points(points)
+    diverged = np.asarray(grid["diverged_at"])
+    assert diverged[0] == -1 and diverged[1] >= 1
+    assert np.all(np.asarray(sums["diverged_at"]) == diverged)
+    for leaf in jax.tree.leaves(grid["params"]):
+        assert np.all(np.isfinite(np.asarray(leaf)))  # the stopped model kept its last state
+    single, _ = train_single(points[0])
+    for a, e in zip(jax.tree.leaves(model_params(grid["params"], 0)),
+                    jax.tree.leaves(single["params"]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=RTOL, atol=ATOL)

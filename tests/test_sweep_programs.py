@@ -1,0 +1,171 @@
+"""`digitsjax sweep` trains the points that share a program together, and each point is still
+its own run: the same parameters and metrics as its single `digitsjax train`, its own row and
+fingerprint, a diverging point stopped alone, and the whole sweep resumable exactly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from digitsjax.apps.sweep import SWEEP_JSON, make_variants, plan_programs
+from digitsjax.cli import main
+from digitsjax.core.config import load_pipeline
+from digitsjax.core.train import model_params
+from digitsjax.run.records import read_metrics
+from digitsjax.run.trained import load_trained
+
+from .conftest import REPO, run_cli, train_mnist_mlp
+from .training_processes import finished_epochs, start_training, wait_until
+
+PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
+SETS = ("model.hidden=[32]", "train.epochs=2", "checkpoint.every_steps=143")
+RATES = (0.001, 0.004, 1e30)  # the last diverges
+pytestmark = pytest.mark.slow
+
+
+def sweep_args(sweep_dir) -> list[str]:
+    return ["sweep", str(PIPELINE), "--grid", f"optimizer.learning_rate={list(RATES)}",
+            "--workdir", str(sweep_dir), *(f"--set={s}" for s in SETS)]
+
+
+def rows(sweep_dir) -> list[dict[str, str]]:
+    with open(sweep_dir / "sweep.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, mnist_dir):
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    result = run_cli(*sweep_args(sweep_dir))
+    assert result.returncode == 0, result.stderr
+    return sweep_dir, result.stdout
+
+
+def test_points_that_differ_only_in_numbers_train_as_one_program(sweep):
+    sweep_dir, output = sweep
+    entries = json.loads((sweep_dir / SWEEP_JSON).read_text())["variants"]
+    assert [(e["workdir"], e["model"]) for e in entries] == \
+        [("program-1", 0), ("program-1", 1), ("program-1", 2)]
+    assert "sweep: 3 points in 1 program(s)" in output
+    assert load_trained(sweep_dir / "program-1").pipeline.train.num_models == 3
+    results = json.loads((sweep_dir / "sweep-results.json").read_text())
+    assert [p["variant"] for p in results["points"]] == [e["name"] for e in entries]
+    charts = run_cli("plots", str(sweep_dir))
+    assert charts.returncode == 0, charts.stderr
+    for chart in ("sweep.png", "sweep-optimizer.learning_rate.png", "sweep-curves.png"):
+        assert (sweep_dir / "plots" / chart).stat().st_size > 10_000, chart
+        assert str(sweep_dir / "plots" / chart) in charts.stdout
+
+
+def test_each_point_equals_its_single_run(sweep, tmp_path, mnist_dir):
+    sweep_dir, _ = sweep
+    program = load_trained(sweep_dir / "program-1")
+    table = rows(sweep_dir)
+    for k, rate in enumerate(RATES[:2]):
+        single_dir = train_mnist_mlp(tmp_path / str(k), [*SETS, f"optimizer.learning_rate={rate}"],
+                                     mnist_dir)
+        single = load_trained(single_dir)
+        for a, e in zip(jax.tree.leaves(model_params(program.params, k)),
+                        jax.tree.leaves(single.params), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=2e-5)
+        final = read_metrics(single_dir)[-1]
+        assert float(table[k]["test_accuracy"]) == pytest.approx(final["test_accuracy"],
+                                                                 abs=2e-4)
+        assert float(table[k]["val_accuracy"]) == pytest.approx(final["val_accuracy"], abs=2e-4)
+        assert len(table[k]["params_sha256"]) == 64 and table[k]["diverged_at"] == "-1"
+    assert len({r["params_sha256"] for r in table}) == 3
+
+
+def test_a_diverging_point_is_stopped_and_reported_and_the_others_train_on(sweep):
+    sweep_dir, output = sweep
+    diverged = rows(sweep_dir)[2]
+    assert int(diverged["diverged_at"]) >= 1
+    assert f"diverged at step {diverged['diverged_at']}" in \
+        (sweep_dir / "sweep.md").read_text().splitlines()[4]
+    assert "best point by validation accuracy: learning_rate=0.00" in output
+    for leaf in jax.tree.leaves(load_trained(sweep_dir / "program-1").params):
+        assert np.all(np.isfinite(np.asarray(leaf)))  # never a NaN in a checkpoint
+
+
+def test_a_stopped_sweep_resumes_to_the_uninterrupted_fingerprints(sweep, tmp_path):
+    reference, _ = sweep
+    sweep_dir, log = tmp_path / "sweep", tmp_path / "log"
+    proc = start_training(sweep_args(sweep_dir), log)
+    wait_until(lambda: finished_epochs(sweep_dir / "program-1") == 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, log.read_text()
+
+    assert main(sweep_args(sweep_dir)) == 0
+    assert [r["params_sha256"] for r in rows(sweep_dir)] == \
+        [r["params_sha256"] for r in rows(reference)]
+
+
+def test_points_of_different_shapes_split_into_programs_memory_permitting():
+    base = load_pipeline(PIPELINE, ["train.epochs=1"])
+    variants = make_variants(base, {"model.hidden": [[16], [32]],
+                                    "optimizer.learning_rate": [0.001, 0.003, 0.01]})
+    programs = plan_programs(variants, lambda _, wanted: wanted)
+    assert [(p.workdir, [v.name for v in p.variants]) for p in programs] == [
+        ("program-1", ["hidden=16,learning_rate=0.001", "hidden=16,learning_rate=0.003",
+                       "hidden=16,learning_rate=0.01"]),
+        ("program-2", ["hidden=32,learning_rate=0.001", "hidden=32,learning_rate=0.003",
+                       "hidden=32,learning_rate=0.01"])]
+    capped = plan_programs(variants, lambda _, wanted: min(2, wanted))
+    assert [len(p.variants) for p in capped] == [2, 1, 2, 1]
+    assert capped[1].workdir == "hidden=16,learning_rate=0.01"  # alone: a plain run
+    separate = plan_programs(variants, lambda _, wanted: wanted, separate=True)
+    assert [p.workdir for p in separate] == [v.name for v in variants]
+
+
+def test_evaluate_predict_and_export_address_one_point(sweep, tmp_path):
+    sweep_dir, _ = sweep
+    point = rows(sweep_dir)[1]
+    result = run_cli("evaluate", str(sweep_dir), "--point", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(result.stdout)
+    assert evaluated["params_sha256"] == point["params_sha256"]
+    assert evaluated["test_accuracy"] == pytest.approx(float(point["test_accuracy"]), abs=1e-6)
+
+    exported = run_cli("export", str(sweep_dir), "--point", "1", "--format", "npz")
+    assert exported.returncode == 0, exported.stderr
+    assert (sweep_dir / "program-1" / "export" / "point-1.npz").is_file()
+    assert point["params_sha256"] in exported.stdout
+
+    missing = run_cli("evaluate", str(sweep_dir), "--point", "3")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"digitsjax: error: {sweep_dir} has 3 points, so there is no point 3; choose one "
+        "from 0 to 2 (the rows of its sweep.csv)"]
+    not_a_sweep = run_cli("evaluate", str(sweep_dir / "program-1"), "--point", "0")
+    assert not_a_sweep.returncode == 2 and "is not a sweep folder" in not_a_sweep.stderr
+
+
+def test_verify_replays_a_sweep_program_to_the_same_fingerprints(sweep):
+    sweep_dir, _ = sweep
+    result = run_cli("verify", str(sweep_dir / "program-1"), "--json")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert json.loads(result.stdout.splitlines()[-1])["reproduced"] is True
+
+
+def test_the_models_per_program_are_as_many_as_memory_holds(monkeypatch):
+    from digitsjax.core import sharding
+    from digitsjax.core.footprint import footprint, peak_bytes
+    from digitsjax.run import resources
+
+    pipeline = load_pipeline(PIPELINE, ["model.hidden=[1024, 1024]"])
+    mesh = sharding.data_mesh()
+
+    def need(k: int) -> int:
+        many = load_pipeline(PIPELINE, ["model.hidden=[1024, 1024]", f"train.num_models={k}"])
+        return peak_bytes(footprint(many, mesh.size)) * mesh.size
+
+    monkeypatch.setattr(resources, "host_available_bytes", lambda: need(37) + 1)
+    assert resources.max_models_that_fit(pipeline, mesh, 1000) == 37
+    assert resources.max_models_that_fit(pipeline, mesh, 20) == 20  # all fit
+    monkeypatch.setattr(resources, "host_available_bytes", lambda: 1)
+    assert resources.max_models_that_fit(pipeline, mesh, 1000) == 1  # check_memory refuses it

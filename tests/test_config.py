@@ -24,6 +24,14 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def refusal(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """The error loading `path` with `overrides` is refused with: always one line."""
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(path, overrides)
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
 def test_every_shipped_pipeline_parses(path):
     pipeline = load_pipeline(path, for_sweep=True)  # hidden_sizes.toml is a sweep
@@ -68,10 +76,7 @@ def test_classic_networks_are_expressible():
     ("seed = [\n", "is not valid TOML"),
 ])
 def test_bad_pipelines_are_rejected_with_one_line_naming_the_key(tmp_path, text, message):
-    with pytest.raises(ConfigError) as error:
-        load_pipeline(write(tmp_path, text))
-    assert message in str(error.value)
-    assert "\n" not in str(error.value)
+    assert message in refusal(write(tmp_path, text))
 
 
 def test_missing_file_says_what_to_pass(tmp_path):
@@ -138,10 +143,7 @@ def test_the_largest_seed_is_the_largest_key_jax_keeps_apart():
      "seed + k"),
 ])
 def test_a_seed_beyond_32_bits_is_refused_rather_than_wrapped(overrides, message):
-    with pytest.raises(ConfigError) as error:
-        load_pipeline(MNIST_MLP, overrides)
-    assert message in str(error.value)
-    assert "\n" not in str(error.value)
+    assert message in refusal(MNIST_MLP, overrides)
 
 
 # The step counter is an int32 in the train state: a run has at most 2**31 - 1 steps.
@@ -156,10 +158,7 @@ def test_a_seed_beyond_32_bits_is_refused_rather_than_wrapped(overrides, message
      "'optimizer.warmup_steps' must be between 0 and 2147483647 (the step counter is an int32)"),
 ])
 def test_a_run_longer_than_the_step_counter_is_refused(overrides, message):
-    with pytest.raises(ConfigError) as error:
-        load_pipeline(MNIST_MLP, overrides)
-    assert message in str(error.value)
-    assert "\n" not in str(error.value)
+    assert message in refusal(MNIST_MLP, overrides)
 
 
 def test_the_longest_run_the_step_counter_holds_is_accepted():
@@ -173,12 +172,9 @@ def test_the_longest_run_the_step_counter_holds_is_accepted():
     "nul\x00", "a b", "x" * 256,
 ])
 def test_a_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, name):
-    path = write(tmp_path, f"name = {json.dumps(name)}\n")
-    with pytest.raises(ConfigError) as error:
-        load_pipeline(path)
-    assert "'name' must be a plain folder name" in str(error.value)
-    assert "e.g. pipeline key name = mnist_mlp" in str(error.value)
-    assert "\n" not in str(error.value)
+    message = refusal(write(tmp_path, f"name = {json.dumps(name)}\n"))
+    assert "'name' must be a plain folder name" in message
+    assert "e.g. pipeline key name = mnist_mlp" in message
     with pytest.raises(ConfigError, match="'name' must be a plain folder name"):
         load_pipeline(MNIST_MLP, [f"name={json.dumps(name)}"])
 

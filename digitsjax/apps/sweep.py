@@ -16,7 +16,6 @@ unfinished and rewrites the same table.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import itertools
 import json
 from collections.abc import Callable, Iterable
@@ -33,7 +32,7 @@ from digitsjax.core.config import (
     read_pipeline_file,
     set_key,
 )
-from digitsjax.core.hyper import PerModel, per_model_of, program_key
+from digitsjax.core.hyper import PerModel, per_model_of, program_key, with_values
 from digitsjax.core.model import parameter_count
 from digitsjax.errors import ConfigError, UserError
 from digitsjax.files import write_json_atomic, write_text_atomic
@@ -83,9 +82,8 @@ class Program:
         first = self.variants[0].pipeline
         if len(self.variants) == 1:
             return first
-        train = dataclasses.replace(first.train, num_models=len(self.variants))
-        return dataclasses.replace(first, train=train,
-                                   name=f"{first.name.split('/')[0]}/{self.workdir}")
+        return with_values(first, {"train.num_models": len(self.variants),
+                                   "name": f"{first.name.split('/')[0]}/{self.workdir}"})
 
 
 def parse_grid_option(text: str) -> tuple[str, list[Any]]:
@@ -235,9 +233,17 @@ def _variant_entry(variant: Variant, program: Program) -> dict[str, Any]:
 
 def best_point(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The row with the best validation accuracy among those trained and not diverged."""
-    done = [r for r in rows if r["val_accuracy"] is not None and
-            (r["diverged_at"] is None or r["diverged_at"] < 0)]
+    done = _finished(rows)
     return max(done, key=lambda r: r["val_accuracy"]) if done else None
+
+
+def _finished(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of points that trained and did not diverge: those with results to compare."""
+    return [r for r in rows if r["val_accuracy"] is not None and not _diverged(r)]
+
+
+def _diverged(row: dict[str, Any]) -> bool:
+    return row["diverged_at"] is not None and row["diverged_at"] >= 0
 
 
 def is_sweep(directory: Path) -> bool:
@@ -251,28 +257,35 @@ def locate_point(sweep_dir: Path, point: int) -> tuple[Path, int | None]:
         raise UserError(f"{sweep_dir} is not a sweep folder (it has no {SWEEP_JSON}), so it "
                         "has no points", "pass the folder `digitsjax sweep` wrote, or leave "
                         "out --point for a plain workdir")
-    variants = summarize(sweep_dir)[0]["variants"]
+    variants = _read_sweep(sweep_dir)["variants"]
     if not 0 <= point < len(variants):
         raise UserError(f"{sweep_dir} has {len(variants)} points, so there is no point {point}",
                         f"choose one from 0 to {len(variants) - 1} (the rows of its sweep.csv)")
-    entry = variants[point]
-    return Path(sweep_dir) / entry.get("workdir", entry["name"]), entry.get("model")
+    return _workdir_of(sweep_dir, variants[point]), variants[point].get("model")
 
 
 def summarize(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The sweep's description and one row per variant, read from the variants' workdirs."""
-    try:
-        sweep = json.loads((Path(sweep_dir) / SWEEP_JSON).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{sweep_dir} is not a readable sweep ({e}); "
-                        "run `digitsjax sweep` into it") from None
+    sweep = _read_sweep(sweep_dir)
     rows = []
     for variant in sweep["variants"]:
         row = {"variant": variant["name"], **variant["values"], **dict.fromkeys(RESULT_COLUMNS)}
-        # a sweep.json from before programs: every variant in its own workdir
-        workdir = Path(sweep_dir) / variant.get("workdir", variant["name"])
-        rows.append(row | _results(workdir, variant.get("model")))
+        rows.append(row | _results(_workdir_of(sweep_dir, variant), variant.get("model")))
     return sweep, rows
+
+
+def _read_sweep(sweep_dir: Path) -> dict[str, Any]:
+    """sweep.json: the base pipeline, the grid, and where each variant's results live."""
+    try:
+        return json.loads((Path(sweep_dir) / SWEEP_JSON).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{sweep_dir} is not a readable sweep ({e}); "
+                        "run `digitsjax sweep` into it") from None
+
+
+def _workdir_of(sweep_dir: Path, entry: dict[str, Any]) -> Path:
+    """The workdir holding a variant of sweep.json (one from before programs: its own)."""
+    return Path(sweep_dir) / entry.get("workdir", entry["name"])
 
 
 def _results(workdir: Path, model: int | None) -> dict[str, Any]:
@@ -331,8 +344,7 @@ def _write_plots(sweep_dir: Path, sweep: dict[str, Any], rows: list[dict[str, An
 
     plots, name = sweep_dir / PLOTS_DIR, sweep["pipeline"]["name"]
     plots.mkdir(exist_ok=True)
-    trained = [r for r in rows if r["val_accuracy"] is not None and
-               (r["diverged_at"] is None or r["diverged_at"] < 0)]  # diverged: in the table
+    trained = _finished(rows)  # a diverged point is in the table, not on the charts
     keys = list(sweep["grid"])
     paths = [plot_sweep([r for r in rows if r["parameters"] is not None], plots / CHART,
                         title=f"{name}: accuracy by {', '.join(keys)}")]
@@ -358,7 +370,7 @@ BEST_CURVES = 5
 
 def _curve(sweep_dir: Path, entry: dict[str, Any]) -> list[tuple[int, float]]:
     """A point's validation accuracy per evaluated epoch."""
-    records = read_metrics(sweep_dir / entry.get("workdir", entry["name"]))
+    records = read_metrics(_workdir_of(sweep_dir, entry))
     model = entry.get("model")
     return [(r["epoch"], r["val_accuracy"] if model is None else r["val_model_accuracies"][model])
             for r in records if "val_accuracy" in r]
@@ -379,7 +391,7 @@ def _markdown_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
                   _percent(row["val_accuracy"]), _percent(row["test_accuracy"]),
                   f"{row['test_loss']:.4f}" if row["test_loss"] is not None else "",
                   f"{row['train_seconds']:.1f}" if row["train_seconds"] is not None else ""]
-        if (row["diverged_at"] or -1) >= 0:
+        if _diverged(row):
             cells[len(keys) + 3] = f"diverged at step {row['diverged_at']}"
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     best = best_point(rows)

@@ -58,9 +58,8 @@ class PerModel:
     def point(self, pipeline: Pipeline, k: int) -> Pipeline:
         """Model k as the single run it equals: its values and seed, one model."""
         values = {key: v[k] for key, v in self.values.items()}
-        single = with_values(pipeline, values)
-        train = dataclasses.replace(single.train, num_models=1)
-        return dataclasses.replace(single, train=train, seed=self.seeds(pipeline)[k])
+        return with_values(pipeline, values | {SEED: self.seeds(pipeline)[k],
+                                               "train.num_models": 1})
 
     def state_values(self) -> dict[str, np.ndarray]:
         """What the train state carries: each numeric key's K values as float32."""
@@ -106,9 +105,12 @@ def get(pipeline: Pipeline, key: str) -> Any:
 
 
 def with_values(pipeline: Pipeline, values: Mapping[str, Any]) -> Pipeline:
-    """`pipeline` with `values` (dotted key -> number or traced array) in place of its own."""
+    """`pipeline` with `values` (key -> value: `seed`, or dotted such as `train.num_models`; a
+    per-model number may be a traced array) in place of its own. Not validated: the values come
+    from validated pipelines."""
     for key, value in values.items():
-        if key == SEED:
+        if "." not in key:
+            pipeline = dataclasses.replace(pipeline, **{key: value})
             continue
         section_name, leaf = key.split(".")
         section = dataclasses.replace(getattr(pipeline, section_name), **{leaf: value})

@@ -40,7 +40,6 @@ TrainState = dict[str, Any]
 INIT_STREAM, DATA_STREAM, DROPOUT_STREAM = 0, 1, 2
 
 
-
 def model_axes(state: TrainState) -> dict[str, int | None]:
     """Where the model axis of a K-model train state is: on everything but the one step that
     all K models share (and advance); a sweep's state also carries per-model `hyper` values
@@ -63,8 +62,8 @@ def init_train_state(pipeline: Pipeline, per_model: PerModel | None = None) -> T
     """
     seeds = per_model.seeds(pipeline) if per_model is not None else \
         [pipeline.seed + k for k in range(pipeline.train.num_models)]
-    # One model at a time, each exactly its single run's ops (a vmap or jit of them would
-    # compile anew and round a few last bits differently); the dispatches repeat compiled ops.
+    # One model at a time, each exactly its single run's ops, whose compiled programs repeat
+    # (a jit of them rounds some last bits differently; an eager vmap compiles every op anew).
     states = [_init_single_state(pipeline, jax.random.PRNGKey(seed)) for seed in seeds]
     if len(states) == 1:
         return states[0]
@@ -87,7 +86,8 @@ def _init_single_state(pipeline: Pipeline, key: jax.Array) -> TrainState:
 
 
 def model_params(params: Any, k: int) -> Any:
-    """Model k's parameters out of a K-model stack: what the single run with seed + k holds."""
+    """Model k's slice of a K-model stack (its parameters, or any per-model part of the state):
+    what the single run with seed + k holds."""
     return jax.tree.map(lambda leaf: leaf[k], params)
 
 
@@ -216,12 +216,12 @@ def _masked_step(step_fn: Callable[..., tuple[TrainState, dict]], state: TrainSt
     kept as it was and the step recorded in `diverged_at`, while the others train on."""
     new, metrics = step_fn(state, images, labels)
     finite = jnp.isfinite(metrics["loss"]) & _all_finite(new["params"])
-    alive = (state["diverged_at"] < 0) & finite
+    was_alive = state["diverged_at"] < 0
+    alive = was_alive & finite
     kept = jax.tree.map(lambda n, o: jnp.where(alive, n, o),
                         {"params": new["params"], "opt_state": new["opt_state"]},
                         {"params": state["params"], "opt_state": state["opt_state"]})
-    diverged_at = jnp.where((state["diverged_at"] < 0) & ~finite, new["step"],
-                            state["diverged_at"])
+    diverged_at = jnp.where(was_alive & ~finite, new["step"], state["diverged_at"])
     metrics = {"loss": jnp.where(alive, metrics["loss"], 0.0),
                "correct": jnp.where(alive, metrics["correct"], 0)}
     return new | kept | {"diverged_at": diverged_at}, metrics

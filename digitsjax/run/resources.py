@@ -6,7 +6,6 @@ there the host's available memory is the limit, shared by every simulated device
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -14,6 +13,7 @@ from jax.sharding import Mesh
 
 from digitsjax.core.config import Pipeline
 from digitsjax.core.footprint import KNOBS, footprint, peak_bytes
+from digitsjax.core.hyper import with_values
 from digitsjax.errors import ResourceError
 
 
@@ -37,8 +37,7 @@ def max_models_that_fit(pipeline: Pipeline, mesh: Mesh, wanted: int) -> int:
     limit, _, sharing = _memory_limit(mesh)
 
     def fits(k: int) -> bool:
-        many = dataclasses.replace(pipeline, train=dataclasses.replace(pipeline.train,
-                                                                       num_models=k))
+        many = with_values(pipeline, {"train.num_models": k})
         return peak_bytes(footprint(many, mesh.size)) * sharing <= limit
 
     low, high = 1, wanted  # the footprint grows with k: bisect for the largest that fits

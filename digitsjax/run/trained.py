@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 from digitsjax.core.config import Pipeline
-from digitsjax.core.hyper import PerModel
+from digitsjax.core.hyper import PerModel, with_values
 from digitsjax.core.model import params_sha256
 from digitsjax.core.train import TrainState, init_train_state, model_params
 from digitsjax.errors import CHECKPOINT, RESTART, CheckpointError
@@ -75,12 +75,11 @@ def one_model(trained: Trained, k: int, per_model: PerModel | None) -> Trained:
     if count == 1:
         return trained
     if per_model is None:
-        single = dataclasses.replace(pipeline, seed=pipeline.seed + k, train=dataclasses.replace(
-            pipeline.train, num_models=1))
+        single = with_values(pipeline, {"seed": pipeline.seed + k, "train.num_models": 1})
     else:
         single = per_model.point(pipeline, k)
     state = {name: trained.state[name] if name == "step" else
-             jax.tree.map(lambda leaf: leaf[k], trained.state[name])
+             model_params(trained.state[name], k)
              for name in ("params", "opt_state", "step", "key")}
     return dataclasses.replace(trained, pipeline=single, state=state)
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Every check a GPU host is for, in one run of about 8 minutes, each step time-bounded:
+# Every check a GPU host is for, in one run of about 10 minutes, each step time-bounded:
 #   1. three runs of mnist_mlp (a fresh compile, a compilation-cache write, a cache read) with
 #      the default numerics, then with JAX's own GPU numerics (TF32, not deterministic);
 #   2. the test suite, in parallel when pytest-xdist is there;
-#   3. `make bench`'s GPU table with few epochs.
+#   3. `make bench`'s GPU table with few epochs;
+#   4. a sweep of 1,024 mnist_mlp points x 15 epochs in one program (bench/sweep_cost.py).
 # Logs go to $OUT (default ./gpu-check-out); fingerprints.txt is the summary of step 1.
 #
 # A GPU host that reaches no network needs MNIST and the test tools carried to it. Here:
@@ -68,6 +69,8 @@ check() {
     timeout 240 "$PY" bench/run.py ${BENCH_ARGS:---epochs 3} --json "$OUT/bench.json" \
         > "$OUT/bench.txt" 2>&1
     echo "bench exit $?" | tee -a "$OUT/fingerprints.txt"
+    timeout 150 "$PY" bench/sweep_cost.py --points 1024 > "$OUT/sweep.txt" 2>&1
+    echo "sweep exit $?: $(grep 'launch to exit' "$OUT/sweep.txt")" | tee -a "$OUT/fingerprints.txt"
 }
 
 if [ "${1:-}" = --prepare ]; then prepare; else check; fi

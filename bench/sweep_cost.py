@@ -7,6 +7,9 @@ run and as separate runs, each a whole `digitsjax` process timed from launch to 
   `digitsjax train` processes;
 - with `--long`, also lr_sweep (mnist_mlp, 8 rates x 4 seeds, 15 epochs): the sweep against its
   32 separate runs, and whether both name the same best point.
+- with `--points N` (for an accelerator), only a grid of N points of mnist_mlp (learning rates
+  x seeds) as one sweep: its seconds from launch to exit, the seconds of its epochs, and the
+  training examples per second of both.
 Ratios come from one run on one machine. Every process shares one fresh compilation cache, and
 each way runs once untimed before its timed run, so that all are measured warm (compiled
 programs cached, files in the page cache), as a user's repeated runs are.
@@ -80,13 +83,42 @@ def lr_sweep(root: Path, env: dict[str, str]) -> dict[str, object]:
             "separate_best": best[1]}
 
 
+def big_grid(root: Path, env: dict[str, str], points: int) -> dict[str, float]:
+    """mnist_mlp at 32 learning rates (1e-4 ... 1e-2) x points/32 seeds, one sweep, timed."""
+    rates = [round(1e-4 * 100 ** (i / 31), 7) for i in range(32)]
+    seeds = list(range(max(1, points // len(rates))))
+    sweep_dir = root / "grid"
+    seconds = timed(["sweep", str(PIPELINES / "mnist_mlp.toml"), "--grid",
+                     f"optimizer.learning_rate={rates}", "--grid", f"seed={seeds}",
+                     "--workdir", str(sweep_dir)], env)
+    records = [json.loads(line) for program in sorted(sweep_dir.glob("program-*"))
+               for line in (program / "metrics.jsonl").read_text().splitlines()]
+    examples = sum(r["examples_per_second"] * r["epoch_seconds"] for r in records)
+    epochs = sum(r["epoch_seconds"] for r in records)
+    return {"points": len(rates) * len(seeds), "seconds": seconds, "epoch_seconds": epochs,
+            "examples": examples}
+
+
+def print_big_grid(r: dict[str, float]) -> None:
+    print(f"| mnist_mlp, {r['points']} points x 15 epochs | seconds | examples/s |")
+    print("|---|---|---|")
+    print(f"| launch to exit | {r['seconds']:.1f} | {r['examples'] / r['seconds']:,.0f} |")
+    print(f"| its epochs | {r['epoch_seconds']:.1f} | "
+          f"{r['examples'] / r['epoch_seconds']:,.0f} |", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--long", action="store_true", help="also lr_sweep (about 15 minutes)")
+    parser.add_argument("--points", type=int, metavar="N",
+                        help="only a sweep of N mnist_mlp points (a multiple of 32)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         env = {**os.environ, "DIGITSJAX_COMPILATION_CACHE": str(root / "cache")}
+        if args.points:
+            print_big_grid(big_grid(root, env, args.points))
+            return 0
         n = nielsen(root / "nielsen", env)
         print("| nielsen, 8 learning rates x 1 epoch | seconds | sweep / this |")
         print("|---|---|---|")

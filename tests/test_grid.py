@@ -102,16 +102,24 @@ def test_every_schedule_takes_per_model_rates(schedule):
                                          for lr in (0.002, 0.02)])
 
 
-def test_a_diverging_model_stops_alone_and_is_reported():
+def test_a_diverging_model_stops_alone_at_its_last_finite_state_and_is_reported():
     points = [point("optimizer.name=sgd", "optimizer.learning_rate=0.01"),
               point("optimizer.name=sgd", "optimizer.learning_rate=1e30")]
-    grid, sums = train_points(points)
+    grid, sums = train_points(points, epochs=2)  # it diverges in the first, stays in the second
     diverged = np.asarray(grid["diverged_at"])
-    assert diverged[0] == -1 and diverged[1] >= 1
+    assert diverged[0] == -1 and 1 < diverged[1] <= points[1].steps_per_epoch
     assert np.all(np.asarray(sums["diverged_at"]) == diverged)
+    assert float(sums["loss_sum"][1]) == 0.0  # a stopped model adds nothing to the metrics
     for leaf in jax.tree.leaves(grid["params"]):
-        assert np.all(np.isfinite(np.asarray(leaf)))  # the stopped model kept its last state
-    single, _ = train_single(points[0])
-    for a, e in zip(jax.tree.leaves(model_params(grid["params"], 0)),
-                    jax.tree.leaves(single["params"]), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=RTOL, atol=ATOL)
+        assert np.all(np.isfinite(np.asarray(leaf)))  # never a NaN in the state
+    stopped = run_steps(points[1], int(diverged[1]) - 1)  # its single run, up to that step
+    for k, expected in ((0, train_single(points[0])[0]), (1, stopped)):
+        for a, e in zip(jax.tree.leaves(model_params(grid["params"], k)),
+                        jax.tree.leaves(expected["params"]), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=RTOL, atol=ATOL)
+
+
+def run_steps(pipeline: Pipeline, num_steps: int):
+    """The single run's state after its first `num_steps` steps (all in its first epoch)."""
+    state, chunk = init_train_state(pipeline), make_train_chunk(pipeline)
+    return chunk(state, *data(pipeline), num_steps=num_steps)[0]

@@ -17,7 +17,7 @@ import pytest
 
 from digitsjax.core import train
 from digitsjax.core.config import Pipeline, load_pipeline
-from digitsjax.core.model import params_sha256
+from digitsjax.core.model import INITIALIZERS, params_sha256
 from digitsjax.core.train import (
     DATA_STREAM,
     epoch_permutation,
@@ -100,10 +100,14 @@ def test_k_models_train_what_k_single_runs_train(mnist):
         assert abs(int(sums["correct"][k]) - int(single_sums["correct"])) <= 2
 
 
-def test_k_models_start_from_exactly_the_single_runs_initial_state():
-    stacked = init_train_state(mnist_mlp("seed=7", "train.num_models=2"))
-    for k in range(2):
-        single = init_train_state(mnist_mlp(f"seed={7 + k}"))
+@pytest.mark.parametrize("compiled", [False, True], ids=["op-by-op", "compiled"])
+@pytest.mark.parametrize("init", sorted(INITIALIZERS))
+def test_k_models_start_from_exactly_the_single_runs_initial_state(init, compiled, monkeypatch):
+    """However many models (a few start op by op, many from one compiled init)."""
+    monkeypatch.setattr(train, "COMPILED_INIT_MODELS", 2 if compiled else 4)
+    stacked = init_train_state(mnist_mlp("seed=7", "train.num_models=3", f"model.init={init}"))
+    for k in range(3):
+        single = init_train_state(mnist_mlp(f"seed={7 + k}", f"model.init={init}"))
         for name in ("params", "opt_state", "key"):
             for a, e in zip(jax.tree.leaves(model_params(stacked[name], k)),
                             jax.tree.leaves(single[name]), strict=True):

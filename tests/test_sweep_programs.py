@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from digitsjax.apps import sweep as sweep_module
 from digitsjax.apps.sweep import SWEEP_JSON, make_variants, plan_programs
 from digitsjax.cli import main
 from digitsjax.core.config import load_pipeline
@@ -79,6 +80,16 @@ def test_each_point_equals_its_single_run(sweep, tmp_path, mnist_dir):
         assert float(table[k]["val_accuracy"]) == pytest.approx(final["val_accuracy"], abs=2e-4)
         assert len(table[k]["params_sha256"]) == 64 and table[k]["diverged_at"] == "-1"
     assert len({r["params_sha256"] for r in table}) == 3
+
+
+def test_a_program_is_summarised_from_one_reading_of_its_files(sweep, monkeypatch):
+    """A grid of K points in one program would otherwise parse its metrics K times."""
+    sweep_dir, _ = sweep
+    reads = []
+    monkeypatch.setattr(sweep_module, "read_metrics",
+                        lambda workdir: reads.append(workdir) or read_metrics(workdir))
+    _, points = sweep_module.summarize(sweep_dir)
+    assert len(points) == 3 and reads == [sweep_dir / "program-1"]
 
 
 def test_a_diverging_point_is_stopped_and_reported_and_the_others_train_on(sweep):
@@ -162,7 +173,7 @@ def test_the_models_per_program_are_as_many_as_memory_holds(monkeypatch):
 
     def need(k: int) -> int:
         many = load_pipeline(PIPELINE, ["model.hidden=[1024, 1024]", f"train.num_models={k}"])
-        return peak_bytes(footprint(many, mesh.size)) * mesh.size
+        return peak_bytes(footprint(many, mesh.size, sweep=True)) * mesh.size
 
     monkeypatch.setattr(resources, "host_available_bytes", lambda: need(37) + 1)
     assert resources.max_models_that_fit(pipeline, mesh, 1000) == 37

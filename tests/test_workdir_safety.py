@@ -143,12 +143,16 @@ def test_the_estimate_grows_with_what_a_run_holds():
     assert parts["MNIST"] == 70_000 * 784 * 4
     wider = footprint(load_pipeline(PIPELINE, ["model.hidden=[256, 64]"]))
     assert wider["the parameters and optimizer state"] > parts["the parameters and optimizer state"]
-    ten = footprint(load_pipeline(PIPELINE, ["train.num_models=10"]))
+    ten_models = load_pipeline(PIPELINE, ["train.num_models=10"])
+    ten = footprint(ten_models)
     for part in ("the parameters and optimizer state", "a training step", "an evaluation"):
         assert ten[part] == 10 * parts[part]
     sgd = footprint(load_pipeline(PIPELINE, ["optimizer.name=sgd"]))  # no slots: params only
     assert parts["the parameters and optimizer state"] > sgd["the parameters and optimizer state"]
     assert peak_bytes(parts) < 10**9  # mnist_mlp fits anywhere
+    sweep = footprint(ten_models, sweep=True)  # ten grid points in one program
+    assert sweep["the parameters and optimizer state"] == \
+        2 * ten["the parameters and optimizer state"]  # a chunk keeps the state it started from
 
 
 def test_a_refusal_leaves_no_workdir_behind(tmp_path):

@@ -265,12 +265,17 @@ def locate_point(sweep_dir: Path, point: int) -> tuple[Path, int | None]:
 
 
 def summarize(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The sweep's description and one row per variant, read from the variants' workdirs."""
+    """The sweep's description and one row per variant, read from the variants' workdirs
+    (each once: a program's K points share its files)."""
     sweep = _read_sweep(sweep_dir)
+    runs: dict[Path, _TrainedRun | None] = {}
     rows = []
     for variant in sweep["variants"]:
+        workdir = _workdir_of(sweep_dir, variant)
+        if workdir not in runs:
+            runs[workdir] = _read_run(workdir)
         row = {"variant": variant["name"], **variant["values"], **dict.fromkeys(RESULT_COLUMNS)}
-        rows.append(row | _results(_workdir_of(sweep_dir, variant), variant.get("model")))
+        rows.append(row | _results(runs[workdir], variant.get("model")))
     return sweep, rows
 
 
@@ -288,19 +293,34 @@ def _workdir_of(sweep_dir: Path, entry: dict[str, Any]) -> Path:
     return Path(sweep_dir) / entry.get("workdir", entry["name"])
 
 
-def _results(workdir: Path, model: int | None) -> dict[str, Any]:
-    """A variant's result columns, from its workdir (model `model` of a program's); none
-    for a variant not trained yet."""
+@dataclass(frozen=True)
+class _TrainedRun:
+    """What the summary reads from a workdir: its manifest, network and epoch records."""
+
+    manifest: dict[str, Any]
+    parameters: int
+    records: list[dict[str, Any]]
+
+
+def _read_run(workdir: Path) -> _TrainedRun | None:
+    """A workdir's files, or None for a variant not trained yet."""
     if not (workdir / MANIFEST).is_file():
+        return None
+    return _TrainedRun(read_manifest(workdir),
+                       parameter_count(recorded_pipeline(workdir).model), read_metrics(workdir))
+
+
+def _results(run: _TrainedRun | None, model: int | None) -> dict[str, Any]:
+    """A variant's result columns from its run (model `model` of a program's)."""
+    if run is None:
         return {}
-    manifest = read_manifest(workdir)
-    row: dict[str, Any] = {"parameters": parameter_count(recorded_pipeline(workdir).model)}
-    records = read_metrics(workdir)
-    final = last_evaluated(records)
+    row: dict[str, Any] = {"parameters": run.parameters}
+    final = last_evaluated(run.records)
     if final is None:
         return row
-    row |= {"epochs": final["epoch"], "train_seconds": sum(r["epoch_seconds"] for r in records)}
-    result = manifest.get("result", {})
+    row |= {"epochs": final["epoch"],
+            "train_seconds": sum(r["epoch_seconds"] for r in run.records)}
+    result = run.manifest.get("result", {})
     if model is None:
         row |= {key: final[key] for key in RESULT_COLUMNS if key in final}
         row["params_sha256"] = result.get("params_sha256")

@@ -4,7 +4,9 @@ A run that does not fit would be killed by the operating system or fail deep ins
 estimate counts what dominates: the MNIST arrays on each device, the train state (parameters
 and optimizer slots, K models), and the larger of the two programs' working sets, a training
 step (gradients, the batch's activations) or an evaluation (a whole split's activations at
-once). It is an estimate, not XLA's exact plan; it errs a little high.
+once). A sweep's program holds its train state twice: a chunk keeps the state it started from
+until it knows no model diverged in it. It is an estimate, not XLA's exact plan; it errs a
+little high.
 """
 
 from __future__ import annotations
@@ -26,16 +28,19 @@ KNOBS = {  # what to lower when a part is too large
 }
 
 
-def footprint(pipeline: Pipeline, devices: int = 1) -> dict[str, int]:
-    """Bytes each of `devices` devices needs for each part of the run (see KNOBS for names)."""
+def footprint(pipeline: Pipeline, devices: int = 1, sweep: bool = False) -> dict[str, int]:
+    """Bytes each of `devices` devices needs for each part of the run (see KNOBS for names);
+    `sweep` for a sweep's program of `train.num_models` grid points."""
     k, model = pipeline.train.num_models, pipeline.model
+    copies = 2 if sweep else 1
     params = parameter_count(model) * FLOAT32
     widths = sum(layer_sizes(model)[1:])  # the activations of one example
     batch = -(-pipeline.train.batch_size // devices)
     evaluated = max(pipeline.data.validation_size, SPLIT_SIZES["test"])
     return {
         "MNIST": (SPLIT_SIZES["train"] + SPLIT_SIZES["test"]) * NUM_PIXELS * FLOAT32,
-        "the parameters and optimizer state": k * (params + _optimizer_state_bytes(pipeline)),
+        "the parameters and optimizer state":
+            copies * k * (params + _optimizer_state_bytes(pipeline)),
         "a training step": k * (params + 2 * batch * widths * FLOAT32),
         "an evaluation": k * evaluated * widths * FLOAT32,
     }

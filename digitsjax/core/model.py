@@ -37,9 +37,16 @@ Initializer = Callable[[jax.Array, jax.Array, int, int], tuple[jax.Array, jax.Ar
 
 def _normal(scaled: Callable[[jax.Array, int], jax.Array],
             normal_bias: bool = False) -> Initializer:
-    """Weights `scaled(N(0, 1), fan_in)`; biases zero, or N(0, 1) (Nielsen's networks)."""
+    """Weights `scaled(N(0, 1), fan_in)`; biases zero, or N(0, 1) (Nielsen's networks).
+
+    The draw is finished before it is scaled (an optimization barrier): compiled, XLA would
+    otherwise fold the scale into the draw's own constant factor and round some weights
+    differently from the op-by-op run, and K models initialised in one program would not start
+    where their single runs do.
+    """
     def init(w_key: jax.Array, b_key: jax.Array, fan_in: int, fan_out: int):
-        w = scaled(jax.random.normal(w_key, (fan_in, fan_out)), fan_in)
+        draw = jax.lax.optimization_barrier(jax.random.normal(w_key, (fan_in, fan_out)))
+        w = scaled(draw, fan_in)
         b = jax.random.normal(b_key, (fan_out,)) if normal_bias else jnp.zeros((fan_out,))
         return w, b
     return init
@@ -227,5 +234,5 @@ def params_sha256(params: Params) -> str:
     """
     digest = hashlib.sha256()
     for leaf in jax.tree_util.tree_leaves(params):
-        digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+        digest.update(np.ascontiguousarray(jax.device_get(leaf)))  # its buffer, not a copy
     return digest.hexdigest()

@@ -62,16 +62,12 @@ def init_train_state(pipeline: Pipeline, per_model: PerModel | None = None) -> T
     """
     seeds = per_model.seeds(pipeline) if per_model is not None else \
         [pipeline.seed + k for k in range(pipeline.train.num_models)]
-    # One model at a time, each exactly its single run's ops, whose compiled programs repeat
-    # (a jit of them rounds some last bits differently; an eager vmap compiles every op anew).
-    states = [_init_single_state(pipeline, jax.random.PRNGKey(seed)) for seed in seeds]
-    if len(states) == 1:
-        return states[0]
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
-    stacked |= {"step": states[0]["step"]}
+    if len(seeds) == 1:
+        return _init_single_state(pipeline, jax.random.PRNGKey(seeds[0]))
+    stacked = _stacked_initial_states(pipeline, seeds) | {"step": jnp.zeros((), jnp.int32)}
     if per_model is not None:
         stacked |= {"hyper": jax.tree.map(jnp.asarray, per_model.state_values()),
-                    "diverged_at": jnp.full((len(states),), -1, jnp.int32)}
+                    "diverged_at": jnp.full((len(seeds),), -1, jnp.int32)}
     return stacked
 
 
@@ -83,6 +79,27 @@ def _init_single_state(pipeline: Pipeline, key: jax.Array) -> TrainState:
         "step": jnp.zeros((), jnp.int32),
         "key": key,
     }
+
+
+COMPILED_INIT_MODELS = 32
+"""From this many models on, their states come from one compiled loop over the single init;
+fewer are initialised op by op, which is quicker than compiling for a few dozen models."""
+
+
+def _stacked_initial_states(pipeline: Pipeline, seeds: list[int]) -> TrainState:
+    """The single runs' initial states, stacked on a model axis, bit for bit either way: the
+    normal initializers finish their draw before scaling it (model.py), so compiled, XLA
+    cannot fold the scale into the draw's own constants and round differently."""
+    keys = [jax.random.PRNGKey(seed) for seed in seeds]
+    if len(seeds) >= COMPILED_INIT_MODELS:
+        return _compiled_inits(pipeline, jnp.asarray(np.stack(keys)))
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                        *(_init_single_state(pipeline, key) for key in keys))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _compiled_inits(pipeline: Pipeline, keys: jax.Array) -> TrainState:
+    return jax.lax.map(functools.partial(_init_single_state, pipeline), keys)
 
 
 def model_params(params: Any, k: int) -> Any:
@@ -177,12 +194,12 @@ def make_train_chunk(pipeline: Pipeline,
     batch_size, steps_per_epoch = pipeline.train.batch_size, pipeline.steps_per_epoch
     split_batch = sharding.split_batch(mesh)
 
-    def one_model_chunk(state, images, labels, num_steps):
+    def one_model_chunk(state, images, labels, num_steps, masked):
         epoch = state["step"] // steps_per_epoch
         order = epoch_permutation(state["key"], epoch, images.shape[0])
         own = with_values(pipeline, state["hyper"]) if "hyper" in state else pipeline
         step_fn = functools.partial(train_step, own, make_optimizer(own))
-        if "diverged_at" in state:
+        if masked:
             step_fn = functools.partial(_masked_step, step_fn)
 
         def body(state, _):
@@ -193,7 +210,7 @@ def make_train_chunk(pipeline: Pipeline,
 
         first_step = state["step"]
         state, metrics = jax.lax.scan(body, state, length=num_steps)
-        diverged_at = state["diverged_at"] if "diverged_at" in state else \
+        diverged_at = state["diverged_at"] if masked else \
             _first_nonfinite_step(first_step, metrics["loss"], state["params"])
         return state, {"loss_sum": jnp.sum(metrics["loss"]),
                        "correct": jnp.sum(metrics["correct"]), "diverged_at": diverged_at}
@@ -201,13 +218,48 @@ def make_train_chunk(pipeline: Pipeline,
     @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0,
                        compiler_options=compiler_options(), **sharding.replicated_outputs(mesh))
     def train_chunk(state, images, labels, num_steps):
-        chunk = functools.partial(one_model_chunk, num_steps=num_steps)
-        if pipeline.train.num_models > 1:
-            axes = model_axes(state)
-            chunk = jax.vmap(chunk, in_axes=(axes, None, None), out_axes=(axes, 0))
-        return chunk(state, images, labels)
+        def models_chunk(state, masked=False):
+            chunk = functools.partial(one_model_chunk, num_steps=num_steps, masked=masked)
+            if pipeline.train.num_models > 1:
+                axes = model_axes(state)
+                chunk = jax.vmap(chunk, in_axes=(axes, None, None), out_axes=(axes, 0))
+            return chunk(state, images, labels)
+
+        return _sweep_chunk(models_chunk, state) if "diverged_at" in state else \
+            models_chunk(state)
 
     return train_chunk
+
+
+def _sweep_chunk(models_chunk: Callable[..., tuple[TrainState, dict]],
+                 state: TrainState) -> tuple[TrainState, dict]:
+    """A sweep's chunk, where a model that turns NaN/inf stops alone at its last finite state.
+
+    Guarding every step costs a pass over every model's state per step, so the models first
+    train unguarded: the plain K-model program. Only if a model that was still training turned
+    non-finite in this chunk does the chunk run again from its start with every step guarded
+    (`_masked_step`). Either way the result is what guarding every step gives. Models stopped in
+    an earlier chunk get their kept state back and add nothing to the sums.
+    """
+    trained, sums = models_chunk(state)
+    stopped = state["diverged_at"] >= 0
+
+    def restore_stopped():
+        kept = {name: value if name == "step" else _per_model_where(stopped, state[name], value)
+                for name, value in trained.items()}
+        return kept, {"loss_sum": jnp.where(stopped, 0.0, sums["loss_sum"]),
+                      "correct": jnp.where(stopped, 0, sums["correct"]),
+                      "diverged_at": state["diverged_at"]}
+
+    diverged_now = jnp.any((sums["diverged_at"] >= 0) & ~stopped)
+    return jax.lax.cond(diverged_now, lambda: models_chunk(state, masked=True), restore_stopped)
+
+
+def _per_model_where(mask: jax.Array, if_true: Any, if_false: Any) -> Any:
+    """Model k's part of `if_true` where mask[k], else of `if_false` (leaves with a model axis)."""
+    def pick(a, b):
+        return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
+    return jax.tree.map(pick, if_true, if_false)
 
 
 def _masked_step(step_fn: Callable[..., tuple[TrainState, dict]], state: TrainState,

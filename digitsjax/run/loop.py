@@ -80,7 +80,7 @@ def train_pipeline(pipeline: Pipeline, workdir: str | Path, *, mnist_dir: str | 
     mesh = sharding.data_mesh()
     # What can be refused up front is refused before the workdir is touched.
     sharding.check_batch_size(pipeline.train.batch_size, mesh.size)
-    check_memory(pipeline, mesh)
+    check_memory(pipeline, mesh, sweep=per_model is not None)
     if not cluster.is_primary():
         progress, echo = False, _silent
     echo(backend.summary_line(backend.describe(pipeline)))

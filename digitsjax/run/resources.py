@@ -17,9 +17,10 @@ from digitsjax.core.hyper import with_values
 from digitsjax.errors import ResourceError
 
 
-def check_memory(pipeline: Pipeline, mesh: Mesh) -> None:
-    """Refuse, in one line with the estimate, the limit and what to lower, a run that cannot fit."""
-    parts = footprint(pipeline, mesh.size)
+def check_memory(pipeline: Pipeline, mesh: Mesh, sweep: bool = False) -> None:
+    """Refuse, in one line with the estimate, the limit and what to lower, a run that cannot fit
+    (`sweep`: a sweep's program)."""
+    parts = footprint(pipeline, mesh.size, sweep)
     limit, where, sharing = _memory_limit(mesh)
     need = peak_bytes(parts) * sharing
     if need <= limit:
@@ -32,13 +33,14 @@ def check_memory(pipeline: Pipeline, mesh: Mesh) -> None:
 
 
 def max_models_that_fit(pipeline: Pipeline, mesh: Mesh, wanted: int) -> int:
-    """The most of `wanted` models (the pipeline's network, K at a time under vmap) that one
-    program can train in this machine's memory; at least 1 (check_memory refuses that one)."""
+    """The most of `wanted` grid points (the pipeline's network, K at a time under vmap) that
+    one sweep program can train in this machine's memory; at least 1 (check_memory refuses
+    that one)."""
     limit, _, sharing = _memory_limit(mesh)
 
     def fits(k: int) -> bool:
         many = with_values(pipeline, {"train.num_models": k})
-        return peak_bytes(footprint(many, mesh.size)) * sharing <= limit
+        return peak_bytes(footprint(many, mesh.size, sweep=True)) * sharing <= limit
 
     low, high = 1, wanted  # the footprint grows with k: bisect for the largest that fits
     while low < high:

@@ -1,4 +1,4 @@
-"""The Python API: what the README shows runs as written, and means what it says."""
+"""The Python API: what docs/python.md shows runs as written, and means what it says."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from .digit_pictures import dark_ink_gray_png
 
 
 def readme_python_examples() -> str:
-    """The ```python blocks of the README's "From Python" section, in order, as one script."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## From Python", 1)[1].split("\n## ", 1)[0]
+    """The ```python blocks of docs/python.md's "From Python" section, in order, as one script."""
+    page = (REPO / "docs" / "python.md").read_text()
+    section = page.split("# From Python", 1)[1].split("\n## ", 1)[0]
     return "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
 
 

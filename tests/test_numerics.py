@@ -87,7 +87,7 @@ def test_bfloat16_multiplies_but_keeps_float32_parameters_and_optimizer_state():
 
 
 def test_tensorfloat32_on_a_cpu_is_float32_bit_for_bit():
-    """A CPU has no TF32: the README says so, and this holds it."""
+    """A CPU has no TF32: docs/accelerators.md says so, and this holds it."""
     if jax.default_backend() != "cpu":
         pytest.skip("only a CPU lacks TF32; a GPU is meant to differ")
     for got, want in zip(jax.tree.leaves(train_at("tensorfloat32")["params"]),

@@ -55,6 +55,10 @@ class PerModel:
             return [int(seed) for seed in self.values[SEED]]
         return [pipeline.seed] * self.num_models
 
+    def one_data_order(self, pipeline: Pipeline) -> bool:
+        """Whether the models share their seed, and so the order in which they see the data."""
+        return len(set(self.seeds(pipeline))) == 1
+
     def point(self, pipeline: Pipeline, k: int) -> Pipeline:
         """Model k as the single run it equals: its values and seed, one model."""
         values = {key: v[k] for key, v in self.values.items()}

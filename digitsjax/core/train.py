@@ -181,8 +181,8 @@ def compiler_options() -> dict[str, Any] | None:
     return {"xla_cpu_prefer_vector_width": 512} if jax.default_backend() == "cpu" else None
 
 
-def make_train_chunk(pipeline: Pipeline,
-                     mesh: Mesh | None = None) -> Callable[..., tuple[TrainState, dict]]:
+def make_train_chunk(pipeline: Pipeline, mesh: Mesh | None = None,
+                     one_data_order: bool = False) -> Callable[..., tuple[TrainState, dict]]:
     """A jitted `(state, images, labels, num_steps) -> (state, metric sums)`.
 
     Runs `num_steps` steps from `state["step"]`, which must all lie in one epoch. The state is
@@ -190,35 +190,50 @@ def make_train_chunk(pipeline: Pipeline,
     (inputs replicated over it), each step's batch is split over its `data` axis and the
     outputs stay replicated (see sharding.py); the maths is the same. For K models the metric
     sums have shape (K,) (under vmap, each model's batch is split over `data` the same way).
+    `one_data_order`: the K models share their seed (a sweep's points of one seed), so each
+    step gathers one batch for all of them, and each layer's multiply of that batch by the K
+    models' weights is one wide multiply.
     """
     batch_size, steps_per_epoch = pipeline.train.batch_size, pipeline.steps_per_epoch
     split_batch = sharding.split_batch(mesh)
 
-    def one_model_chunk(state, images, labels, num_steps, masked):
-        epoch = state["step"] // steps_per_epoch
-        order = epoch_permutation(state["key"], epoch, images.shape[0])
+    def model_step(state, masked):
         own = with_values(pipeline, state["hyper"]) if "hyper" in state else pipeline
         step_fn = functools.partial(train_step, own, make_optimizer(own))
-        if masked:
-            step_fn = functools.partial(_masked_step, step_fn)
+        return functools.partial(_masked_step, step_fn) if masked else step_fn
 
-        def body(state, _):
-            start = (state["step"] % steps_per_epoch) * batch_size
+    def order_and_batch(key, step, images, labels):
+        order = epoch_permutation(key, step // steps_per_epoch, images.shape[0])
+
+        def batch(step):
+            start = (step % steps_per_epoch) * batch_size
             idx = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
-            batch = split_batch((images[idx], labels[idx]))  # each device gathers its slice
-            return step_fn(state, *batch)
+            return split_batch((images[idx], labels[idx]))  # each device gathers its slice
+        return batch
 
-        first_step = state["step"]
-        state, metrics = jax.lax.scan(body, state, length=num_steps)
-        diverged_at = state["diverged_at"] if masked else \
-            _first_nonfinite_step(first_step, metrics["loss"], state["params"])
-        return state, {"loss_sum": jnp.sum(metrics["loss"]),
-                       "correct": jnp.sum(metrics["correct"]), "diverged_at": diverged_at}
+    def one_model_chunk(state, images, labels, num_steps, masked):
+        batch, step = order_and_batch(state["key"], state["step"], images, labels), \
+            model_step(state, masked)
+        end, metrics = jax.lax.scan(lambda s, _: step(s, *batch(s["step"])), state,
+                                    length=num_steps)
+        return end, _chunk_sums(state["step"], metrics, end, masked)
+
+    def one_order_chunk(state, images, labels, num_steps, masked):
+        axes = model_axes(state)
+        batch = order_and_batch(state["key"][0], state["step"], images, labels)
+        steps = jax.vmap(lambda s, x, y: model_step(s, masked)(s, x, y),
+                         in_axes=(axes, None, None), out_axes=(axes, 0))
+        end, metrics = jax.lax.scan(lambda s, _: steps(s, *batch(s["step"])), state,
+                                    length=num_steps)
+        sums = jax.vmap(functools.partial(_chunk_sums, masked=masked), in_axes=(None, 1, axes))
+        return end, sums(state["step"], metrics, end)
 
     @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0,
                        compiler_options=compiler_options(), **sharding.replicated_outputs(mesh))
     def train_chunk(state, images, labels, num_steps):
         def models_chunk(state, masked=False):
+            if one_data_order:
+                return one_order_chunk(state, images, labels, num_steps, masked)
             chunk = functools.partial(one_model_chunk, num_steps=num_steps, masked=masked)
             if pipeline.train.num_models > 1:
                 axes = model_axes(state)
@@ -229,6 +244,15 @@ def make_train_chunk(pipeline: Pipeline,
             models_chunk(state)
 
     return train_chunk
+
+
+def _chunk_sums(first_step: jax.Array, metrics: dict[str, jax.Array], end: TrainState,
+                masked: bool) -> dict[str, jax.Array]:
+    """One model's chunk: its metric sums and the step it diverged at (-1: none)."""
+    diverged_at = end["diverged_at"] if masked else \
+        _first_nonfinite_step(first_step, metrics["loss"], end["params"])
+    return {"loss_sum": jnp.sum(metrics["loss"]), "correct": jnp.sum(metrics["correct"]),
+            "diverged_at": diverged_at}
 
 
 def _sweep_chunk(models_chunk: Callable[..., tuple[TrainState, dict]],

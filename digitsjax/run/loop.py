@@ -187,7 +187,9 @@ class _Chunks:
         self.splits = {name: sharding.replicate((x, y), run.mesh) for name, x, y in
                        (("val", data.val_images, data.val_labels),
                         ("test", data.test_images, data.test_labels))}
-        self.train_chunk = make_train_chunk(run.pipeline, run.mesh)
+        self.train_chunk = make_train_chunk(
+            run.pipeline, run.mesh,
+            one_data_order=run.per_model is not None and run.per_model.one_data_order(run.pipeline))
         self.evaluate = make_evaluate(run.pipeline)
         self.compiled: dict[int, Any] = {}
         self.pending: list[dict[str, jax.Array]] = []

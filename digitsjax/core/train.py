@@ -194,25 +194,11 @@ def make_train_chunk(pipeline: Pipeline, mesh: Mesh | None = None,
     step gathers one batch for all of them, and each layer's multiply of that batch by the K
     models' weights is one wide multiply.
     """
-    batch_size, steps_per_epoch = pipeline.train.batch_size, pipeline.steps_per_epoch
-    split_batch = sharding.split_batch(mesh)
-
-    def model_step(state, masked):
-        own = with_values(pipeline, state["hyper"]) if "hyper" in state else pipeline
-        step_fn = functools.partial(train_step, own, make_optimizer(own))
-        return functools.partial(_masked_step, step_fn) if masked else step_fn
-
-    def order_and_batch(key, step, images, labels):
-        order = epoch_permutation(key, step // steps_per_epoch, images.shape[0])
-
-        def batch(step):
-            start = (step % steps_per_epoch) * batch_size
-            idx = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
-            return split_batch((images[idx], labels[idx]))  # each device gathers its slice
-        return batch
+    batches = functools.partial(_epoch_batches, pipeline, sharding.split_batch(mesh))
+    model_step = functools.partial(_model_step, pipeline)
 
     def one_model_chunk(state, images, labels, num_steps, masked):
-        batch, step = order_and_batch(state["key"], state["step"], images, labels), \
+        batch, step = batches(state["key"], state["step"], images, labels), \
             model_step(state, masked)
         end, metrics = jax.lax.scan(lambda s, _: step(s, *batch(s["step"])), state,
                                     length=num_steps)
@@ -220,7 +206,7 @@ def make_train_chunk(pipeline: Pipeline, mesh: Mesh | None = None,
 
     def one_order_chunk(state, images, labels, num_steps, masked):
         axes = model_axes(state)
-        batch = order_and_batch(state["key"][0], state["step"], images, labels)
+        batch = batches(state["key"][0], state["step"], images, labels)
         steps = jax.vmap(lambda s, x, y: model_step(s, masked)(s, x, y),
                          in_axes=(axes, None, None), out_axes=(axes, 0))
         end, metrics = jax.lax.scan(lambda s, _: steps(s, *batch(s["step"])), state,
@@ -244,6 +230,27 @@ def make_train_chunk(pipeline: Pipeline, mesh: Mesh | None = None,
             models_chunk(state)
 
     return train_chunk
+
+
+def _model_step(pipeline: Pipeline, state: TrainState,
+                masked: bool) -> Callable[..., tuple[TrainState, dict]]:
+    """One model's step, with its own values of a sweep's per-model keys (`masked`: guarded)."""
+    own = with_values(pipeline, state["hyper"]) if "hyper" in state else pipeline
+    step_fn = functools.partial(train_step, own, make_optimizer(own))
+    return functools.partial(_masked_step, step_fn) if masked else step_fn
+
+
+def _epoch_batches(pipeline: Pipeline, split_batch: Callable[[Any], Any], key: jax.Array,
+                   step: jax.Array, images: jax.Array,
+                   labels: jax.Array) -> Callable[[jax.Array], Any]:
+    """`batch(step)`: that step's batch, in the data order of `key` for `step`'s epoch."""
+    spe, size = pipeline.steps_per_epoch, pipeline.train.batch_size
+    order = epoch_permutation(key, step // spe, images.shape[0])
+
+    def batch(step: jax.Array) -> Any:
+        idx = jax.lax.dynamic_slice_in_dim(order, (step % spe) * size, size)
+        return split_batch((images[idx], labels[idx]))  # each device gathers its slice
+    return batch
 
 
 def _chunk_sums(first_step: jax.Array, metrics: dict[str, jax.Array], end: TrainState,

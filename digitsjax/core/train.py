@@ -276,8 +276,9 @@ def _sweep_chunk(models_chunk: Callable[..., tuple[TrainState, dict]],
     stopped = state["diverged_at"] >= 0
 
     def restore_stopped():
-        kept = {name: value if name == "step" else _per_model_where(stopped, state[name], value)
-                for name, value in trained.items()}
+        axes = model_axes(trained)  # the shared step has none
+        kept = {name: value if axes[name] is None else
+                _per_model_where(stopped, state[name], value) for name, value in trained.items()}
         return kept, {"loss_sum": jnp.where(stopped, 0.0, sums["loss_sum"]),
                       "correct": jnp.where(stopped, 0, sums["correct"]),
                       "diverged_at": state["diverged_at"]}

@@ -119,7 +119,9 @@ def _check_sizes(arrays: dict[str, np.ndarray]) -> None:
 
 
 def _to_float(images: np.ndarray) -> np.ndarray:
-    return (images.reshape(len(images), NUM_PIXELS).astype(np.float32) / 255.0)
+    """Pixels in [0, 1] as float32, in one pass: the same bits as `astype(float32) / 255`,
+    without a second array of the split's size to allocate and fill."""
+    return np.divide(images.reshape(len(images), NUM_PIXELS), np.float32(255), dtype=np.float32)
 
 
 def _arrays_sha256(arrays: dict[str, np.ndarray]) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Training on genuine MNIST: accurate, reproducible to the bit, and leaves a complete workdir."""
 
 import json
+import time
 from pathlib import Path
 
 import jax
@@ -8,11 +9,12 @@ import pytest
 
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.train import chunk_plan
+from digitsjax.run import checkpoint
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.records import read_metrics
 from digitsjax.run.trained import load_trained
 
-from .conftest import REPO, genuine_checksums, run_cli
+from .conftest import REPO, TINY, genuine_checksums, run_cli
 
 PIPELINES = REPO / "pipelines"
 RECORD_FIELDS = {"epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -44,6 +46,29 @@ def test_the_same_pipeline_twice_gives_the_same_fingerprint(trained_workdir, tmp
                                               ["train.epochs=1", "seed=1"]),
                                 tmp_path / "seed1", mnist_dir=str(mnist_dir), echo=lambda _: None)
     assert other_seed["params_sha256"] != again["params_sha256"]
+
+
+def test_an_epochs_seconds_are_its_steps_not_the_saves_around_them(tmp_path, mnist_dir,
+                                                                     monkeypatch):
+    """Saves cost what the disk costs; `epoch_seconds` (and examples/s) measure the training."""
+    pause = 0.75
+    saved = []
+
+    def slow_save(*args, **kwargs):
+        time.sleep(pause)
+        saved.append(int(args[1]["step"]))
+        return save(*args, **kwargs)
+
+    save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", slow_save)
+    pipeline = load_pipeline(PIPELINES / "mnist_mlp.toml",
+                             [*TINY, "train.epochs=2", "checkpoint.every_steps=5"])
+    train_pipeline(pipeline, tmp_path, mnist_dir=str(mnist_dir), echo=lambda _: None)
+    first, second = read_metrics(tmp_path)
+    assert saved == [5, 10, 15, 20]
+    # Between the two records: the save at the end of epoch 1 and the one in the middle of
+    # epoch 2, neither of them epoch 2's time.
+    assert second["wall_seconds"] - first["wall_seconds"] - second["epoch_seconds"] >= 2 * pause
 
 
 def test_workdir_holds_manifest_metrics_and_checkpoints(trained_workdir, mnist_dir):

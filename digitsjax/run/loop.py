@@ -9,9 +9,10 @@ checkpoint, after which the run stops with `Preempted` (see preemption.py).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,8 +161,10 @@ def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
         if end % pipeline.steps_per_epoch == 0:
             record = _end_epoch(run, chunks, state, end, epoch_sums, writer, stopping)
             epoch_sums = _no_sums()
+            chunks.restart_clock()  # after the evaluation and the save: not the next epoch's time
         else:  # a mid-epoch checkpoint
-            checkpoint.save(run.manager, state, _meta(pipeline, end, epoch_sums))
+            with chunks.off_the_clock():
+                checkpoint.save(run.manager, state, _meta(pipeline, end, epoch_sums))
         bar.update(end - bar.n)
         if stopping:
             raise Preempted(run.guard.signum or signal.SIGTERM, end)  # or another process's
@@ -198,10 +201,9 @@ class _Chunks:
     def run(self, state: TrainState, num_steps: int) -> TrainState:
         """Dispatch one chunk without waiting for it; compile first (off the clock) if new."""
         if num_steps not in self.compiled:
-            compile_started = time.perf_counter()
-            self.compiled[num_steps] = self.train_chunk.lower(
-                state, self.images, self.labels, num_steps=num_steps).compile()
-            self.epoch_started += time.perf_counter() - compile_started
+            with self.off_the_clock():
+                self.compiled[num_steps] = self.train_chunk.lower(
+                    state, self.images, self.labels, num_steps=num_steps).compile()
         state, sums = self.compiled[num_steps](state, self.images, self.labels)
         self.pending.append(sums)  # stays on the device until the next sync point
         self.epoch_steps += num_steps
@@ -214,11 +216,22 @@ class _Chunks:
             _check_finite(synced, run.pipeline, run.manager)
         return synced
 
-    def restart_clock(self) -> tuple[float, int]:
-        """(seconds, steps) of the epoch that just ended; the next one starts now."""
-        elapsed, steps = time.perf_counter() - self.epoch_started, self.epoch_steps
+    @contextlib.contextmanager
+    def off_the_clock(self) -> Iterator[None]:
+        """What runs in here (compiling, evaluating, saving) is not time of the epoch's steps."""
+        paused = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.epoch_started += time.perf_counter() - paused
+
+    def clock(self) -> tuple[float, int]:
+        """(seconds, steps) of the epoch so far."""
+        return time.perf_counter() - self.epoch_started, self.epoch_steps
+
+    def restart_clock(self) -> None:
+        """The next epoch starts now."""
         self.epoch_started, self.epoch_steps = time.perf_counter(), 0
-        return elapsed, steps
 
 
 def _is_sync_point(run: _Run, end: int) -> bool:
@@ -234,7 +247,7 @@ def _end_epoch(run: _Run, chunks: _Chunks, state: TrainState, end: int, epoch_su
     """Evaluate, record, checkpoint (the record first: a checkpoint never exists without its
     epoch's record; a record without its checkpoint is dropped on resume) and log."""
     pipeline = run.pipeline
-    seconds, steps = chunks.restart_clock()
+    seconds, steps = chunks.clock()
     spe, batch = pipeline.steps_per_epoch, pipeline.train.batch_size
     record: dict[str, Any] = {  # averaged over models when K > 1
         "epoch": end // spe, "step": end,
@@ -252,11 +265,21 @@ def _end_epoch(run: _Run, chunks: _Chunks, state: TrainState, end: int, epoch_su
     writer.write(record)
     if pipeline.checkpoint.every_epoch or end == pipeline.total_steps or \
             _is_step_save(pipeline, end) or stopping:
-        best = ({checkpoint.BEST_METRIC: record[checkpoint.BEST_METRIC]}
-                if checkpoint.BEST_METRIC in record else None)
-        checkpoint.save(run.manager, state, _meta(pipeline, end, _no_sums()), best)
+        checkpoint.save(run.manager, state, _meta(pipeline, end, _no_sums()),
+                        _best_metric(record, run.per_model))
     writer.log(record)
     return record
+
+
+def _best_metric(record: EpochRecord, per_model: PerModel | None) -> dict[str, float] | None:
+    """What `checkpoint.keep_best` ranks the epoch by: its validation accuracy (for K seeds,
+    their ensemble's); for a sweep's program, its points' mean, as an ensemble of models
+    trained with different numbers is nobody's network."""
+    if checkpoint.BEST_METRIC not in record:
+        return None
+    value = float(np.mean(record["val_model_accuracies"])) if per_model is not None else \
+        record[checkpoint.BEST_METRIC]
+    return {checkpoint.BEST_METRIC: value}
 
 
 def _per_model_fields(state: TrainState, epoch_sums: EpochSums, spe: int,
@@ -308,8 +331,9 @@ def _add_sums(total: EpochSums, chunks: list[dict[str, np.ndarray]]) -> EpochSum
 
 
 def _echo_best(run: _Run) -> None:
-    """The best epoch by validation beside the last: what `checkpoint.keep_best` kept."""
-    records = read_metrics(run.workdir) if run.primary else []
+    """The best epoch by validation beside the last: what `checkpoint.keep_best` kept (not for
+    a sweep's program: the sweep names its best point)."""
+    records = read_metrics(run.workdir) if run.primary and run.per_model is None else []
     best, last = best_evaluated(records), last_evaluated(records)
     if best is not None and last is not None and "val_accuracy" in last:
         run.echo(format_best(best, last, run.pipeline.checkpoint.keep_best))

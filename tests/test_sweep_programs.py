@@ -17,6 +17,7 @@ from digitsjax.apps.sweep import SWEEP_JSON, make_variants, plan_programs
 from digitsjax.cli import main
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.train import model_params
+from digitsjax.run import checkpoint
 from digitsjax.run.records import read_metrics
 from digitsjax.run.trained import load_trained
 
@@ -101,6 +102,22 @@ def test_a_diverging_point_is_stopped_and_reported_and_the_others_train_on(sweep
     assert "best point by validation accuracy: learning_rate=0.00" in output
     for leaf in jax.tree.leaves(load_trained(sweep_dir / "program-1").params):
         assert np.all(np.isfinite(np.asarray(leaf)))  # never a NaN in a checkpoint
+
+
+def test_a_programs_best_checkpoint_is_its_points_best_epoch_on_average(sweep):
+    sweep_dir, output = sweep
+    workdir = sweep_dir / "program-1"
+    manager = checkpoint.open_manager(workdir, read_only=True)
+    try:
+        kept = [r for r in read_metrics(workdir) if r["step"] in manager.all_steps()]
+        assert kept
+        for record in kept:
+            ranked_by = manager.metrics(record["step"])[checkpoint.BEST_METRIC]
+            assert ranked_by == pytest.approx(np.mean(record["val_model_accuracies"]))
+            assert ranked_by != pytest.approx(record["val_accuracy"])  # not the ensemble's
+    finally:
+        manager.close()
+    assert "best by validation: epoch" not in output  # the program's, which names no point
 
 
 def test_a_stopped_sweep_resumes_to_the_uninterrupted_fingerprints(sweep, tmp_path):

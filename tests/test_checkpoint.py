@@ -12,10 +12,13 @@ import textwrap
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from digitsjax.cli import main
 from digitsjax.core.config import CheckpointConfig, load_pipeline
+from digitsjax.errors import CheckpointError
 from digitsjax.run import checkpoint
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.preemption import PreemptionGuard, exit_code
@@ -69,8 +72,38 @@ def test_restore_proves_it_read_back_every_byte(tmp_path):
     checkpoint.close(manager)
     manager = checkpoint.open_manager(tmp_path, read_only=True)
     state, meta = checkpoint.restore(manager, 7, tiny_state(0))
-    assert meta[checkpoint.STATE_SHA256] == checkpoint.state_sha256(tiny_state(7))
+    assert meta[checkpoint.STATE_BLOCKS_SHA256] == checkpoint.state_blocks_sha256(tiny_state(7))
     assert float(state["params"][0]["w"][0, 0]) == 7.0
+
+
+def test_the_checksum_of_a_large_state_sees_every_block_and_where_its_leaves_end(monkeypatch):
+    monkeypatch.setattr(checkpoint, "HASH_BLOCK_BYTES", 64)  # a (4, 40) float32 leaf: 10 blocks
+    state = {"a": np.arange(160, dtype=np.float32).reshape(4, 40), "b": np.zeros(3, np.int32)}
+    digest = checkpoint.state_blocks_sha256(state)
+    assert checkpoint.state_blocks_sha256({k: v.copy() for k, v in state.items()}) == digest
+    for row, column in ((0, 0), (2, 17), (3, 39)):  # the first, a middle and the last block
+        changed = state["a"].copy()
+        changed[row, column] += 1
+        assert checkpoint.state_blocks_sha256(state | {"a": changed}) != digest
+    moved = {"a": state["a"].ravel()[:-1], "b": np.concatenate([state["a"].ravel()[-1:],
+                                                                  state["b"].view(np.float32)])}
+    assert checkpoint.state_blocks_sha256(moved) != digest  # the same bytes, split elsewhere
+
+
+def test_a_checkpoint_with_the_single_sha256_of_earlier_versions_still_restores(tmp_path):
+    """Workdirs trained before the checksum of blocks resume: their checksum is still read."""
+    manager = checkpoint.open_manager(tmp_path)
+    for step, claimed in ((7, tiny_state(7)), (8, tiny_state(9))):  # 8: bytes that do not match
+        meta = {"epoch": 1.0, checkpoint.STATE_SHA256: checkpoint.state_sha256(claimed)}
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tiny_state(step)),
+                                                   meta=ocp.args.JsonSave(meta)))
+    checkpoint.close(manager)
+    manager = checkpoint.open_manager(tmp_path, read_only=True)
+    state, _ = checkpoint.restore(manager, 7, tiny_state(0))
+    assert float(state["params"][0]["w"][0, 0]) == 7.0
+    with pytest.raises(CheckpointError, match="do not match the checksum"):
+        checkpoint.restore(manager, 8, tiny_state(0))
+    manager.close()
 
 
 def flip_one_bit(step_dir: Path) -> None:

@@ -2,7 +2,7 @@
 
 Each checkpoint is a composite of two items: `state` (params, optimizer state, step, root key:
 everything the next step depends on) and `meta` (JSON: epoch, pipeline fingerprint, metrics,
-and a sha256 of the state's bytes). Orbax writes each step into a temporary directory and
+and a sha256 checksum of the state's bytes). Orbax writes each step into a temporary directory and
 renames it when complete, so a killed save leaves only debris that the next writable manager
 removes. A finished checkpoint can still be damaged later (a truncated copy, a disk that lost
 its cache): the checksum catches that, and a resume falls back to the newest intact one.
@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
@@ -34,6 +37,7 @@ CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "checkpoints-unreadable"  # where damaged checkpoints are moved, never deleted
 BEST_METRIC = "val_accuracy"
 STATE_SHA256 = "state_sha256"
+STATE_BLOCKS_SHA256 = "state_blocks_sha256"
 _ORBAX_SOURCE = f"{os.sep}orbax{os.sep}"
 
 
@@ -46,8 +50,37 @@ def unreadable_dir(workdir: Path) -> Path:
 
 
 def state_sha256(state: dict[str, Any]) -> str:
-    """The bytes of every leaf of the train state, hashed as `params_sha256` hashes params."""
+    """The bytes of every leaf of the train state, hashed as `params_sha256` hashes params:
+    the checksum of checkpoints written before `state_blocks_sha256`."""
     return params_sha256(state)
+
+
+HASH_BLOCK_BYTES = 1 << 26
+
+
+def state_blocks_sha256(state: dict[str, Any]) -> str:
+    """The sha256 of the sha256s of the state's bytes, leaf by leaf in pytree order, in blocks
+    of `HASH_BLOCK_BYTES` (a leaf starts a block).
+
+    It proves every byte as one sha256 over them does, but its blocks are hashed on every core
+    at once (hashlib releases the GIL): a sweep of 1,024 `mnist_mlp` models saves 1.3 GB, which
+    one sha256 reads on one core at each save, and again at each restore.
+    """
+    views = [memoryview(np.ascontiguousarray(leaf)).cast("B") for leaf in jax.tree.leaves(state)]
+    blocks = [view[start:start + HASH_BLOCK_BYTES] for view in views
+              for start in range(0, max(len(view), 1), HASH_BLOCK_BYTES)]
+    with ThreadPoolExecutor(max_workers=min(len(blocks), os.cpu_count() or 1)) as pool:
+        digests = pool.map(lambda block: hashlib.sha256(block).digest(), blocks)
+        return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+def _intact(state: dict[str, Any], meta: Any) -> bool:
+    """Whether `state` has the bytes whose checksum `meta` holds (either kind)."""
+    if not isinstance(meta, dict):
+        return False
+    if STATE_BLOCKS_SHA256 in meta:
+        return state_blocks_sha256(state) == meta[STATE_BLOCKS_SHA256]
+    return STATE_SHA256 in meta and state_sha256(state) == meta[STATE_SHA256]
 
 
 def has_checkpoints(workdir: Path) -> bool:
@@ -154,7 +187,7 @@ def save(manager: ocp.CheckpointManager, state: dict[str, Any], meta: dict[str, 
     """
     state = jax.device_get(state)
     step = int(state["step"])
-    meta = meta | {STATE_SHA256: state_sha256(state)}
+    meta = meta | {STATE_BLOCKS_SHA256: state_blocks_sha256(state)}
     _check_room(manager, state)
     _quiet_abandoned_io()
     with _storage_errors(manager):
@@ -185,7 +218,7 @@ def restore(manager: ocp.CheckpointManager, step: int,
         raise CheckpointError(f"{where} cannot be read ({reason}): it is damaged or belongs to "
                               "another model or optimizer") from None
     state, meta = restored["state"], restored["meta"]
-    if not isinstance(meta, dict) or state_sha256(state) != meta.get(STATE_SHA256):
+    if not _intact(jax.device_get(state), meta):
         raise CheckpointError(f"{where} is damaged: its bytes do not match the checksum saved "
                               "with it")
     return state, meta

@@ -7,6 +7,8 @@ checkpoint; none of the training machinery.
 from __future__ import annotations
 
 import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,10 +100,12 @@ def _other_checkpoint(manager: Any, step: int) -> str:
 
 
 def fingerprints(pipeline: Pipeline, params: Any) -> dict[str, Any]:
-    """The run's params_sha256; for K models also each model's own."""
+    """The run's params_sha256; for K models also each model's own, hashed on every core at
+    once (hashlib releases the GIL): a sweep's 1,024 `mnist_mlp` models hold 450 MB."""
     host = jax.device_get(params)  # one transfer, not one per model and leaf
-    result: dict[str, Any] = {"params_sha256": params_sha256(host)}
-    if pipeline.train.num_models > 1:
-        result["model_params_sha256"] = [params_sha256(model_params(host, k))
-                                         for k in range(pipeline.train.num_models)]
-    return result
+    k = pipeline.train.num_models
+    if k == 1:
+        return {"params_sha256": params_sha256(host)}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        models = pool.map(lambda i: params_sha256(model_params(host, i)), range(k))
+        return {"params_sha256": params_sha256(host), "model_params_sha256": list(models)}

@@ -15,6 +15,7 @@ unfinished and rewrites the same table.
 
 from __future__ import annotations
 
+import copy
 import csv
 import itertools
 import json
@@ -150,11 +151,11 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any
 
 def make_variants(base: Pipeline, grid: Grid) -> list[Variant]:
     """Every point of the grid as a validated pipeline, before anything is trained."""
-    variants = []
+    variants, base_raw = [], pipeline_to_dict(base)
     for point in itertools.product(*grid.values()):
         values = dict(zip(grid, point, strict=True))
         name = ",".join(f"{key.rsplit('.', 1)[-1]}={_label(v)}" for key, v in values.items())
-        raw = pipeline_to_dict(base)
+        raw = copy.deepcopy(base_raw)
         for key, value in values.items():
             set_key(raw, key, value, option="--grid")
         raw["name"] = f"{base.name}/{name}"
@@ -206,7 +207,8 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(sweep_dir / SWEEP_JSON, {
         "pipeline": pipeline_to_dict(base), "grid": grid,
-        "variants": [_variant_entry(v, p) for p in programs for v in p.variants]})
+        "variants": [_variant_entry(v, p, k) for p in programs
+                     for k, v in enumerate(p.variants)]})
     echo(f"sweep: {len(variants)} points in {len(programs)} program(s)"
          f"{'' if separate else ' (points that differ only in per-model keys train together)'}")
     for i, program in enumerate(programs, 1):
@@ -223,12 +225,11 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
     return paths
 
 
-def _variant_entry(variant: Variant, program: Program) -> dict[str, Any]:
+def _variant_entry(variant: Variant, program: Program, model: int) -> dict[str, Any]:
     """Where a variant's results live: its program's workdir and, in a program of several,
-    its model there."""
-    model = program.variants.index(variant) if len(program.variants) > 1 else None
+    its model there (`model`, its place in the program)."""
     return {"name": variant.name, "values": variant.values, "workdir": program.workdir,
-            "model": model}
+            "model": model if len(program.variants) > 1 else None}
 
 
 def best_point(rows: list[dict[str, Any]]) -> dict[str, Any] | None:

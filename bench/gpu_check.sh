@@ -4,7 +4,9 @@
 #      the default numerics, then with JAX's own GPU numerics (TF32, not deterministic);
 #   2. the test suite, in parallel when pytest-xdist is there;
 #   3. `make bench`'s GPU table with few epochs;
-#   4. a sweep of 1,024 mnist_mlp points x 15 epochs in one program (bench/sweep_cost.py).
+#   4. a sweep of 1,024 mnist_mlp points x 15 epochs in one program (bench/sweep_cost.py);
+#   5. where such a program's time goes, phase by phase, over 3 epochs of the whole data
+#      (bench/sweep_bookkeeping.py).
 # Logs go to $OUT (default ./gpu-check-out); fingerprints.txt is the summary of step 1.
 #
 # A GPU host that reaches no network needs MNIST and the test tools carried to it. Here:
@@ -71,6 +73,9 @@ check() {
     echo "bench exit $?" | tee -a "$OUT/fingerprints.txt"
     timeout 150 "$PY" bench/sweep_cost.py --points 1024 > "$OUT/sweep.txt" 2>&1
     echo "sweep exit $?: $(grep 'launch to exit' "$OUT/sweep.txt")" | tee -a "$OUT/fingerprints.txt"
+    timeout 90 "$PY" bench/sweep_bookkeeping.py --examples 0 > "$OUT/bookkeeping.txt" 2>&1
+    echo "bookkeeping exit $?: $(grep '| total' "$OUT/bookkeeping.txt")" | \
+        tee -a "$OUT/fingerprints.txt"
 }
 
 if [ "${1:-}" = --prepare ]; then prepare; else check; fi

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from digitsjax.apps import sweep as sweep_module
+from digitsjax.apps.runs import summarize as summarize_run
 from digitsjax.apps.sweep import SWEEP_JSON, make_variants, plan_programs
 from digitsjax.cli import main
 from digitsjax.core.config import load_pipeline
@@ -118,6 +119,15 @@ def test_a_programs_best_checkpoint_is_its_points_best_epoch_on_average(sweep):
     finally:
         manager.close()
     assert "best by validation: epoch" not in output  # the program's, which names no point
+
+
+def test_runs_shows_a_programs_best_model_not_its_ensemble(sweep):
+    sweep_dir, _ = sweep
+    records = read_metrics(sweep_dir / "program-1")
+    best = max((r["val_model_accuracies"][k], k, r["epoch"]) for r in records for k in (0, 1))
+    summary = summarize_run(sweep_dir / "program-1")
+    assert summary.best_val == f"{100 * best[0]:.2f}% (model {best[1]}, epoch {best[2]})"
+    assert summary.test == f"{100 * records[-1]['test_model_accuracies'][best[1]]:.2f}%"
 
 
 def test_a_stopped_sweep_resumes_to_the_uninterrupted_fingerprints(sweep, tmp_path):

@@ -15,8 +15,14 @@ from typing import Any
 from digitsjax.apps.plots import plot_comparison
 from digitsjax.errors import CheckpointError
 from digitsjax.run.lock import holder_of
-from digitsjax.run.records import METRICS, best_evaluated, last_evaluated, read_metrics
-from digitsjax.run.workdir import MANIFEST, read_manifest
+from digitsjax.run.records import (
+    METRICS,
+    EpochRecord,
+    best_evaluated,
+    last_evaluated,
+    read_metrics,
+)
+from digitsjax.run.workdir import MANIFEST, PER_MODEL, read_manifest
 
 
 @dataclass(frozen=True)
@@ -53,15 +59,37 @@ def summarize(workdir: Path) -> RunSummary:
     holder = holder_of(workdir)
     state = (f"running ({holder})" if holder else "finished" if done >= total
              else "interrupted")
-    best, last = best_evaluated(records), last_evaluated(records)
+    best_val, test = (_best_model(records) if manifest.get(PER_MODEL) else
+                      _best_epoch(records))
     newest = max(p.stat().st_mtime for p in (workdir / MANIFEST, workdir / METRICS)
                  if p.exists())
     return RunSummary(
-        workdir=workdir, state=state, epochs=f"{done}/{total}",
-        best_val=f"{100 * best['val_accuracy']:.2f}% (epoch {best['epoch']})" if best else "-",
-        test=f"{100 * last['test_accuracy']:.2f}%" if last else "-",
+        workdir=workdir, state=state, epochs=f"{done}/{total}", best_val=best_val, test=test,
         params_sha256=manifest.get("result", {}).get("params_sha256", "-")[:12],
         age_seconds=time.time() - newest)
+
+
+def _best_epoch(records: list[EpochRecord]) -> tuple[str, str]:
+    """A run's best validation accuracy (for K seeds, their ensemble's) and its last test."""
+    best, last = best_evaluated(records), last_evaluated(records)
+    return (f"{100 * best['val_accuracy']:.2f}% (epoch {best['epoch']})" if best else "-",
+            f"{100 * last['test_accuracy']:.2f}%" if last else "-")
+
+
+def _best_model(records: list[EpochRecord]) -> tuple[str, str]:
+    """A sweep program's best model by validation (an ensemble of models trained with
+    different numbers is nobody's network), never one that diverged, and its last test."""
+    last = last_evaluated(records)
+    if last is None:
+        return "-", "-"
+    training = [k for k, step in enumerate(records[-1]["model_diverged_at"]) if step < 0]
+    scored = [(r["val_model_accuracies"][k], r["step"], k, r["epoch"])
+              for r in records if "val_model_accuracies" in r for k in training]
+    if not scored:
+        return "-", "-"
+    accuracy, _, k, epoch = max(scored)
+    return (f"{100 * accuracy:.2f}% (model {k}, epoch {epoch})",
+            f"{100 * last['test_model_accuracies'][k]:.2f}%")
 
 
 def runs_table(summaries: Sequence[RunSummary]) -> str:

@@ -22,8 +22,12 @@ os.environ.setdefault("DIGITSJAX_COMPILATION_CACHE", str(REPO / ".cache" / "jax-
 # Tests train in this process with the default train.deterministic = true: ask XLA for it
 # before any test starts JAX's backend, as the entry points do (on a GPU they refuse otherwise).
 from digitsjax.run.backend import request_determinism  # noqa: E402
+from digitsjax.run.compilation_cache import enable_compilation_cache  # noqa: E402
 
 request_determinism(True)
+# Runs in this process read and write the same cache as the CLI runs: the tests train the same
+# few programs over and over, each time from a new jitted function that compiles it again.
+enable_compilation_cache()
 
 
 @pytest.fixture(scope="session")

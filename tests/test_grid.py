@@ -4,6 +4,7 @@ hyperparameters, trains what its own single run trains; a diverging model stops 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import numpy as np
@@ -35,7 +36,7 @@ def train_points(points: list[Pipeline], epochs: int = 2):
     per_model = hyper.per_model_of(points)
     program = dataclasses.replace(points[0], train=dataclasses.replace(
         points[0].train, num_models=len(points)))
-    chunk = make_train_chunk(program, one_data_order=per_model.one_data_order(program))
+    chunk = make_train_chunk(program, data_orders=per_model.data_orders(program))
     state = init_train_state(program, per_model)
     images, labels = data(program)
     for _ in range(epochs):
@@ -74,9 +75,25 @@ def test_only_per_model_keys_share_a_program():
 
 def test_models_of_one_seed_share_a_data_order_and_of_several_do_not():
     one_seed = [point(f"optimizer.learning_rate={lr}") for lr in (0.001, 0.01)]
-    assert hyper.per_model_of(one_seed).one_data_order(one_seed[0])
-    two_seeds = [point("seed=0"), point("seed=1")]
-    assert not hyper.per_model_of(two_seeds).one_data_order(two_seeds[0])
+    assert hyper.per_model_of(one_seed).data_orders(one_seed[0]) == (0, 0)
+    seeds = [point(f"seed={seed}", f"optimizer.learning_rate={lr}")
+             for lr in (0.001, 0.01) for seed in (0, 1)]
+    assert hyper.per_model_of(seeds).data_orders(seeds[0]) == (0, 1, 0, 1)
+
+
+def test_a_program_draws_each_seeds_data_order_once_not_each_points():
+    """An epoch's order is a few sorts of the whole training set, as dear as a small model's
+    step: 3 learning rates x 2 seeds sort for 2 orders."""
+    points = [point(f"seed={seed}", f"optimizer.learning_rate={lr}")
+              for lr in (0.001, 0.01, 0.1) for seed in (0, 1)]
+    per_model = hyper.per_model_of(points)
+    program = dataclasses.replace(points[0], train=dataclasses.replace(
+        points[0].train, num_models=len(points)))
+    chunk = make_train_chunk(program, data_orders=per_model.data_orders(program))
+    text = chunk.lower(init_train_state(program, per_model), *data(program),
+                       num_steps=2).as_text()
+    sorted_orders = {int(n) for n in re.findall(r"call @sort\w*\(%\w+\) : \(tensor<(\d+)x", text)}
+    assert sorted_orders == {2}
 
 
 def test_models_with_their_own_learning_rates_and_seeds_train_their_single_runs():

@@ -55,9 +55,11 @@ class PerModel:
             return [int(seed) for seed in self.values[SEED]]
         return [pipeline.seed] * self.num_models
 
-    def one_data_order(self, pipeline: Pipeline) -> bool:
-        """Whether the models share their seed, and so the order in which they see the data."""
-        return len(set(self.seeds(pipeline))) == 1
+    def data_orders(self, pipeline: Pipeline) -> tuple[int, ...]:
+        """Model k's data order: that of the first model with its seed (the seed is the key of
+        the order in which a model sees the data), for `make_train_chunk`."""
+        first: dict[int, int] = {}
+        return tuple(first.setdefault(seed, k) for k, seed in enumerate(self.seeds(pipeline)))
 
     def point(self, pipeline: Pipeline, k: int) -> Pipeline:
         """Model k as the single run it equals: its values and seed, one model."""

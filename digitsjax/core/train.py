@@ -182,7 +182,8 @@ def compiler_options() -> dict[str, Any] | None:
 
 
 def make_train_chunk(pipeline: Pipeline, mesh: Mesh | None = None,
-                     one_data_order: bool = False) -> Callable[..., tuple[TrainState, dict]]:
+                     data_orders: tuple[int, ...] | None = None
+                     ) -> Callable[..., tuple[TrainState, dict]]:
     """A jitted `(state, images, labels, num_steps) -> (state, metric sums)`.
 
     Runs `num_steps` steps from `state["step"]`, which must all lie in one epoch. The state is
@@ -190,25 +191,28 @@ def make_train_chunk(pipeline: Pipeline, mesh: Mesh | None = None,
     (inputs replicated over it), each step's batch is split over its `data` axis and the
     outputs stay replicated (see sharding.py); the maths is the same. For K models the metric
     sums have shape (K,) (under vmap, each model's batch is split over `data` the same way).
-    `one_data_order`: the K models share their seed (a sweep's points of one seed), so each
-    step gathers one batch for all of them, and each layer's multiply of that batch by the K
-    models' weights is one wide multiply.
+    `data_orders[k]`: the first model with model k's seed, whose data order model k shares
+    (default: each model its own). Each distinct order is drawn, and each step's batch
+    gathered, once for the models that share it (a sweep's points of one seed); when all share
+    one, each layer's multiply of that batch by the K models' weights is one wide multiply.
     """
-    batches = functools.partial(_epoch_batches, pipeline, sharding.split_batch(mesh))
+    split = sharding.split_batch(mesh)
     model_step = functools.partial(_model_step, pipeline)
+    orders = data_orders or tuple(range(pipeline.train.num_models))
 
     def one_model_chunk(state, images, labels, num_steps, masked):
-        batch, step = batches(state["key"], state["step"], images, labels), \
-            model_step(state, masked)
+        batch = _epoch_batches(pipeline, split, state["key"], state["step"], images, labels)
+        step = model_step(state, masked)
         end, metrics = jax.lax.scan(lambda s, _: step(s, *batch(s["step"])), state,
                                     length=num_steps)
         return end, _chunk_sums(state["step"], metrics, end, masked)
 
-    def one_order_chunk(state, images, labels, num_steps, masked):
-        axes = model_axes(state)
-        batch = batches(state["key"][0], state["step"], images, labels)
+    def models_chunk(state, images, labels, num_steps, masked):
+        axes, data_axis = model_axes(state), None if len(set(orders)) == 1 else 0
+        batch = _models_batches(pipeline, split, orders, state["key"], state["step"], images,
+                                labels)
         steps = jax.vmap(lambda s, x, y: model_step(s, masked)(s, x, y),
-                         in_axes=(axes, None, None), out_axes=(axes, 0))
+                         in_axes=(axes, data_axis, data_axis), out_axes=(axes, 0))
         end, metrics = jax.lax.scan(lambda s, _: steps(s, *batch(s["step"])), state,
                                     length=num_steps)
         sums = jax.vmap(functools.partial(_chunk_sums, masked=masked), in_axes=(None, 1, axes))
@@ -217,17 +221,11 @@ def make_train_chunk(pipeline: Pipeline, mesh: Mesh | None = None,
     @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0,
                        compiler_options=compiler_options(), **sharding.replicated_outputs(mesh))
     def train_chunk(state, images, labels, num_steps):
-        def models_chunk(state, masked=False):
-            if one_data_order:
-                return one_order_chunk(state, images, labels, num_steps, masked)
-            chunk = functools.partial(one_model_chunk, num_steps=num_steps, masked=masked)
-            if pipeline.train.num_models > 1:
-                axes = model_axes(state)
-                chunk = jax.vmap(chunk, in_axes=(axes, None, None), out_axes=(axes, 0))
-            return chunk(state, images, labels)
+        def chunk(state, masked=False):
+            run = models_chunk if pipeline.train.num_models > 1 else one_model_chunk
+            return run(state, images, labels, num_steps, masked)
 
-        return _sweep_chunk(models_chunk, state) if "diverged_at" in state else \
-            models_chunk(state)
+        return _sweep_chunk(chunk, state) if "diverged_at" in state else chunk(state)
 
     return train_chunk
 
@@ -250,6 +248,30 @@ def _epoch_batches(pipeline: Pipeline, split_batch: Callable[[Any], Any], key: j
     def batch(step: jax.Array) -> Any:
         idx = jax.lax.dynamic_slice_in_dim(order, (step % spe) * size, size)
         return split_batch((images[idx], labels[idx]))  # each device gathers its slice
+    return batch
+
+
+def _models_batches(pipeline: Pipeline, split_batch: Callable[[Any], Any],
+                    orders: tuple[int, ...], keys: jax.Array, step: jax.Array,
+                    images: jax.Array, labels: jax.Array) -> Callable[[jax.Array], Any]:
+    """`batch(step)` of K models: (K, B, ...) arrays, model k's batch in the order of model
+    `orders[k]`'s key, or, when all share one order, that one (B, ...) batch. Each distinct
+    order is drawn and each step's batch gathered once (sorts and gathers from the whole
+    training set cost as much per order as a small model's step)."""
+    spe, size = pipeline.steps_per_epoch, pipeline.train.batch_size
+    distinct = sorted(set(orders))
+    draw = jax.vmap(epoch_permutation, in_axes=(0, None, None))
+    permutations = draw(keys[np.asarray(distinct)], step // spe, images.shape[0])
+    which = np.asarray([distinct.index(o) for o in orders])
+
+    def batch(step: jax.Array) -> Any:
+        idx = jax.lax.dynamic_slice_in_dim(permutations, (step % spe) * size, size, axis=1)
+        gathered = jax.vmap(lambda i: split_batch((images[i], labels[i])))(idx)
+        if len(distinct) == 1:
+            return jax.tree.map(lambda a: a[0], gathered)
+        if len(distinct) == len(orders):  # each model its own: already in model order
+            return gathered
+        return jax.tree.map(lambda a: a[which], gathered)
     return batch
 
 

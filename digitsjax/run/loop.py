@@ -192,7 +192,7 @@ class _Chunks:
                         ("test", data.test_images, data.test_labels))}
         self.train_chunk = make_train_chunk(
             run.pipeline, run.mesh,
-            one_data_order=run.per_model is not None and run.per_model.one_data_order(run.pipeline))
+            data_orders=run.per_model.data_orders(run.pipeline) if run.per_model else None)
         self.evaluate = make_evaluate(run.pipeline)
         self.compiled: dict[int, Any] = {}
         self.pending: list[dict[str, jax.Array]] = []

@@ -163,9 +163,9 @@ def _add_trained_network_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--json", action="store_true", help="print one JSON object")
 
     plots = commands.add_parser("plots", help="write PNG plots into DIR/plots/ (a workdir "
-                                "or a sweep)")
+                                "or a sweep; a sweep's point N into DIR/plots/point-N/)")
     plots.add_argument("workdir", type=Path, metavar="DIR")
-    _add_checkpoint(plots, point=False)
+    _add_checkpoint(plots)
     _add_mnist_dir(plots)
 
     export = commands.add_parser("export", help="write the network as ONNX, StableHLO or "
@@ -235,11 +235,13 @@ def _non_negative_int(text: str) -> int:
 
 
 def _resolve_point(args: argparse.Namespace) -> None:
-    """`SWEEPDIR --point N`: the workdir holding point N, and its model there."""
+    """`SWEEPDIR --point N`: the workdir holding point N, and its model there (the sweep's
+    folder stays in `args.sweep_dir`)."""
     args.model = None
     if getattr(args, "point", None) is not None:
         from digitsjax.apps.sweep import locate_point
 
+        args.sweep_dir = args.workdir
         args.workdir, args.model = locate_point(args.workdir, args.point)
 
 
@@ -425,18 +427,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_plots(args: argparse.Namespace) -> int:
     from digitsjax.apps import sweep
 
-    if sweep.is_sweep(args.workdir):
+    if sweep.is_sweep(args.workdir) and args.point is None:
         paths = sweep.write_summary(args.workdir, plots=True)
     else:
-        from digitsjax.apps.plots import write_plots
-        from digitsjax.run.trained import load_trained
-
-        _start_backend_for(args.workdir)
-        trained = load_trained(args.workdir, args.checkpoint, args.model)
-        paths = write_plots(args.workdir, trained, _load_data(trained, args.mnist_dir))
+        paths = _plot_network(args)
     for path in paths:
         print(path)
     return 0
+
+
+def _plot_network(args: argparse.Namespace) -> list[Path]:
+    """A workdir's plots into DIR/plots/; a sweep point's, its own network and curves, into
+    SWEEPDIR/plots/point-N/."""
+    from digitsjax.apps.plots import PLOTS_DIR, write_plots
+    from digitsjax.apps.sweep import point_name, refuse_program
+    from digitsjax.run.records import model_record, read_metrics
+    from digitsjax.run.trained import load_trained
+
+    out, title = args.workdir / PLOTS_DIR, None
+    if args.point is not None:
+        out = args.sweep_dir / PLOTS_DIR / f"point-{args.point}"
+        name = point_name(args.sweep_dir, args.point)
+        title = f"{args.sweep_dir.name}, point {args.point}: {name}"
+    if args.model is None:
+        refuse_program(args.workdir)
+    _start_backend_for(args.workdir)
+    trained = load_trained(args.workdir, args.checkpoint, args.model)
+    records = read_metrics(args.workdir)
+    if args.model is not None:
+        records = [model_record(r, args.model) for r in records]
+    return write_plots(out, trained, _load_data(trained, args.mnist_dir), records,
+                       title or trained.pipeline.name)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from digitsjax.cli import main
 from digitsjax.core import augment, train
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.data import load_mnist
+from digitsjax.run.records import read_metrics
 from digitsjax.run.trained import load_trained
 
 from .conftest import REPO, TINY, train_mnist_mlp
@@ -115,7 +116,8 @@ def test_plots_of_an_augmented_run_include_the_augmentation_grid(tmp_path, mnist
     workdir = train_mnist_mlp(tmp_path / "run", [*TINY, "train.epochs=1", "augment.rotation=10"],
                               mnist_dir)
     trained = load_trained(workdir)
-    paths = write_plots(workdir, trained, load_mnist(trained.pipeline.data, mnist_dir))
+    paths = write_plots(workdir / "plots", trained, load_mnist(trained.pipeline.data, mnist_dir),
+                        read_metrics(workdir), trained.pipeline.name)
     grid = workdir / "plots" / "augmentation.png"
     assert grid in paths
     assert pixels(grid)[0] == (950, 710)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import signal
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -128,6 +129,28 @@ def test_runs_shows_a_programs_best_model_not_its_ensemble(sweep):
     summary = summarize_run(sweep_dir / "program-1")
     assert summary.best_val == f"{100 * best[0]:.2f}% (model {best[1]}, epoch {best[2]})"
     assert summary.test == f"{100 * records[-1]['test_model_accuracies'][best[1]]:.2f}%"
+
+
+def test_plots_of_a_point_draw_that_network_and_its_own_curves(sweep):
+    sweep_dir, _ = sweep
+    result = run_cli("plots", str(sweep_dir), "--point", "1")
+    assert result.returncode == 0, result.stderr
+    written = sorted(Path(line) for line in result.stdout.splitlines())
+    assert [p.name for p in written] == ["confusion.png", "curves.png", "mistakes.png",
+                                         "predictions.png", "samples.png"]
+    assert {p.parent for p in written} == {sweep_dir / "plots" / "point-1"}
+    assert not (sweep_dir / "program-1" / "plots").exists()
+
+
+def test_plots_of_a_programs_own_folder_is_a_one_line_error_naming_the_sweep(sweep):
+    """A program's models are grid points trained with different numbers: their ensemble,
+    what a program's folder would plot, is nobody's network."""
+    sweep_dir, _ = sweep
+    result = run_cli("plots", str(sweep_dir / "program-1"))
+    assert result.returncode == 2
+    assert f"digitsjax plots {sweep_dir} --point N" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (sweep_dir / "program-1" / "plots").exists()
 
 
 def test_a_stopped_sweep_resumes_to_the_uninterrupted_fingerprints(sweep, tmp_path):

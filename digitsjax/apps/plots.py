@@ -25,7 +25,7 @@ from digitsjax.core.config import AugmentConfig, Pipeline
 from digitsjax.core.data import MNIST, NUM_CLASSES
 from digitsjax.core.train import epoch_permutation
 from digitsjax.files import write_atomic
-from digitsjax.run.records import EpochRecord, read_metrics
+from digitsjax.run.records import EpochRecord
 from digitsjax.run.trained import Trained
 
 PLOTS_DIR = "plots"
@@ -38,10 +38,11 @@ AUGMENT_COUNT = 30  # three pairs of rows: 950 x 710 pixels, as the other digit 
 ORIGINAL, DISTORTED = "black", "#0969da"
 
 
-def write_plots(workdir: Path, trained: Trained, data: MNIST) -> list[Path]:
-    """Every plot of one trained workdir; returns the files written."""
-    out = Path(workdir) / PLOTS_DIR
-    out.mkdir(exist_ok=True)
+def write_plots(out: Path, trained: Trained, data: MNIST, records: Sequence[EpochRecord],
+                title: str) -> list[Path]:
+    """Every plot of one trained network into `out`, its curves (titled `title`) from
+    `records`; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
     predictions = predict_classes(trained, data.test_images)
     count = GRID_COLUMNS * GRID_ROWS
     paths = [
@@ -55,9 +56,8 @@ def write_plots(workdir: Path, trained: Trained, data: MNIST) -> list[Path]:
                        title=f"Confusion matrix, {len(predictions):,} test images, "
                              f"step {trained.step}"),
     ]
-    records = read_metrics(workdir)
     if records:
-        paths.append(plot_curves(records, out / "curves.png", title=trained.pipeline.name))
+        paths.append(plot_curves(records, out / "curves.png", title=title))
     if augment.active(trained.pipeline.augment):
         before, after = augmentation_sample(trained.pipeline, data.train_images)
         paths.append(plot_augmentation(before, after, out / "augmentation.png",
@@ -193,7 +193,7 @@ def plot_augmentation(before: np.ndarray, after: np.ndarray, path: Path, title: 
     return _save_atomic(_digit_grid(cells, titles, colors, title), path)
 
 
-def plot_curves(records: list[EpochRecord], path: Path, title: str) -> Path:
+def plot_curves(records: Sequence[EpochRecord], path: Path, title: str) -> Path:
     """Loss and accuracy per epoch for train, validation and test, from metrics.jsonl."""
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     figure.suptitle(f"{title}: loss and accuracy per epoch")

@@ -38,8 +38,8 @@ from digitsjax.core.model import parameter_count
 from digitsjax.errors import ConfigError, UserError
 from digitsjax.files import write_json_atomic, write_text_atomic
 from digitsjax.run.loop import train_pipeline
-from digitsjax.run.records import last_evaluated, read_metrics
-from digitsjax.run.workdir import MANIFEST, read_manifest, recorded_pipeline
+from digitsjax.run.records import last_evaluated, model_record, read_metrics
+from digitsjax.run.workdir import MANIFEST, read_manifest, recorded_per_model, recorded_pipeline
 
 SWEEP_JSON = "sweep.json"
 SUMMARY_CSV = "sweep.csv"
@@ -49,10 +49,6 @@ CHART = "sweep.png"
 RESULT_COLUMNS = ("parameters", "epochs", "train_loss", "train_accuracy", "val_accuracy",
                   "test_loss", "test_accuracy", "train_seconds", "diverged_at", "params_sha256")
 PROGRAM_DIR = "program-{}"
-# A sweep program's per-model record fields, and the summary columns they fill.
-MODEL_FIELDS = {"train_loss": "model_train_losses", "train_accuracy": "model_train_accuracies",
-                "val_accuracy": "val_model_accuracies", "test_loss": "test_model_losses",
-                "test_accuracy": "test_model_accuracies", "diverged_at": "model_diverged_at"}
 
 Grid = dict[str, list[Any]]
 
@@ -251,6 +247,19 @@ def is_sweep(directory: Path) -> bool:
     return (Path(directory) / SWEEP_JSON).is_file()
 
 
+def refuse_program(workdir: Path) -> None:
+    """A program's folder holds grid points trained with different numbers: its K-model
+    ensemble, what a plain workdir's plots would draw, is nobody's network."""
+    if recorded_per_model(workdir) is None:
+        return
+    parent = Path(workdir).parent
+    sweep_dir = parent if is_sweep(parent) else "SWEEPDIR"
+    raise UserError(f"{workdir} is a program of a sweep: its models are grid points trained "
+                    "with different numbers, and their ensemble is nobody's network",
+                    f"run `digitsjax plots {sweep_dir}` for the sweep's charts, or "
+                    f"`digitsjax plots {sweep_dir} --point N` for point N's network")
+
+
 def locate_point(sweep_dir: Path, point: int) -> tuple[Path, int | None]:
     """Point N of a sweep (its row N in sweep.csv, from 0): the workdir that holds it, and its
     model there (None when it trained alone)."""
@@ -263,6 +272,11 @@ def locate_point(sweep_dir: Path, point: int) -> tuple[Path, int | None]:
         raise UserError(f"{sweep_dir} has {len(variants)} points, so there is no point {point}",
                         f"choose one from 0 to {len(variants) - 1} (the rows of its sweep.csv)")
     return _workdir_of(sweep_dir, variants[point]), variants[point].get("model")
+
+
+def point_name(sweep_dir: Path, point: int) -> str:
+    """Point N's name in the summary (its values, e.g. `learning_rate=0.003,seed=3`)."""
+    return _read_sweep(sweep_dir)["variants"][point]["name"]
 
 
 def summarize(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -322,12 +336,10 @@ def _results(run: _TrainedRun | None, model: int | None) -> dict[str, Any]:
     row |= {"epochs": final["epoch"],
             "train_seconds": sum(r["epoch_seconds"] for r in run.records)}
     result = run.manifest.get("result", {})
-    if model is None:
-        row |= {key: final[key] for key in RESULT_COLUMNS if key in final}
-        row["params_sha256"] = result.get("params_sha256")
-    else:
-        row |= {key: final[field][model] for key, field in MODEL_FIELDS.items()}
-        row["params_sha256"] = result.get("model_params_sha256", [None] * (model + 1))[model]
+    own = final if model is None else model_record(final, model)
+    row |= {key: own[key] for key in RESULT_COLUMNS if key in own}
+    row["params_sha256"] = result.get("params_sha256") if model is None else \
+        result.get("model_params_sha256", [None] * (model + 1))[model]
     return row
 
 
@@ -393,8 +405,8 @@ def _curve(sweep_dir: Path, entry: dict[str, Any]) -> list[tuple[int, float]]:
     """A point's validation accuracy per evaluated epoch."""
     records = read_metrics(_workdir_of(sweep_dir, entry))
     model = entry.get("model")
-    return [(r["epoch"], r["val_accuracy"] if model is None else r["val_model_accuracies"][model])
-            for r in records if "val_accuracy" in r]
+    own = records if model is None else [model_record(r, model) for r in records]
+    return [(r["epoch"], r["val_accuracy"]) for r in own if "val_accuracy" in r]
 
 
 def _csv_value(value: Any) -> Any:

@@ -56,6 +56,21 @@ class EpochRecord(TypedDict):
     """Since the run's process started training."""
 
 
+MODEL_FIELDS = {"train_loss": "model_train_losses", "train_accuracy": "model_train_accuracies",
+                "val_loss": "val_model_losses", "val_accuracy": "val_model_accuracies",
+                "test_loss": "test_model_losses", "test_accuracy": "test_model_accuracies",
+                "diverged_at": "model_diverged_at"}
+"""A K-model record's per-model lists, by the field of one model's own record they fill."""
+
+
+def model_record(record: EpochRecord, k: int) -> dict[str, Any]:
+    """Model k's part of a K-model run's record, under the names of its single run's record
+    (a sweep's point: its own curves and results, not its program's ensemble)."""
+    own = {field: record[many][k] for field, many in MODEL_FIELDS.items()
+           if many in record}
+    return {"epoch": record["epoch"], "step": record["step"], **own}
+
+
 def without_timings(record: EpochRecord) -> dict[str, Any]:
     """What a replay must reproduce exactly: the record less its `TIMING_FIELDS`."""
     return {k: v for k, v in record.items() if k not in TIMING_FIELDS}

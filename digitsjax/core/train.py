@@ -242,13 +242,8 @@ def _epoch_batches(pipeline: Pipeline, split_batch: Callable[[Any], Any], key: j
                    step: jax.Array, images: jax.Array,
                    labels: jax.Array) -> Callable[[jax.Array], Any]:
     """`batch(step)`: that step's batch, in the data order of `key` for `step`'s epoch."""
-    spe, size = pipeline.steps_per_epoch, pipeline.train.batch_size
-    order = epoch_permutation(key, step // spe, images.shape[0])
-
-    def batch(step: jax.Array) -> Any:
-        idx = jax.lax.dynamic_slice_in_dim(order, (step % spe) * size, size)
-        return split_batch((images[idx], labels[idx]))  # each device gathers its slice
-    return batch
+    order = epoch_permutation(key, step // pipeline.steps_per_epoch, images.shape[0])
+    return lambda step: _batch_at(pipeline, split_batch, order, step, images, labels)
 
 
 def _models_batches(pipeline: Pipeline, split_batch: Callable[[Any], Any],
@@ -258,21 +253,31 @@ def _models_batches(pipeline: Pipeline, split_batch: Callable[[Any], Any],
     `orders[k]`'s key, or, when all share one order, that one (B, ...) batch. Each distinct
     order is drawn and each step's batch gathered once (sorts and gathers from the whole
     training set cost as much per order as a small model's step)."""
-    spe, size = pipeline.steps_per_epoch, pipeline.train.batch_size
     distinct = sorted(set(orders))
     draw = jax.vmap(epoch_permutation, in_axes=(0, None, None))
-    permutations = draw(keys[np.asarray(distinct)], step // spe, images.shape[0])
-    which = np.asarray([distinct.index(o) for o in orders])
+    permutations = draw(keys[np.asarray(distinct)], step // pipeline.steps_per_epoch,
+                        images.shape[0])
+    position = {order: i for i, order in enumerate(distinct)}
+    which = np.asarray([position[order] for order in orders])
+    gather = jax.vmap(functools.partial(_batch_at, pipeline, split_batch),
+                      in_axes=(0, None, None, None))
 
     def batch(step: jax.Array) -> Any:
-        idx = jax.lax.dynamic_slice_in_dim(permutations, (step % spe) * size, size, axis=1)
-        gathered = jax.vmap(lambda i: split_batch((images[i], labels[i])))(idx)
+        gathered = gather(permutations, step, images, labels)
         if len(distinct) == 1:
             return jax.tree.map(lambda a: a[0], gathered)
         if len(distinct) == len(orders):  # each model its own: already in model order
             return gathered
         return jax.tree.map(lambda a: a[which], gathered)
     return batch
+
+
+def _batch_at(pipeline: Pipeline, split_batch: Callable[[Any], Any], order: jax.Array,
+              step: jax.Array, images: jax.Array, labels: jax.Array) -> Any:
+    """Step `step`'s batch of an epoch in `order`: each device gathers its slice."""
+    size = pipeline.train.batch_size
+    idx = jax.lax.dynamic_slice_in_dim(order, (step % pipeline.steps_per_epoch) * size, size)
+    return split_batch((images[idx], labels[idx]))
 
 
 def _chunk_sums(first_step: jax.Array, metrics: dict[str, jax.Array], end: TrainState,

@@ -33,8 +33,12 @@ install: $(BIN)/.installed-$(ACCEL)
 train: install
 	$(BIN)/digitsjax train $(PIPELINE) $(ARGS)
 
+# Test files run on one more process than there are cores (at most 8); a file's tests stay on
+# one process, so its module fixtures are built once. TEST_WORKERS=0 runs them in this one.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(8, (os.cpu_count() or 1) + 1))")
+
 test: install
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 lint: install
 	$(BIN)/ruff check digitsjax tests bench

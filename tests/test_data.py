@@ -108,3 +108,69 @@ def test_manual_dir_resolution_prefers_flag_then_env_then_pipeline(monkeypatch):
     monkeypatch.delenv(data.MNIST_DIR_ENV)
     assert data.resolve_mnist_dir(None, config) == Path("/from/pipeline")
     assert data.resolve_mnist_dir(None, DataConfig()) is None
+
+
+FIND_MISTAKE = """
+import sys
+from pathlib import Path
+from digitsjax.core import data
+from digitsjax.errors import DataError
+try:
+    data.load_raw_arrays(Path(sys.argv[1]), Path(sys.argv[2]))
+except DataError as e:
+    print(e.problem)
+print("tensorflow" if "tensorflow.python" in sys.modules else "no tensorflow")
+"""
+
+
+def manual_dir_with(tmp_path: Path, mnist_dir: Path, mistake: str) -> Path:
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    for name in MNIST_FILES:
+        if not (mistake == "missing" and name == MNIST_FILES[0]):
+            shutil.copy(mnist_dir / name, manual / name)
+    if mistake == "tampered":
+        with open(manual / MNIST_FILES[3], "ab") as f:
+            f.write(b"tampered")
+    return manual
+
+
+@pytest.mark.parametrize(("mistake", "problem"), [
+    ("missing", f"lacks {MNIST_FILES[0]}"),
+    ("tampered", f"{MNIST_FILES[3]} has the wrong sha256"),
+    ("data dir under a file", "could not prepare MNIST in"),
+])
+def test_a_mistake_in_preparing_mnist_is_found_before_tensorflow_loads(tmp_path, mnist_dir,
+                                                                       mistake, problem):
+    """TensorFlow takes seconds to import: a wrong manual dir or data dir is said at once."""
+    manual = manual_dir_with(tmp_path, mnist_dir, mistake)
+    data_dir = tmp_path / "tfds"
+    if mistake == "data dir under a file":
+        (tmp_path / "a-file").write_text("")
+        data_dir = tmp_path / "a-file" / "tfds"
+    found = subprocess.run([sys.executable, "-c", FIND_MISTAKE, str(data_dir), str(manual)],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert any(problem in line for line in found), found
+    assert found[-1] == "no tensorflow"
+
+
+PREPARE = """
+import sys
+from pathlib import Path
+from digitsjax.core import data
+arrays, checksums = data.load_raw_arrays(Path(sys.argv[1]), Path(sys.argv[2]))
+print(checksums["arrays_sha256"]["test_images"])
+"""
+
+
+def test_two_processes_preparing_mnist_at_once_both_get_it(tmp_path, mnist_dir, mnist):
+    """tfds renames its finished folder into place: a second preparer would fail on it. What
+    tfds says while preparing goes to stderr: stdout is a command's answer."""
+    data_dir = tmp_path / "tfds"
+    runs = [subprocess.Popen([sys.executable, "-c", PREPARE, str(data_dir), str(mnist_dir)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-500:] for _, err in results]
+    assert results[0][0] == results[1][0] == \
+        mnist.checksums["arrays_sha256"]["test_images"] + "\n"

@@ -8,11 +8,14 @@ later runs load in a fraction of a second without importing TensorFlow at all.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +38,7 @@ MNIST_FILES = (
 )
 MNIST_DIR_ENV = "DIGITSJAX_MNIST_DIR"
 CACHE_NAME = "digitsjax-arrays.npz"
+PREPARE_LOCK = ".digitsjax-prepare.lock"
 _DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 _SPLITS = ("train", "test")
 
@@ -102,11 +106,37 @@ def load_raw_arrays(data_dir: Path, mnist_dir: Path | None) -> tuple[dict[str, n
     cached = _read_cache(cache)
     if cached is not None:
         return cached
-    arrays, registered = _decode_with_tfds(data_dir, mnist_dir)
-    checksums = {"tfds": f"{TFDS_NAME}/{TFDS_VERSION}", "files_sha256": registered,
-                 "arrays_sha256": _arrays_sha256(arrays)}
-    _write_cache(cache, arrays, checksums)
+    with _one_preparer(data_dir):
+        cached = _read_cache(cache)  # another process may have prepared it meanwhile
+        if cached is not None:
+            return cached
+        arrays, registered = _decode_with_tfds(data_dir, mnist_dir)
+        checksums = {"tfds": f"{TFDS_NAME}/{TFDS_VERSION}", "files_sha256": registered,
+                     "arrays_sha256": _arrays_sha256(arrays)}
+        _write_cache(cache, arrays, checksums)
     return arrays, checksums
+
+
+@contextmanager
+def _one_preparer(data_dir: Path) -> Iterator[None]:
+    """Hold `data_dir`'s preparation lock, waiting while another process prepares MNIST there.
+
+    tfds prepares into a folder of its own and renames it into place: a second process
+    preparing at the same time fails on that rename. `flock` ends with its holder, however it
+    ends. Where no lock file can be made, nothing can be prepared either, and preparing says
+    why in one line.
+    """
+    try:
+        (data_dir / TFDS_NAME).mkdir(parents=True, exist_ok=True)
+        fd = os.open(data_dir / TFDS_NAME / PREPARE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _check_sizes(arrays: dict[str, np.ndarray]) -> None:
@@ -153,28 +183,31 @@ def _write_cache(cache: Path, arrays: dict[str, np.ndarray], checksums: dict) ->
 
 
 def _decode_with_tfds(data_dir: Path, mnist_dir: Path | None) -> tuple[dict, dict[str, str]]:
+    """Prepare MNIST with tfds if it has not, then decode both splits.
+
+    tfds finds the builder, whether it is prepared and the files' registered sha256 without
+    TensorFlow, which takes seconds to import: a wrong manual dir or data dir is said first.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # TensorFlow only decodes files here, so its oneDNN math kernels do not matter; their
     # start-up notice is the one log line TF_CPP_MIN_LOG_LEVEL does not silence once Python runs.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    import tensorflow as tf
     import tensorflow_datasets as tfds
-    from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
-    tf.config.set_visible_devices([], "GPU")  # TensorFlow only reads files; JAX owns devices
-    tfds.disable_progress_bar()
-    print(f"preparing MNIST with tensorflow-datasets in {data_dir} (once)", file=sys.stderr)
     builder = tfds.builder(f"{TFDS_NAME}:{TFDS_VERSION}", data_dir=str(data_dir))
     # From the builder class: a builder restored from prepared files does not carry them.
     url_infos = tfds.builder_cls(TFDS_NAME).url_infos
     registered = {info.filename: info.checksum for info in url_infos.values()}
-    if not builder.is_prepared():
-        try:
-            _prepare(builder, tfds, data_dir, mnist_dir)
-        except NonMatchingChecksumError as e:
-            bad = next((name for name in MNIST_FILES if name in str(e)), "a file")
-            raise DataError(f"MNIST file {bad} has the wrong sha256 (corrupt or not genuine "
-                            "MNIST)", "replace it with a genuine copy") from None
+    prepared = builder.is_prepared()
+    if not prepared:
+        _check_before_preparing(Path(builder.data_dir), mnist_dir, registered)
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")  # TensorFlow only reads files; JAX owns devices
+    tfds.disable_progress_bar()
+    if not prepared:
+        print(f"preparing MNIST with tensorflow-datasets in {data_dir} (once)", file=sys.stderr)
+        _prepare(builder, tfds, data_dir, mnist_dir)
     arrays = {}
     for split in _SPLITS:
         batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
@@ -183,29 +216,67 @@ def _decode_with_tfds(data_dir: Path, mnist_dir: Path | None) -> tuple[dict, dic
     return arrays, registered
 
 
-def _prepare(builder: Any, tfds: Any, data_dir: Path, mnist_dir: Path | None) -> None:
+def _check_before_preparing(variant_dir: Path, mnist_dir: Path | None,
+                            registered: dict[str, str]) -> None:
+    """What tfds would find wrong only after TensorFlow loads: no way to get the files, a
+    manual dir without them or with others, a data dir where nothing can be written."""
     fix = f"pass {MNIST_DIR}, a folder holding the four MNIST files ({', '.join(MNIST_FILES)})"
-    if mnist_dir is None:
-        if not _online():
-            raise DataError(f"MNIST is not prepared in {data_dir} and this host cannot reach "
-                            f"{_DOWNLOAD_HOST[0]} to download it", fix)
-        download_config = None
-    else:
+    if mnist_dir is None and not _online():
+        raise DataError(f"MNIST is not prepared in {variant_dir.parents[1]} and this host "
+                        f"cannot reach {_DOWNLOAD_HOST[0]} to download it", fix)
+    if mnist_dir is not None:
         if not mnist_dir.is_dir():
             raise DataError(f"MNIST manual dir {mnist_dir} is not a folder", fix)
         missing = [name for name in MNIST_FILES if not (mnist_dir / name).is_file()]
         if missing:
             raise DataError(f"MNIST manual dir {mnist_dir} lacks {', '.join(missing)}", fix)
-        download_config = tfds.download.DownloadConfig(manual_dir=str(mnist_dir))
+        for name in MNIST_FILES:
+            if _file_sha256(mnist_dir / name) != registered[name]:
+                raise _wrong_sha256(name)
     try:
-        builder.download_and_prepare(download_config=download_config)
+        variant_dir.parent.mkdir(parents=True, exist_ok=True)  # tfds would make it first
     except OSError as e:
-        culprit = str(e.filename or "")
-        if mnist_dir is None or not culprit.startswith(str(mnist_dir)):  # tfds' own folder
-            fix = ("make it writable, or set $TFDS_DATA_DIR (or the pipeline's "
-                   "data.tfds_data_dir) to a folder that is")
-        reason = f"{e.strerror}: {culprit}" if e.strerror and culprit else str(e)
-        raise DataError(f"could not prepare MNIST in {data_dir} ({reason})", fix) from None
+        raise _cannot_prepare(variant_dir.parents[1], e, mnist_dir) from None
+
+
+def _prepare(builder: Any, tfds: Any, data_dir: Path, mnist_dir: Path | None) -> None:
+    from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+
+    download_config = None if mnist_dir is None else \
+        tfds.download.DownloadConfig(manual_dir=str(mnist_dir))
+    try:  # tfds reports on stdout, where a command's answer goes (`--json`): to stderr
+        with redirect_stdout(sys.stderr):
+            builder.download_and_prepare(download_config=download_config)
+    except NonMatchingChecksumError as e:  # a download
+        raise _wrong_sha256(next((name for name in MNIST_FILES if name in str(e)),
+                                 "a file")) from None
+    except OSError as e:
+        raise _cannot_prepare(data_dir, e, mnist_dir) from None
+
+
+def _wrong_sha256(name: str) -> DataError:
+    return DataError(f"MNIST file {name} has the wrong sha256 (corrupt or not genuine MNIST)",
+                     "replace it with a genuine copy")
+
+
+def _cannot_prepare(data_dir: Path, e: OSError, mnist_dir: Path | None) -> DataError:
+    culprit = str(e.filename or "")
+    if mnist_dir is not None and culprit.startswith(str(mnist_dir)):
+        fix = f"pass {MNIST_DIR}, a folder holding the four MNIST files " \
+              f"({', '.join(MNIST_FILES)})"
+    else:  # tfds' own folder
+        fix = ("make it writable, or set $TFDS_DATA_DIR (or the pipeline's "
+               "data.tfds_data_dir) to a folder that is")
+    reason = f"{e.strerror}: {culprit}" if e.strerror and culprit else str(e)
+    return DataError(f"could not prepare MNIST in {data_dir} ({reason})", fix)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _online(timeout: float = 3.0) -> bool:

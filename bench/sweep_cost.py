@@ -10,9 +10,11 @@ run and as separate runs, each a whole `digitsjax` process timed from launch to 
 - with `--points N` (for an accelerator), only a grid of N points of mnist_mlp (learning rates
   x seeds) as one sweep: its seconds from launch to exit, the seconds of its epochs, and the
   training examples per second of both.
-Ratios come from one run on one machine. Every process shares one fresh compilation cache, and
-each way runs once untimed before its timed run, so that all are measured warm (compiled
-programs cached, files in the page cache), as a user's repeated runs are.
+Ratios come from one run on one machine. Every process shares one fresh compilation cache.
+Nielsen's ways each run once untimed before their timed run, so that all are measured warm
+(compiled programs cached, files in the page cache), as a user's repeated runs are. lr_sweep's
+two ways run once each, as a user's search does: the sweep compiles its program, and the first
+of the 32 separate runs compiles what the other 31 read from the cache.
 """
 
 from __future__ import annotations

@@ -272,11 +272,8 @@ def _cannot_prepare(data_dir: Path, e: OSError, mnist_dir: Path | None) -> DataE
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _online(timeout: float = 3.0) -> bool:

@@ -41,6 +41,8 @@ CACHE_NAME = "digitsjax-arrays.npz"
 PREPARE_LOCK = ".digitsjax-prepare.lock"
 _DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 _SPLITS = ("train", "test")
+_MANUAL_DIR_FIX = f"pass {MNIST_DIR}, a folder holding the four MNIST files " \
+                  f"({', '.join(MNIST_FILES)})"
 
 IMAGE_SIDE = 28
 NUM_PIXELS = IMAGE_SIDE * IMAGE_SIDE
@@ -200,7 +202,7 @@ def _decode_with_tfds(data_dir: Path, mnist_dir: Path | None) -> tuple[dict, dic
     registered = {info.filename: info.checksum for info in url_infos.values()}
     prepared = builder.is_prepared()
     if not prepared:
-        _check_before_preparing(Path(builder.data_dir), mnist_dir, registered)
+        _check_before_preparing(data_dir, mnist_dir, registered)
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")  # TensorFlow only reads files; JAX owns devices
@@ -216,27 +218,27 @@ def _decode_with_tfds(data_dir: Path, mnist_dir: Path | None) -> tuple[dict, dic
     return arrays, registered
 
 
-def _check_before_preparing(variant_dir: Path, mnist_dir: Path | None,
+def _check_before_preparing(data_dir: Path, mnist_dir: Path | None,
                             registered: dict[str, str]) -> None:
     """What tfds would find wrong only after TensorFlow loads: no way to get the files, a
     manual dir without them or with others, a data dir where nothing can be written."""
-    fix = f"pass {MNIST_DIR}, a folder holding the four MNIST files ({', '.join(MNIST_FILES)})"
     if mnist_dir is None and not _online():
-        raise DataError(f"MNIST is not prepared in {variant_dir.parents[1]} and this host "
-                        f"cannot reach {_DOWNLOAD_HOST[0]} to download it", fix)
+        raise DataError(f"MNIST is not prepared in {data_dir} and this host cannot reach "
+                        f"{_DOWNLOAD_HOST[0]} to download it", _MANUAL_DIR_FIX)
     if mnist_dir is not None:
         if not mnist_dir.is_dir():
-            raise DataError(f"MNIST manual dir {mnist_dir} is not a folder", fix)
+            raise DataError(f"MNIST manual dir {mnist_dir} is not a folder", _MANUAL_DIR_FIX)
         missing = [name for name in MNIST_FILES if not (mnist_dir / name).is_file()]
         if missing:
-            raise DataError(f"MNIST manual dir {mnist_dir} lacks {', '.join(missing)}", fix)
+            raise DataError(f"MNIST manual dir {mnist_dir} lacks {', '.join(missing)}",
+                            _MANUAL_DIR_FIX)
         for name in MNIST_FILES:
             if _file_sha256(mnist_dir / name) != registered[name]:
                 raise _wrong_sha256(name)
     try:
-        variant_dir.parent.mkdir(parents=True, exist_ok=True)  # tfds would make it first
+        (data_dir / TFDS_NAME).mkdir(parents=True, exist_ok=True)  # tfds would make it first
     except OSError as e:
-        raise _cannot_prepare(variant_dir.parents[1], e, mnist_dir) from None
+        raise _cannot_prepare(data_dir, e, mnist_dir) from None
 
 
 def _prepare(builder: Any, tfds: Any, data_dir: Path, mnist_dir: Path | None) -> None:
@@ -262,8 +264,7 @@ def _wrong_sha256(name: str) -> DataError:
 def _cannot_prepare(data_dir: Path, e: OSError, mnist_dir: Path | None) -> DataError:
     culprit = str(e.filename or "")
     if mnist_dir is not None and culprit.startswith(str(mnist_dir)):
-        fix = f"pass {MNIST_DIR}, a folder holding the four MNIST files " \
-              f"({', '.join(MNIST_FILES)})"
+        fix = _MANUAL_DIR_FIX
     else:  # tfds' own folder
         fix = ("make it writable, or set $TFDS_DATA_DIR (or the pipeline's "
                "data.tfds_data_dir) to a folder that is")

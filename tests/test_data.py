@@ -80,22 +80,28 @@ def test_offline_without_a_manual_dir_says_how_to_fix_it(tmp_path, monkeypatch):
         error.value.render(COMMAND_LINE)
 
 
-def test_a_manual_dir_missing_a_file_names_it(tmp_path, mnist_dir):
+def manual_dir_with(tmp_path: Path, mnist_dir: Path, mistake: str) -> Path:
+    """A copy of the four MNIST files, less the first ("missing") or with the last one
+    lengthened ("tampered")."""
     manual = tmp_path / "manual"
     manual.mkdir()
-    for name in MNIST_FILES[1:]:
-        (manual / name).symlink_to(mnist_dir / name)
+    for name in MNIST_FILES:
+        if not (mistake == "missing" and name == MNIST_FILES[0]):
+            shutil.copy(mnist_dir / name, manual / name)
+    if mistake == "tampered":
+        with open(manual / MNIST_FILES[3], "ab") as f:
+            f.write(b"tampered")
+    return manual
+
+
+def test_a_manual_dir_missing_a_file_names_it(tmp_path, mnist_dir):
+    manual = manual_dir_with(tmp_path, mnist_dir, "missing")
     with pytest.raises(DataError, match=f"lacks {MNIST_FILES[0]}"):
         load_mnist(DataConfig(tfds_data_dir=str(tmp_path / "tfds")), manual)
 
 
 def test_a_corrupt_mnist_file_is_caught_by_tfds_checksums(tmp_path, mnist_dir):
-    manual = tmp_path / "manual"
-    manual.mkdir()
-    for name in MNIST_FILES:
-        shutil.copy(mnist_dir / name, manual / name)
-    with open(manual / "t10k-labels-idx1-ubyte.gz", "ab") as f:
-        f.write(b"tampered")
+    manual = manual_dir_with(tmp_path, mnist_dir, "tampered")
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz has the wrong sha256"):
         load_mnist(DataConfig(tfds_data_dir=str(tmp_path / "tfds")), manual)
 
@@ -121,18 +127,6 @@ except DataError as e:
     print(e.problem)
 print("tensorflow" if "tensorflow.python" in sys.modules else "no tensorflow")
 """
-
-
-def manual_dir_with(tmp_path: Path, mnist_dir: Path, mistake: str) -> Path:
-    manual = tmp_path / "manual"
-    manual.mkdir()
-    for name in MNIST_FILES:
-        if not (mistake == "missing" and name == MNIST_FILES[0]):
-            shutil.copy(mnist_dir / name, manual / name)
-    if mistake == "tampered":
-        with open(manual / MNIST_FILES[3], "ab") as f:
-            f.write(b"tampered")
-    return manual
 
 
 @pytest.mark.parametrize(("mistake", "problem"), [

@@ -16,7 +16,7 @@ EXTRAS   := dev$(if $(filter-out cpu,$(ACCEL)),$(comma)$(ACCEL))
 # Genuine MNIST for air-gapped hosts: $DIGITSJAX_MNIST_DIR, else ../shared/data/mnist if present.
 export DIGITSJAX_MNIST_DIR ?= $(wildcard $(abspath ../shared/data/mnist))
 
-.PHONY: install train test lint bench reproduce cold-start clean
+.PHONY: install train test lint bench bench-sweeps reproduce cold-start clean
 .DEFAULT_GOAL := train
 
 # Exact versions from constraints.txt: fingerprints are bitwise only on identical versions.
@@ -50,6 +50,11 @@ $(BIN)/.bench-installed: $(BIN)/.installed-$(ACCEL)
 
 bench: $(BIN)/.bench-installed
 	$(BIN)/python bench/run.py $(ARGS)
+
+# A grid as one program against K seeds and separate runs, every way a whole digitsjax process:
+# Nielsen's 8 rates, about 4 minutes; ARGS="--long" adds lr_sweep's 32 points (about 8 more).
+bench-sweeps: install
+	$(BIN)/python bench/sweep_cost.py $(ARGS)
 
 # Not part of `make test`: the paper pipelines and mnist_best, about an hour on 2 CPU cores
 # (ARGS="--all" adds the accelerator-sized ones; ARGS="simard2003" runs one).

@@ -1,7 +1,7 @@
 """What a grid costs: a sweep trained as one program, beside the same points as K seeds of one
 run and as separate runs, each a whole `digitsjax` process timed from launch to exit.
 
-`python bench/sweep_cost.py [--long]`:
+`make bench-sweeps [ARGS=--long]`, or `python bench/sweep_cost.py [--long]`:
 - nielsen: Nielsen's network at 8 learning rates for 1 epoch, three ways: `digitsjax sweep`
   (one program), one `train.num_models=8` run (8 seeds, the same program size), and 8 separate
   `digitsjax train` processes;

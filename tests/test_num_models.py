@@ -23,7 +23,7 @@ from digitsjax.run.workdir import MANIFEST
 
 from .conftest import REPO, run_cli
 
-NUM_MODELS = 3
+NUM_MODELS = 4  # on one CPU device: two concurrent groups of two (model_groups)
 TIMING = ("epoch_seconds", "examples_per_second", "wall_seconds")
 
 
@@ -113,7 +113,7 @@ def test_resuming_with_another_num_models_is_refused(k_run, tmp_path):
     copy = shutil.copytree(workdir, tmp_path / "copy")
     single = load_pipeline(REPO / "pipelines" / "mnist_mlp.toml",
                            ["train.epochs=2", "data.validation_size=50000"])
-    with pytest.raises(CheckpointError, match=r"train.num_models: 3 -> 1"):
+    with pytest.raises(CheckpointError, match=rf"train.num_models: {NUM_MODELS} -> 1"):
         train(copy, single)
 
 

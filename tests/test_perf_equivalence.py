@@ -154,3 +154,25 @@ def test_wide_vector_code_trains_the_same_parameters_bit_for_bit(mnist, monkeypa
     default, _ = scan_epoch(pipeline, x, y)
 
     assert params_sha256(tuned["params"]) == params_sha256(default["params"])
+
+
+def test_k_models_train_as_two_concurrent_groups_on_one_cpu_device():
+    """On XLA:CPU two programs of K/2 models, side by side, keep the cores busier than one of K
+    (each model trains its single run either way: test_sweep_programs, test_num_models). The
+    split depends on the pipeline and the backend only, so results do too."""
+    halves = jax.default_backend() == "cpu"
+    assert train.model_groups(8) == ((4, 4) if halves else (8,))
+    assert train.model_groups(5) == ((3, 2) if halves else (5,))
+    assert train.model_groups(3) == (3,)  # a group of one model would be a single run
+    assert train.model_groups(8, devices=2) == (8,)  # a mesh splits each step already
+
+
+def test_a_state_split_into_groups_joins_back_bit_for_bit():
+    state = init_train_state(mnist_mlp("train.num_models=5"))
+    parts = train.split_models(state, (3, 2))
+    assert [part["key"].shape[0] for part in parts] == [3, 2]
+    assert all(int(part["step"]) == 0 for part in parts)
+    np.testing.assert_array_equal(parts[1]["params"][0]["w"], state["params"][0]["w"][3:])
+    for whole, joined in zip(jax.tree.leaves(state), jax.tree.leaves(train.join_models(parts)),
+                             strict=True):
+        np.testing.assert_array_equal(whole, joined)

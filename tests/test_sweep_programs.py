@@ -28,7 +28,7 @@ from .training_processes import finished_epochs, start_training, wait_until
 
 PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
 SETS = ("model.hidden=[32]", "train.epochs=2", "checkpoint.every_steps=143")
-RATES = (0.001, 0.004, 1e30)  # the last diverges
+RATES = (0.001, 0.004, 0.002, 1e30)  # the last diverges; on one CPU, two groups of two
 pytestmark = pytest.mark.slow
 
 
@@ -54,9 +54,9 @@ def test_points_that_differ_only_in_numbers_train_as_one_program(sweep):
     sweep_dir, output = sweep
     entries = json.loads((sweep_dir / SWEEP_JSON).read_text())["variants"]
     assert [(e["workdir"], e["model"]) for e in entries] == \
-        [("program-1", 0), ("program-1", 1), ("program-1", 2)]
-    assert "sweep: 3 points in 1 program(s)" in output
-    assert load_trained(sweep_dir / "program-1").pipeline.train.num_models == 3
+        [("program-1", 0), ("program-1", 1), ("program-1", 2), ("program-1", 3)]
+    assert "sweep: 4 points in 1 program(s)" in output
+    assert load_trained(sweep_dir / "program-1").pipeline.train.num_models == 4
     results = json.loads((sweep_dir / "sweep-results.json").read_text())
     assert [p["variant"] for p in results["points"]] == [e["name"] for e in entries]
     charts = run_cli("plots", str(sweep_dir))
@@ -70,7 +70,8 @@ def test_each_point_equals_its_single_run(sweep, tmp_path, mnist_dir):
     sweep_dir, _ = sweep
     program = load_trained(sweep_dir / "program-1")
     table = rows(sweep_dir)
-    for k, rate in enumerate(RATES[:2]):
+    for k in (0, 2):  # a point of each concurrent group (on one CPU)
+        rate = RATES[k]
         single_dir = train_mnist_mlp(tmp_path / str(k), [*SETS, f"optimizer.learning_rate={rate}"],
                                      mnist_dir)
         single = load_trained(single_dir)
@@ -82,7 +83,7 @@ def test_each_point_equals_its_single_run(sweep, tmp_path, mnist_dir):
                                                                  abs=2e-4)
         assert float(table[k]["val_accuracy"]) == pytest.approx(final["val_accuracy"], abs=2e-4)
         assert len(table[k]["params_sha256"]) == 64 and table[k]["diverged_at"] == "-1"
-    assert len({r["params_sha256"] for r in table}) == 3
+    assert len({r["params_sha256"] for r in table}) == 4
 
 
 def test_a_program_is_summarised_from_one_reading_of_its_files(sweep, monkeypatch):
@@ -92,15 +93,15 @@ def test_a_program_is_summarised_from_one_reading_of_its_files(sweep, monkeypatc
     monkeypatch.setattr(sweep_module, "read_metrics",
                         lambda workdir: reads.append(workdir) or read_metrics(workdir))
     _, points = sweep_module.summarize(sweep_dir)
-    assert len(points) == 3 and reads == [sweep_dir / "program-1"]
+    assert len(points) == 4 and reads == [sweep_dir / "program-1"]
 
 
 def test_a_diverging_point_is_stopped_and_reported_and_the_others_train_on(sweep):
     sweep_dir, output = sweep
-    diverged = rows(sweep_dir)[2]
+    diverged = rows(sweep_dir)[3]
     assert int(diverged["diverged_at"]) >= 1
     assert f"diverged at step {diverged['diverged_at']}" in \
-        (sweep_dir / "sweep.md").read_text().splitlines()[4]
+        (sweep_dir / "sweep.md").read_text().splitlines()[5]
     assert "best point by validation accuracy: learning_rate=0.00" in output
     for leaf in jax.tree.leaves(load_trained(sweep_dir / "program-1").params):
         assert np.all(np.isfinite(np.asarray(leaf)))  # never a NaN in a checkpoint
@@ -125,7 +126,7 @@ def test_a_programs_best_checkpoint_is_its_points_best_epoch_on_average(sweep):
 def test_runs_shows_a_programs_best_model_not_its_ensemble(sweep):
     sweep_dir, _ = sweep
     records = read_metrics(sweep_dir / "program-1")
-    best = max((r["val_model_accuracies"][k], k, r["epoch"]) for r in records for k in (0, 1))
+    best = max((r["val_model_accuracies"][k], k, r["epoch"]) for r in records for k in (0, 1, 2))
     summary = summarize_run(sweep_dir / "program-1")
     assert summary.best_val == f"{100 * best[0]:.2f}% (model {best[1]}, epoch {best[2]})"
     assert summary.test == f"{100 * records[-1]['test_model_accuracies'][best[1]]:.2f}%"
@@ -197,11 +198,11 @@ def test_evaluate_predict_and_export_address_one_point(sweep, tmp_path):
     assert (sweep_dir / "program-1" / "export" / "point-1.npz").is_file()
     assert point["params_sha256"] in exported.stdout
 
-    missing = run_cli("evaluate", str(sweep_dir), "--point", "3")
+    missing = run_cli("evaluate", str(sweep_dir), "--point", "4")
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [
-        f"digitsjax: error: {sweep_dir} has 3 points, so there is no point 3; choose one "
-        "from 0 to 2 (the rows of its sweep.csv)"]
+        f"digitsjax: error: {sweep_dir} has 4 points, so there is no point 4; choose one "
+        "from 0 to 3 (the rows of its sweep.csv)"]
     not_a_sweep = run_cli("evaluate", str(sweep_dir / "program-1"), "--point", "0")
     assert not_a_sweep.returncode == 2 and "is not a sweep folder" in not_a_sweep.stderr
 

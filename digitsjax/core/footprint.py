@@ -5,8 +5,9 @@ estimate counts what dominates: the MNIST arrays on each device, the train state
 and optimizer slots, K models), and the larger of the two programs' working sets, a training
 step (gradients, the batch's activations) or an evaluation (a whole split's activations at
 once). A sweep's program holds its train state twice: a chunk keeps the state it started from
-until it knows no model diverged in it. It is an estimate, not XLA's exact plan; it errs a
-little high.
+until it knows no model diverged in it. So does a run whose models train in concurrent groups
+(`model_groups`): the groups' states are joined into a new one at each chunk's end. It is an
+estimate, not XLA's exact plan; it errs a little high.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from digitsjax.core import optim
 from digitsjax.core.config import Pipeline
 from digitsjax.core.data import NUM_PIXELS, SPLIT_SIZES
 from digitsjax.core.model import init_params, layer_sizes, parameter_count
+from digitsjax.core.train import model_groups
 
 FLOAT32 = 4
 
@@ -32,7 +34,7 @@ def footprint(pipeline: Pipeline, devices: int = 1, sweep: bool = False) -> dict
     """Bytes each of `devices` devices needs for each part of the run (see KNOBS for names);
     `sweep` for a sweep's program of `train.num_models` grid points."""
     k, model = pipeline.train.num_models, pipeline.model
-    copies = 2 if sweep else 1
+    copies = 2 if sweep or len(model_groups(k, devices)) > 1 else 1
     params = parameter_count(model) * FLOAT32
     widths = sum(layer_sizes(model)[1:])  # the activations of one example
     batch = -(-pipeline.train.batch_size // devices)

@@ -61,6 +61,10 @@ class PerModel:
         first: dict[int, int] = {}
         return tuple(first.setdefault(seed, k) for k, seed in enumerate(self.seeds(pipeline)))
 
+    def models(self, start: int, stop: int) -> PerModel:
+        """Models start..stop-1 alone (a concurrent group of a program's models)."""
+        return PerModel({key: v[start:stop] for key, v in self.values.items()})
+
     def point(self, pipeline: Pipeline, k: int) -> Pipeline:
         """Model k as the single run it equals: its values and seed, one model."""
         values = {key: v[k] for key, v in self.values.items()}

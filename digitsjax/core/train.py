@@ -19,6 +19,7 @@ step 0, and equal after training up to float32 rounding (XLA batches the K model
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -179,6 +180,45 @@ def compiler_options() -> dict[str, Any] | None:
     results). Without AVX-512 the option changes nothing; other backends get none.
     """
     return {"xla_cpu_prefer_vector_width": 512} if jax.default_backend() == "cpu" else None
+
+
+MIN_GROUP = 2
+"""The fewest models a concurrent group trains: a group of one would be a single run's program,
+whose state has no model axis."""
+
+
+def model_groups(num_models: int, devices: int = 1) -> tuple[int, ...]:
+    """How many models each of a K-model run's concurrent programs trains, in model order.
+
+    XLA:CPU runs a program's operations one after another, and many keep only part of the cores
+    busy (the small layers, the optimizer's passes; YNNPACK's products use little more than one
+    core). Two programs of K/2 models each, run side by side, train the K models in about 0.6-0.7
+    of one program's time on 2 cores (docs/sweeps.md). The split is fixed, not the machine's core
+    count, so that a run stays a pure function of its pipeline on each backend; a model trains
+    its single run's parameters within float32 rounding either way. One device only: a mesh
+    already splits each step over its devices, and other backends run one program.
+    """
+    if jax.default_backend() != "cpu" or devices > 1 or num_models < 2 * MIN_GROUP:
+        return (num_models,)
+    return (num_models - num_models // 2, num_models // 2)
+
+
+def split_models(state: TrainState, sizes: tuple[int, ...]) -> list[TrainState]:
+    """A K-model state as consecutive groups of `sizes` models, each with its own copy of the
+    shared step (a chunk consumes the state it is given)."""
+    axes, bounds = model_axes(state), np.cumsum((0, *sizes))
+    return [{name: jax.tree.map(jnp.copy, value) if axes[name] is None else
+             jax.tree.map(lambda leaf, a=start, b=stop: leaf[a:b], value)
+             for name, value in state.items()} for start, stop in itertools.pairwise(bounds)]
+
+
+def join_models(parts: list[Any]) -> Any:
+    """`split_models` undone: the groups' states (or their per-model metric sums) as one."""
+    first = parts[0]
+    axes = model_axes(first) if "step" in first else dict.fromkeys(first, 0)
+    return {name: first[name] if axes[name] is None else
+            jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *(part[name] for part in parts))
+            for name in first}
 
 
 def make_train_chunk(pipeline: Pipeline, mesh: Mesh | None = None,

@@ -13,6 +13,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,17 @@ from tqdm import tqdm
 from digitsjax.core import sharding
 from digitsjax.core.config import Pipeline, pipeline_sha256
 from digitsjax.core.data import MNIST, load_mnist
-from digitsjax.core.hyper import PerModel
+from digitsjax.core.hyper import PerModel, with_values
 from digitsjax.core.train import (
     TrainState,
     chunk_plan,
     init_train_state,
+    join_models,
     make_evaluate,
     make_train_chunk,
+    model_axes,
+    model_groups,
+    split_models,
 )
 from digitsjax.errors import RESTART, DivergenceError, setting
 from digitsjax.files import write_json_atomic
@@ -148,26 +153,26 @@ def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
                dynamic_ncols=True, leave=False)
     writer = RecordWriter(run.workdir, start, pipeline.train.epochs, run.primary,
                           bar.write if progress else run.echo)
-    chunks = _Chunks(run, data)
-    record: dict[str, Any] = {}
-    for first, num_steps in chunk_plan(pipeline, start):
-        state = chunks.run(state, num_steps)
-        end = first + num_steps
-        if not _is_sync_point(run, end):
-            continue
-        epoch_sums = _add_sums(epoch_sums, chunks.collect(run))
-        stopping = cluster.any_process(run.guard.signum is not None) and \
-            end < pipeline.total_steps
-        if end % pipeline.steps_per_epoch == 0:
-            record = _end_epoch(run, chunks, state, end, epoch_sums, writer, stopping)
-            epoch_sums = _no_sums()
-            chunks.restart_clock()  # after the evaluation and the save: not the next epoch's time
-        else:  # a mid-epoch checkpoint
-            with chunks.off_the_clock():
-                checkpoint.save(run.manager, state, _meta(pipeline, end, epoch_sums))
-        bar.update(end - bar.n)
-        if stopping:
-            raise Preempted(run.guard.signum or signal.SIGTERM, end)  # or another process's
+    with contextlib.closing(_Chunks(run, data)) as chunks:
+        record: dict[str, Any] = {}
+        for first, num_steps in chunk_plan(pipeline, start):
+            state = chunks.run(state, num_steps)
+            end = first + num_steps
+            if not _is_sync_point(run, end):
+                continue
+            epoch_sums = _add_sums(epoch_sums, chunks.collect(run))
+            stopping = cluster.any_process(run.guard.signum is not None) and \
+                end < pipeline.total_steps
+            if end % pipeline.steps_per_epoch == 0:
+                record = _end_epoch(run, chunks, state, end, epoch_sums, writer, stopping)
+                epoch_sums = _no_sums()
+                chunks.restart_clock()  # after evaluating and saving: not the next epoch's
+            else:  # a mid-epoch checkpoint
+                with chunks.off_the_clock():
+                    checkpoint.save(run.manager, state, _meta(pipeline, end, epoch_sums))
+            bar.update(end - bar.n)
+            if stopping:
+                raise Preempted(run.guard.signum or signal.SIGTERM, end)  # or another process's
     bar.close()
     writer.close()
     run.manager.wait_until_finished()
@@ -182,7 +187,12 @@ def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
 
 
 class _Chunks:
-    """The compiled chunk programs, their metric sums still on the device, and the epoch clock."""
+    """The compiled chunk programs, their metric sums still on the device, and the epoch clock.
+
+    A K-model run on one CPU device trains its models as two concurrent groups (`model_groups`):
+    each chunk, the state is split by model, each group's program runs on a thread of its own,
+    and the groups' states are joined again, so checkpoints, evaluation and records see one state.
+    """
 
     def __init__(self, run: _Run, data: MNIST) -> None:
         self.images, self.labels = sharding.replicate((data.train_images, data.train_labels),
@@ -190,24 +200,51 @@ class _Chunks:
         self.splits = {name: sharding.replicate((x, y), run.mesh) for name, x, y in
                        (("val", data.val_images, data.val_labels),
                         ("test", data.test_images, data.test_labels))}
-        self.train_chunk = make_train_chunk(
-            run.pipeline, run.mesh,
-            data_orders=run.per_model.data_orders(run.pipeline) if run.per_model else None)
+        self.sizes = model_groups(run.pipeline.train.num_models, run.mesh.size) \
+            if jax.process_count() == 1 else (run.pipeline.train.num_models,)
+        self.train_chunks = _group_chunks(run, self.sizes)
+        self.pool = ThreadPoolExecutor(len(self.sizes)) if len(self.sizes) > 1 else None
         self.evaluate = make_evaluate(run.pipeline)
-        self.compiled: dict[int, Any] = {}
+        self.compiled: dict[tuple[int, int], Any] = {}
         self.pending: list[dict[str, jax.Array]] = []
         self.epoch_started, self.epoch_steps = time.perf_counter(), 0
 
     def run(self, state: TrainState, num_steps: int) -> TrainState:
-        """Dispatch one chunk without waiting for it; compile first (off the clock) if new."""
-        if num_steps not in self.compiled:
-            with self.off_the_clock():
-                self.compiled[num_steps] = self.train_chunk.lower(
-                    state, self.images, self.labels, num_steps=num_steps).compile()
-        state, sums = self.compiled[num_steps](state, self.images, self.labels)
+        """Dispatch one chunk (alone, without waiting for it; in groups, waiting for them)."""
+        if self.pool is None:
+            state, sums = self._compiled(0, state, num_steps)(state, self.images, self.labels)
+        else:
+            state, sums = self._run_groups(state, num_steps)
         self.pending.append(sums)  # stays on the device until the next sync point
         self.epoch_steps += num_steps
         return state
+
+    def _run_groups(self, state: TrainState, num_steps: int) -> tuple[TrainState, dict]:
+        """The chunk as each group's program, side by side, and their results joined."""
+        parts = split_models(state, self.sizes)
+        _release(state)  # as donating it to one program would
+        programs = [self._compiled(g, part, num_steps) for g, part in enumerate(parts)]
+        running = [self.pool.submit(self._finished, program, part)
+                   for program, part in zip(programs, parts, strict=True)]
+        states, sums = zip(*(future.result() for future in running), strict=True)
+        return join_models(list(states)), join_models(list(sums))
+
+    def _compiled(self, group: int, state: TrainState, num_steps: int) -> Any:
+        """Group `group`'s program for chunks of `num_steps`, compiled first (off the clock)."""
+        chunk = self.train_chunks[group]
+        if (id(chunk), num_steps) not in self.compiled:
+            with self.off_the_clock():
+                self.compiled[id(chunk), num_steps] = chunk.lower(
+                    state, self.images, self.labels, num_steps=num_steps).compile()
+        return self.compiled[id(chunk), num_steps]
+
+    def _finished(self, program: Any, state: TrainState) -> tuple[TrainState, dict]:
+        """Run a group's program to its end, on a thread of the pool (so the groups overlap)."""
+        return jax.block_until_ready(program(state, self.images, self.labels))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
     def collect(self, run: _Run) -> list[dict[str, np.ndarray]]:
         """Wait for the dispatched chunks (a sync point) and check them before any save."""
@@ -232,6 +269,31 @@ class _Chunks:
     def restart_clock(self) -> None:
         """The next epoch starts now."""
         self.epoch_started, self.epoch_steps = time.perf_counter(), 0
+
+
+def _group_chunks(run: _Run, sizes: tuple[int, ...]) -> list[Any]:
+    """Each group's jitted chunk (groups of one size and data orders share one program)."""
+    chunks: dict[tuple, Any] = {}
+    groups, start = [], 0
+    for size in sizes:
+        pipeline = run.pipeline if len(sizes) == 1 else \
+            with_values(run.pipeline, {"train.num_models": size})
+        per_model = run.per_model.models(start, start + size) if run.per_model else None
+        orders = per_model.data_orders(pipeline) if per_model else None
+        if (size, orders) not in chunks:
+            chunks[size, orders] = make_train_chunk(pipeline, run.mesh, data_orders=orders)
+        groups.append(chunks[size, orders])
+        start += size
+    return groups
+
+
+def _release(state: TrainState) -> None:
+    """Free a split state's per-model arrays now: its groups hold copies of them."""
+    axes = model_axes(state)
+    for name, value in state.items():
+        if axes[name] is not None:
+            for leaf in jax.tree.leaves(value):
+                leaf.delete()
 
 
 def _is_sync_point(run: _Run, end: int) -> bool:

@@ -196,7 +196,8 @@ def model_groups(num_models: int, devices: int = 1) -> tuple[int, ...]:
     of one program's time on 2 cores (docs/sweeps.md). The split is fixed, not the machine's core
     count, so that a run stays a pure function of its pipeline on each backend; a model trains
     its single run's parameters within float32 rounding either way. One device only: a mesh
-    already splits each step over its devices, and other backends run one program.
+    (also one of several processes) already splits each step over its devices, and other
+    backends run one program.
     """
     if jax.default_backend() != "cpu" or devices > 1 or num_models < 2 * MIN_GROUP:
         return (num_models,)
@@ -214,8 +215,7 @@ def split_models(state: TrainState, sizes: tuple[int, ...]) -> list[TrainState]:
 
 def join_models(parts: list[Any]) -> Any:
     """`split_models` undone: the groups' states (or their per-model metric sums) as one."""
-    first = parts[0]
-    axes = model_axes(first) if "step" in first else dict.fromkeys(first, 0)
+    first, axes = parts[0], model_axes(parts[0])  # sums have no shared step: all per model
     return {name: first[name] if axes[name] is None else
             jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *(part[name] for part in parts))
             for name in first}

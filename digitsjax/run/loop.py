@@ -200,8 +200,7 @@ class _Chunks:
         self.splits = {name: sharding.replicate((x, y), run.mesh) for name, x, y in
                        (("val", data.val_images, data.val_labels),
                         ("test", data.test_images, data.test_labels))}
-        self.sizes = model_groups(run.pipeline.train.num_models, run.mesh.size) \
-            if jax.process_count() == 1 else (run.pipeline.train.num_models,)
+        self.sizes = model_groups(run.pipeline.train.num_models, run.mesh.size)
         self.train_chunks = _group_chunks(run, self.sizes)
         self.pool = ThreadPoolExecutor(len(self.sizes)) if len(self.sizes) > 1 else None
         self.evaluate = make_evaluate(run.pipeline)

@@ -94,3 +94,26 @@ class EpochLog:
             "test_accuracy": self.test_accuracy, "seconds_to_target": self.seconds_to_target,
             "examples_per_epoch": examples_per_epoch, "total_seconds": seconds_since_start(),
             **extra}), flush=True)
+
+
+def lr_sweep_program():
+    """The program `digitsjax sweep pipelines/lr_sweep.toml` trains: its 32 points (8 learning
+    rates x 4 seeds, read from the file) as one run, and each point's values."""
+    from digitsjax.apps.sweep import Program, make_variants, read_grid
+    from digitsjax.core.config import load_pipeline
+
+    path = REPO / "pipelines" / "lr_sweep.toml"
+    variants = make_variants(load_pipeline(path, for_sweep=True), read_grid(path, []))
+    program = Program("program-1", variants)
+    return program.pipeline, program.per_model
+
+
+def random_training_set(size: int):
+    """Random pixels and labels on the device, where MNIST's would be (an epoch's arithmetic
+    does not depend on them)."""
+    import jax
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return (jax.device_put(rng.random((size, 784), dtype=np.float32)),
+            jax.device_put(rng.integers(0, 10, size).astype(np.int32)))

@@ -15,41 +15,36 @@ is that program.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import jax
 import numpy as np
+from common import lr_sweep_program, random_training_set
 
-from digitsjax.core.config import load_pipeline
 from digitsjax.core.hyper import PerModel, with_values
 from digitsjax.core.train import init_train_state, make_train_chunk, model_groups
-
-REPO = Path(__file__).resolve().parents[1]
-RATES = (1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2, 3e-2)  # pipelines/lr_sweep.toml's grid
-SEEDS = (0, 1, 2, 3)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    points = [(rate, seed) for rate in RATES for seed in SEEDS]
-    rng = np.random.default_rng(0)
-    images = jax.device_put(rng.random((55_000, 784), dtype=np.float32))
-    labels = jax.device_put(rng.integers(0, 10, 55_000).astype(np.int32))
-    groups = [Programs(points[:16], images, labels), Programs(points[16:], images, labels)] \
-        if len(model_groups(len(points))) == 2 else [Programs(points, images, labels)]
-    ways = {"digitsjax": groups,
-            "one program": [Programs(points, images, labels)],
-            "one program, an order per model": [Programs(points, images, labels, True)]}
+    program, per_model = lr_sweep_program()
+    images, labels = random_training_set(program.train_size)
+    bounds = np.cumsum((0, *model_groups(per_model.num_models)))
+    ways = {"digitsjax": [Program(program, per_model.models(start, stop), images, labels)
+                          for start, stop in itertools.pairwise(bounds)],
+            "one program": [Program(program, per_model, images, labels)],
+            "one program, an order per model":
+                [Program(program, per_model, images, labels, order_per_model=True)]}
     seconds: dict[str, list[float]] = {way: [] for way in ways}
     with ThreadPoolExecutor(2) as pool:
         for _ in range(args.repeat + 1):  # the first epoch of each compiles
             for way, programs in ways.items():
                 start = time.perf_counter()
-                list(pool.map(Programs.epoch, programs))
+                list(pool.map(Program.epoch, programs))
                 seconds[way].append(time.perf_counter() - start)
     fastest = {way: min(times[1:]) for way, times in seconds.items()}
     print(f"| one epoch of lr_sweep's 32 models | seconds (fastest of {args.repeat}) | ratio |")
@@ -62,15 +57,13 @@ def main() -> None:
     print(f"an order per model: the same parameters, bit for bit: {same}")
 
 
-class Programs:
-    """One compiled K-model program of `points` (learning rate, seed) and its train state."""
+class Program:
+    """One compiled program of `per_model`'s models (a part of lr_sweep's) and its train state."""
 
-    def __init__(self, points, images, labels, order_per_model: bool = False) -> None:
-        per_model = PerModel({"optimizer.learning_rate": tuple(rate for rate, _ in points),
-                              "seed": tuple(seed for _, seed in points)})
-        program = with_values(load_pipeline(REPO / "pipelines" / "mnist_mlp.toml"),
-                              {"train.num_models": len(points)})
-        orders = tuple(range(len(points))) if order_per_model else \
+    def __init__(self, program, per_model: PerModel, images, labels,
+                 order_per_model: bool = False) -> None:
+        program = with_values(program, {"train.num_models": per_model.num_models})
+        orders = tuple(range(per_model.num_models)) if order_per_model else \
             per_model.data_orders(program)
         self.chunk = make_train_chunk(program, data_orders=orders)
         self.state = init_train_state(program, per_model)

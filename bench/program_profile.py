@@ -22,15 +22,11 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
+from common import lr_sweep_program, random_training_set
 
-from digitsjax.core.config import Pipeline, load_pipeline
-from digitsjax.core.hyper import PerModel, with_values
+from digitsjax.core.config import Pipeline
 from digitsjax.core.train import init_train_state, make_train_chunk
 
-REPO = Path(__file__).resolve().parents[1]
-RATES = (1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2, 3e-2)  # pipelines/lr_sweep.toml's grid
-SEEDS = (0, 1, 2, 3)
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+\[[\d,]*\])\S* ([\w\-]+)\(")
 
 
@@ -42,9 +38,7 @@ def main() -> None:
     program, per_model = lr_sweep_program()
     if args.single:
         program, per_model = per_model.point(program, 0), None
-    rng = np.random.default_rng(0)
-    images = jax.device_put(rng.random((program.train_size, 784), dtype=np.float32))
-    labels = jax.device_put(rng.integers(0, 10, program.train_size).astype(np.int32))
+    images, labels = random_training_set(program.train_size)
     state = init_train_state(program, per_model)
     steps = program.steps_per_epoch
     orders = per_model.data_orders(program) if per_model else None
@@ -59,18 +53,9 @@ def main() -> None:
         jax.block_until_ready(sums)
         epoch = time.perf_counter() - start
         jax.profiler.stop_trace()
-        seconds = operation_seconds(trace_dir, instructions(compiled.as_text()))
-    print_table(seconds, instructions(compiled.as_text()), program, epoch, args.top)
-
-
-def lr_sweep_program() -> tuple[Pipeline, PerModel]:
-    """The program `digitsjax sweep pipelines/lr_sweep.toml` trains, and its points' values."""
-    points = [(rate, seed) for rate in RATES for seed in SEEDS]
-    per_model = PerModel({"optimizer.learning_rate": tuple(rate for rate, _ in points),
-                          "seed": tuple(seed for _, seed in points)})
-    program = with_values(load_pipeline(REPO / "pipelines" / "mnist_mlp.toml"),
-                          {"train.num_models": len(points)})
-    return program, per_model
+        known = instructions(compiled.as_text())
+        seconds = operation_seconds(trace_dir, known)
+    print_table(seconds, known, program, epoch, args.top)
 
 
 def instructions(hlo: str) -> dict[str, tuple[str, str]]:

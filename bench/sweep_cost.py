@@ -71,6 +71,11 @@ def records_of(workdir: Path) -> list[dict]:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+def programs_records(sweep_dir: Path) -> list[dict]:
+    """Every epoch record of a sweep's programs."""
+    return [r for program in sorted(sweep_dir.glob("program-*")) for r in records_of(program)]
+
+
 def epoch_seconds(records: list[dict]) -> float:
     return sum(r["epoch_seconds"] for r in records)
 
@@ -92,8 +97,7 @@ def lr_sweep(root: Path, env: dict[str, str]) -> dict[str, object]:
     with open(root / "sweep" / "sweep.csv") as f:
         rows = list(csv.DictReader(f))
     grid_best = max(rows, key=lambda r: float(r["val_accuracy"]))["variant"]
-    sweep_epochs = sum(epoch_seconds(records_of(program))
-                       for program in sorted((root / "sweep").glob("program-*")))
+    sweep_epochs = epoch_seconds(programs_records(root / "sweep"))
     return {"sweep": sweep, "separate": separate, "sweep_best": grid_best,
             "separate_best": best[1], "sweep_epochs": sweep_epochs,
             "separate_epochs": separate_epochs}
@@ -107,7 +111,7 @@ def big_grid(root: Path, env: dict[str, str], points: int) -> dict[str, float]:
     seconds = timed(["sweep", str(PIPELINES / "mnist_mlp.toml"), "--grid",
                      f"optimizer.learning_rate={rates}", "--grid", f"seed={seeds}",
                      "--workdir", str(sweep_dir)], env)
-    records = [r for program in sorted(sweep_dir.glob("program-*")) for r in records_of(program)]
+    records = programs_records(sweep_dir)
     examples = sum(r["examples_per_second"] * r["epoch_seconds"] for r in records)
     epochs = epoch_seconds(records)
     return {"points": len(rates) * len(seeds), "seconds": seconds, "epoch_seconds": epochs,

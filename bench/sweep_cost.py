@@ -6,8 +6,10 @@ run and as separate runs, each a whole `digitsjax` process timed from launch to 
   (one program), one `train.num_models=8` run (8 seeds, the same program size), and 8 separate
   `digitsjax train` processes;
 - with `--long`, also lr_sweep (mnist_mlp, 8 rates x 4 seeds, 15 epochs): the sweep against its
-  32 separate runs, whether both name the same best point, and how the time splits between
-  their epochs (the arithmetic, which one program does as much of as 32 runs) and the rest.
+  32 separate runs, whether both name the same best point (by the sweep's own rule, the first
+  in grid order among equals), how many points end at their separate run's fingerprint, and how
+  the time splits between their epochs (the arithmetic, which one program does as much of as
+  32 runs) and the rest.
 - with `--points N` (for an accelerator), only a grid of N points of mnist_mlp (learning rates
   x seeds) as one sweep: its seconds from launch to exit, the seconds of its epochs, and the
   training examples per second of both.
@@ -21,7 +23,6 @@ of the 32 separate runs compiles what the other 31 read from the cache.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -30,6 +31,8 @@ import tempfile
 import time
 import tomllib
 from pathlib import Path
+
+from digitsjax.apps.sweep import best_point
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"
@@ -81,26 +84,29 @@ def epoch_seconds(records: list[dict]) -> float:
 
 
 def lr_sweep(root: Path, env: dict[str, str]) -> dict[str, object]:
-    """Both ways timed from launch to exit, and the seconds of their epochs alone."""
+    """Both ways timed from launch to exit, the seconds of their epochs alone, their best
+    points and how many points' fingerprints agree."""
     sweep_file = PIPELINES / "lr_sweep.toml"
     sweep = timed(["sweep", str(sweep_file), "--workdir", str(root / "sweep")], env)
-    separate, separate_epochs, best = 0.0, 0.0, (-1.0, "")
-    for rate in rates_of(sweep_file):
-        for seed in range(4):
-            workdir = root / f"lr{rate}-s{seed}"
-            separate += timed(["train", str(PIPELINES / "mnist_mlp.toml"), "--set",
-                               f"optimizer.learning_rate={rate}", "--set", f"seed={seed}",
-                               "--workdir", str(workdir)], env)
-            records = records_of(workdir)
-            separate_epochs += epoch_seconds(records)
-            best = max(best, (records[-1]["val_accuracy"], f"learning_rate={rate},seed={seed}"))
-    with open(root / "sweep" / "sweep.csv") as f:
-        rows = list(csv.DictReader(f))
-    grid_best = max(rows, key=lambda r: float(r["val_accuracy"]))["variant"]
+    points = json.loads((root / "sweep" / "sweep-results.json").read_text())["points"]
+    separate, separate_epochs, runs = 0.0, 0.0, []
+    for point in points:  # in grid order
+        rate, seed = point["optimizer.learning_rate"], point["seed"]
+        workdir = root / f"lr{rate}-s{seed}"
+        separate += timed(["train", str(PIPELINES / "mnist_mlp.toml"), "--set",
+                           f"optimizer.learning_rate={rate}", "--set", f"seed={seed}",
+                           "--workdir", str(workdir)], env)
+        records = records_of(workdir)
+        separate_epochs += epoch_seconds(records)
+        manifest = json.loads((workdir / "manifest.json").read_text())
+        runs.append({"variant": point["variant"], "val_accuracy": records[-1]["val_accuracy"],
+                     "diverged_at": None, "params_sha256": manifest["result"]["params_sha256"]})
     sweep_epochs = epoch_seconds(programs_records(root / "sweep"))
-    return {"sweep": sweep, "separate": separate, "sweep_best": grid_best,
-            "separate_best": best[1], "sweep_epochs": sweep_epochs,
-            "separate_epochs": separate_epochs}
+    return {"sweep": sweep, "separate": separate, "sweep_best": best_point(points)["variant"],
+            "separate_best": best_point(runs)["variant"], "sweep_epochs": sweep_epochs,
+            "separate_epochs": separate_epochs,
+            "same_bits": sum(p["params_sha256"] == r["params_sha256"]
+                             for p, r in zip(points, runs, strict=True))}
 
 
 def big_grid(root: Path, env: dict[str, str], points: int) -> dict[str, float]:
@@ -158,6 +164,7 @@ def main() -> int:
                   f"({r['sweep_epochs'] / r['separate_epochs']:.2f}); outside their epochs, "
                   f"{r['sweep'] - r['sweep_epochs']:.1f} s against "
                   f"{r['separate'] - r['separate_epochs']:.1f} s.")
+            print(f"Points whose fingerprint is their separate run's: {r['same_bits']} of 32.")
     return 0
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from digitsjax.core.data import NUM_CLASSES, NUM_PIXELS
 from digitsjax.core.hyper import known_zero
+from digitsjax.core.sums import pairwise_sum, spread
 
 if TYPE_CHECKING:
     from digitsjax.core.config import ModelConfig
@@ -138,7 +139,7 @@ def max_norm(params: Params, limit: float) -> Params:
     """Each unit's incoming weights (a column of w) scaled down to L2 norm `limit` if longer
     (Srivastava et al. 2014); biases are left alone."""
     def project(w: jax.Array) -> jax.Array:
-        norms = jnp.sqrt(jnp.sum(w * w, axis=0, keepdims=True))
+        norms = jnp.sqrt(pairwise_sum(w * w))[None, :]
         # a per-model limit of a sweep may be 0, which means off
         return jnp.where(limit > 0, w * jnp.minimum(1.0, limit / jnp.maximum(norms, 1e-12)), w)
 
@@ -184,6 +185,18 @@ def _dropped(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
         return x
     keep = jax.random.bernoulli(key, 1 - rate, x.shape)
     return jnp.where(keep, x / (1 - rate), 0.0)
+
+
+def spread_biases(params: Params, n: int) -> tuple[Params, list[dict[str, int | None]]]:
+    """`params` for `forward` vmapped over n examples: each bias as n rows, and the `in_axes`
+    that give example i row i (the weights stay one array for all).
+
+    Training differentiates through this rather than through vmap's own broadcast of the
+    biases: a bias's gradient is then summed over the batch by `sums.spread`, in the same
+    order in a single run and in a program of K models.
+    """
+    rows = [{"w": layer["w"], "b": spread(layer["b"], n)} for layer in params]
+    return rows, [{"w": None, "b": 0} for _ in params]
 
 
 def batched_forward(params: Params, images: jax.Array, config: ModelConfig, *,

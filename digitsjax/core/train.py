@@ -12,8 +12,11 @@ the state is donated, and metrics come back to the host once per epoch.
 
 With `train.num_models = K > 1` the state gains a leading model axis (on everything but the
 shared step) and the same chunk runs under `jax.vmap`, all K models in one program. Model k is
-the single run with seed `seed + k`: the same init, data order and dropout, bit for bit at
-step 0, and equal after training up to float32 rounding (XLA batches the K models' matmuls).
+the single run with seed `seed + k`: the same init, data order and dropout, and on XLA:CPU the
+same parameters and metrics after training, bit for bit. That takes care in three places where
+XLA would otherwise compile a K-model program's arithmetic unlike a single run's: every sum is
+a pairwise sum (sums.py), each model multiplies its own copy of its batch, and the optimizer's
+step counters are one shared value (`_shared_counters`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,14 @@ from digitsjax.core import augment, optim, sharding
 from digitsjax.core.config import Pipeline
 from digitsjax.core.hyper import PerModel, known_zero, with_values
 from digitsjax.core.losses import mean_loss
-from digitsjax.core.model import apply, ensemble_probabilities, forward, init_params, max_norm
+from digitsjax.core.model import (
+    apply,
+    ensemble_probabilities,
+    forward,
+    init_params,
+    max_norm,
+    spread_biases,
+)
 
 TrainState = dict[str, Any]
 
@@ -158,7 +168,8 @@ def train_step(pipeline: Pipeline, optimizer: optax.GradientTransformation, stat
 
     def loss_fn(params):
         one = functools.partial(forward, precision=pipeline.train.matmul_precision)
-        outputs = jax.vmap(one, in_axes=(None, 0, None, key_axis))(params, images, model, keys)
+        rows, axes = spread_biases(params, images.shape[0])
+        outputs = jax.vmap(one, in_axes=(axes, 0, None, key_axis))(rows, images, model, keys)
         return mean_loss(outputs, labels, loss_name), outputs
 
     (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -194,8 +205,8 @@ def model_groups(num_models: int, devices: int = 1) -> tuple[int, ...]:
     busy (the small layers, the optimizer's passes; YNNPACK's products use little more than one
     core). Two programs of K/2 models each, run side by side, train the K models in about 0.6-0.7
     of one program's time on 2 cores (docs/sweeps.md). The split is fixed, not the machine's core
-    count, so that a run stays a pure function of its pipeline on each backend; a model trains
-    its single run's parameters within float32 rounding either way. One device only: a mesh
+    count, so that a run stays a pure function of its pipeline on each backend (on XLA:CPU a
+    model trains its single run's bits in any group). One device only: a mesh
     (also one of several processes) already splits each step over its devices, and other
     backends run one program.
     """
@@ -233,8 +244,10 @@ def make_train_chunk(pipeline: Pipeline, mesh: Mesh | None = None,
     sums have shape (K,) (under vmap, each model's batch is split over `data` the same way).
     `data_orders[k]`: the first model with model k's seed, whose data order model k shares
     (default: each model its own). Each distinct order is drawn, and each step's batch
-    gathered, once for the models that share it (a sweep's points of one seed); when all share
-    one, each layer's multiply of that batch by the K models' weights is one wide multiply.
+    gathered, once for the models that share it (a sweep's points of one seed). Each model
+    still multiplies its own copy of the batch: K models sharing one batch would make each
+    layer's multiply one wide product, which XLA blocks, and so rounds, differently from the
+    single run's.
     """
     split = sharding.split_batch(mesh)
     model_step = functools.partial(_model_step, pipeline)
@@ -248,12 +261,13 @@ def make_train_chunk(pipeline: Pipeline, mesh: Mesh | None = None,
         return end, _chunk_sums(state["step"], metrics, end, masked)
 
     def models_chunk(state, images, labels, num_steps, masked):
-        axes, data_axis = model_axes(state), None if len(set(orders)) == 1 else 0
+        axes = model_axes(state)
         batch = _models_batches(pipeline, split, orders, state["key"], state["step"], images,
                                 labels)
+        counters, in_axes = _shared_counters(state)
         steps = jax.vmap(lambda s, x, y: model_step(s, masked)(s, x, y),
-                         in_axes=(axes, data_axis, data_axis), out_axes=(axes, 0))
-        end, metrics = jax.lax.scan(lambda s, _: steps(s, *batch(s["step"])), state,
+                         in_axes=(in_axes, 0, 0), out_axes=(axes, 0))
+        end, metrics = jax.lax.scan(lambda s, _: steps(counters(s), *batch(s["step"])), state,
                                     length=num_steps)
         sums = jax.vmap(functools.partial(_chunk_sums, masked=masked), in_axes=(None, 1, axes))
         return end, sums(state["step"], metrics, end)
@@ -268,6 +282,29 @@ def make_train_chunk(pipeline: Pipeline, mesh: Mesh | None = None,
         return _sweep_chunk(chunk, state) if "diverged_at" in state else chunk(state)
 
     return train_chunk
+
+
+def _shared_counters(state: TrainState) -> tuple[Callable[[TrainState], TrainState], dict]:
+    """The K models' optimizer step counters as the one value they share, and the `in_axes`
+    that hand it to every model.
+
+    optax keeps a counter per model (an integer leaf of the optimizer state). As a (K,) array
+    XLA compiles Adam's bias correction, a division by 1 - b^t, as a multiply by its reciprocal,
+    and a single run's scalar as a division: the K models would round differently from their
+    single runs. The counters are equal but for a sweep's stopped models, whose counters stay
+    behind and whose updates are discarded; the live ones are the largest.
+    """
+    def is_counter(leaf: jax.Array) -> bool:
+        return jnp.issubdtype(leaf.dtype, jnp.integer)
+
+    in_axes = model_axes(state) | {"opt_state": jax.tree.map(
+        lambda leaf: None if is_counter(leaf) else 0, state["opt_state"])}
+
+    def counters(state: TrainState) -> TrainState:
+        return state | {"opt_state": jax.tree.map(
+            lambda leaf: jnp.max(leaf, axis=0) if is_counter(leaf) else leaf,
+            state["opt_state"])}
+    return counters, in_axes
 
 
 def _model_step(pipeline: Pipeline, state: TrainState,
@@ -290,7 +327,7 @@ def _models_batches(pipeline: Pipeline, split_batch: Callable[[Any], Any],
                     orders: tuple[int, ...], keys: jax.Array, step: jax.Array,
                     images: jax.Array, labels: jax.Array) -> Callable[[jax.Array], Any]:
     """`batch(step)` of K models: (K, B, ...) arrays, model k's batch in the order of model
-    `orders[k]`'s key, or, when all share one order, that one (B, ...) batch. Each distinct
+    `orders[k]`'s key. Each distinct
     order is drawn and each step's batch gathered once (sorts and gathers from the whole
     training set cost as much per order as a small model's step)."""
     distinct = sorted(set(orders))
@@ -304,8 +341,6 @@ def _models_batches(pipeline: Pipeline, split_batch: Callable[[Any], Any],
 
     def batch(step: jax.Array) -> Any:
         gathered = gather(permutations, step, images, labels)
-        if len(distinct) == 1:
-            return jax.tree.map(lambda a: a[0], gathered)
         if len(distinct) == len(orders):  # each model its own: already in model order
             return gathered
         return jax.tree.map(lambda a: a[which], gathered)

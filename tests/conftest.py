@@ -122,6 +122,23 @@ def train_tiny_epoch(*overrides: str) -> dict:
     return state
 
 
+def assert_single_run_bits(model_params, single_params, rtol: float = 1e-5,
+                           atol: float = 2e-5, bit_for_bit: bool = True) -> None:
+    """A model of a K-model program against its single run: the same fingerprint on XLA:CPU,
+    where every sum of a step rounds alike with a model axis around it (core/sums.py); within
+    `rtol`/`atol` on other backends, where that is not measured, or without `bit_for_bit`."""
+    import jax
+    import numpy as np
+
+    from digitsjax.core.model import params_sha256
+
+    if bit_for_bit and jax.default_backend() == "cpu":
+        assert params_sha256(model_params) == params_sha256(single_params)
+        return
+    for a, e in zip(jax.tree.leaves(model_params), jax.tree.leaves(single_params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol)
+
+
 def train_mnist_mlp(workdir: Path, overrides: Sequence[str], mnist_dir: Path) -> Path:
     """mnist_mlp with `overrides`, trained quietly into `workdir` (a fixture's real run)."""
     from digitsjax.core.config import load_pipeline

@@ -51,6 +51,7 @@ def example_loss(output: jax.Array, label: jax.Array, loss: str) -> jax.Array:
     return LOSSES[loss].fn(output, label)
 
 
-def mean_loss(outputs: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
-    """The mean loss of a batch: outputs (B, 10), labels (B,)."""
-    return pairwise_sum(jax.vmap(LOSSES[loss].fn)(outputs, labels)) / outputs.shape[0]
+def mean_loss(outputs: jax.Array, labels: jax.Array, loss: str, shards: int = 1) -> jax.Array:
+    """The mean loss of a batch: outputs (B, 10), labels (B,), split over `shards` devices."""
+    losses = jax.vmap(LOSSES[loss].fn)(outputs, labels)
+    return pairwise_sum(losses, shards) / outputs.shape[0]

@@ -187,15 +187,16 @@ def _dropped(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
     return jnp.where(keep, x / (1 - rate), 0.0)
 
 
-def spread_biases(params: Params, n: int) -> tuple[Params, list[dict[str, int | None]]]:
-    """`params` for `forward` vmapped over n examples: each bias as n rows, and the `in_axes`
-    that give example i row i (the weights stay one array for all).
+def spread_biases(params: Params, n: int,
+                  shards: int = 1) -> tuple[Params, list[dict[str, int | None]]]:
+    """`params` for `forward` vmapped over n examples (split over `shards` devices): each bias
+    as n rows, and the `in_axes` that give example i row i (the weights stay one array).
 
     Training differentiates through this rather than through vmap's own broadcast of the
     biases: a bias's gradient is then summed over the batch by `sums.spread`, in the same
     order in a single run and in a program of K models.
     """
-    rows = [{"w": layer["w"], "b": spread(layer["b"], n)} for layer in params]
+    rows = [{"w": layer["w"], "b": spread(layer["b"], n, shards)} for layer in params]
     return rows, [{"w": None, "b": 0} for _ in params]
 
 

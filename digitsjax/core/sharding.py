@@ -29,6 +29,11 @@ def data_mesh() -> Mesh:
     return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
+def batch_shards(mesh: Mesh | None) -> int:
+    """How many devices each batch is split over (1 without a mesh)."""
+    return 1 if mesh is None else mesh.shape[DATA_AXIS]
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

@@ -17,9 +17,21 @@ import jax
 import jax.numpy as jnp
 
 
-def pairwise_sum(rows: jax.Array) -> jax.Array:
+def pairwise_sum(rows: jax.Array, shards: int = 1) -> jax.Array:
     """The sum over the leading axis: the first half of the rows added elementwise to the
-    second, until one row is left (an odd last row joins the next level)."""
+    second, until one row is left (an odd last row joins the next level).
+
+    With `shards` > 1 (a batch split over that many devices, in consecutive blocks), each
+    device sums its own rows so, and XLA adds the devices' sums (one all-reduce): halving the
+    rows across devices would cost a collective at every level, several times a step's work.
+    """
+    if shards > 1:
+        blocks = rows.reshape(shards, rows.shape[0] // shards, *rows.shape[1:])
+        return jnp.sum(jax.vmap(_pairwise)(blocks), axis=0)
+    return _pairwise(rows)
+
+
+def _pairwise(rows: jax.Array) -> jax.Array:
     while rows.shape[0] > 1:
         half = rows.shape[0] // 2
         paired = rows[:half] + rows[half:2 * half]
@@ -28,19 +40,19 @@ def pairwise_sum(rows: jax.Array) -> jax.Array:
     return rows[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def spread(row: jax.Array, n: int) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def spread(row: jax.Array, n: int, shards: int = 1) -> jax.Array:
     """`row` repeated `n` times, (n, ...), whose gradient is `pairwise_sum` of the rows'
     gradients (a broadcast's would be XLA's own sum)."""
     return jnp.broadcast_to(row, (n, *row.shape))
 
 
-def _spread_forward(row: jax.Array, n: int) -> tuple[jax.Array, None]:
-    return spread(row, n), None
+def _spread_forward(row: jax.Array, n: int, shards: int) -> tuple[jax.Array, None]:
+    return spread(row, n, shards), None
 
 
-def _spread_backward(n: int, _: None, gradients: jax.Array) -> tuple[jax.Array]:
-    return (pairwise_sum(gradients),)
+def _spread_backward(n: int, shards: int, _: None, gradients: jax.Array) -> tuple[jax.Array]:
+    return (pairwise_sum(gradients, shards),)
 
 
 spread.defvjp(_spread_forward, _spread_backward)

@@ -154,8 +154,10 @@ def _permutation_by_packed_sorts(key: jax.Array, n: int) -> jax.Array:
 
 
 def train_step(pipeline: Pipeline, optimizer: optax.GradientTransformation, state: TrainState,
-               images: jax.Array, labels: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update on a batch: images (B, 784), labels (B,), distorted here if [augment] is on."""
+               images: jax.Array, labels: jax.Array,
+               shards: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One update on a batch: images (B, 784), labels (B,), distorted here if [augment] is on;
+    `shards`: the devices the batch is split over (a mesh's `data` axis)."""
     model, loss_name = pipeline.model, pipeline.train.loss
     if augment.active(pipeline.augment):
         images = augment.distort_step(images, state["key"], state["step"], pipeline.augment)
@@ -168,9 +170,9 @@ def train_step(pipeline: Pipeline, optimizer: optax.GradientTransformation, stat
 
     def loss_fn(params):
         one = functools.partial(forward, precision=pipeline.train.matmul_precision)
-        rows, axes = spread_biases(params, images.shape[0])
+        rows, axes = spread_biases(params, images.shape[0], shards)
         outputs = jax.vmap(one, in_axes=(axes, 0, None, key_axis))(rows, images, model, keys)
-        return mean_loss(outputs, labels, loss_name), outputs
+        return mean_loss(outputs, labels, loss_name, shards), outputs
 
     (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -250,7 +252,7 @@ def make_train_chunk(pipeline: Pipeline, mesh: Mesh | None = None,
     single run's.
     """
     split = sharding.split_batch(mesh)
-    model_step = functools.partial(_model_step, pipeline)
+    model_step = functools.partial(_model_step, pipeline, sharding.batch_shards(mesh))
     orders = data_orders or tuple(range(pipeline.train.num_models))
 
     def one_model_chunk(state, images, labels, num_steps, masked):
@@ -307,11 +309,11 @@ def _shared_counters(state: TrainState) -> tuple[Callable[[TrainState], TrainSta
     return counters, in_axes
 
 
-def _model_step(pipeline: Pipeline, state: TrainState,
+def _model_step(pipeline: Pipeline, shards: int, state: TrainState,
                 masked: bool) -> Callable[..., tuple[TrainState, dict]]:
     """One model's step, with its own values of a sweep's per-model keys (`masked`: guarded)."""
     own = with_values(pipeline, state["hyper"]) if "hyper" in state else pipeline
-    step_fn = functools.partial(train_step, own, make_optimizer(own))
+    step_fn = functools.partial(train_step, own, make_optimizer(own), shards=shards)
     return functools.partial(_masked_step, step_fn) if masked else step_fn
 
 

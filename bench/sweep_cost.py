@@ -32,7 +32,9 @@ import time
 import tomllib
 from pathlib import Path
 
-from digitsjax.apps.sweep import best_point
+from digitsjax.apps.sweep import RESULTS_JSON, best_point
+from digitsjax.run.records import read_metrics
+from digitsjax.run.workdir import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"
@@ -70,13 +72,9 @@ def nielsen(root: Path, env: dict[str, str]) -> dict[str, float]:
     return {"sweep": sweep, "k8": seeds, "separate": separate}
 
 
-def records_of(workdir: Path) -> list[dict]:
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
 def programs_records(sweep_dir: Path) -> list[dict]:
     """Every epoch record of a sweep's programs."""
-    return [r for program in sorted(sweep_dir.glob("program-*")) for r in records_of(program)]
+    return [r for program in sorted(sweep_dir.glob("program-*")) for r in read_metrics(program)]
 
 
 def epoch_seconds(records: list[dict]) -> float:
@@ -88,7 +86,7 @@ def lr_sweep(root: Path, env: dict[str, str]) -> dict[str, object]:
     points and how many points' fingerprints agree."""
     sweep_file = PIPELINES / "lr_sweep.toml"
     sweep = timed(["sweep", str(sweep_file), "--workdir", str(root / "sweep")], env)
-    points = json.loads((root / "sweep" / "sweep-results.json").read_text())["points"]
+    points = json.loads((root / "sweep" / RESULTS_JSON).read_text())["points"]
     separate, separate_epochs, runs = 0.0, 0.0, []
     for point in points:  # in grid order
         rate, seed = point["optimizer.learning_rate"], point["seed"]
@@ -96,11 +94,11 @@ def lr_sweep(root: Path, env: dict[str, str]) -> dict[str, object]:
         separate += timed(["train", str(PIPELINES / "mnist_mlp.toml"), "--set",
                            f"optimizer.learning_rate={rate}", "--set", f"seed={seed}",
                            "--workdir", str(workdir)], env)
-        records = records_of(workdir)
+        records = read_metrics(workdir)
         separate_epochs += epoch_seconds(records)
-        manifest = json.loads((workdir / "manifest.json").read_text())
         runs.append({"variant": point["variant"], "val_accuracy": records[-1]["val_accuracy"],
-                     "diverged_at": None, "params_sha256": manifest["result"]["params_sha256"]})
+                     "diverged_at": None,
+                     "params_sha256": read_manifest(workdir)["result"]["params_sha256"]})
     sweep_epochs = epoch_seconds(programs_records(root / "sweep"))
     return {"sweep": sweep, "separate": separate, "sweep_best": best_point(points)["variant"],
             "separate_best": best_point(runs)["variant"], "sweep_epochs": sweep_epochs,

@@ -206,9 +206,9 @@ def model_groups(num_models: int, devices: int = 1) -> tuple[int, ...]:
     XLA:CPU runs a program's operations one after another, and many keep only part of the cores
     busy (the small layers, the optimizer's passes; YNNPACK's products use little more than one
     core). Two programs of K/2 models each, run side by side, train the K models in about 0.6-0.7
-    of one program's time on 2 cores (docs/sweeps.md). The split is fixed, not the machine's core
-    count, so that a run stays a pure function of its pipeline on each backend (on XLA:CPU a
-    model trains its single run's bits in any group). One device only: a mesh
+    of one program's time on 2 cores (docs/sweeps.md). On XLA:CPU a model trains its single
+    run's bits in any group, so the split changes the time, not the result; it is two, as
+    measured on 2 cores, whatever the machine. One device only: a mesh
     (also one of several processes) already splits each step over its devices, and other
     backends run one program.
     """
@@ -329,9 +329,8 @@ def _models_batches(pipeline: Pipeline, split_batch: Callable[[Any], Any],
                     orders: tuple[int, ...], keys: jax.Array, step: jax.Array,
                     images: jax.Array, labels: jax.Array) -> Callable[[jax.Array], Any]:
     """`batch(step)` of K models: (K, B, ...) arrays, model k's batch in the order of model
-    `orders[k]`'s key. Each distinct
-    order is drawn and each step's batch gathered once (sorts and gathers from the whole
-    training set cost as much per order as a small model's step)."""
+    `orders[k]`'s key. Each distinct order is drawn and each step's batch gathered once (sorts
+    and gathers from the whole training set cost as much per order as a small model's step)."""
     distinct = sorted(set(orders))
     draw = jax.vmap(epoch_permutation, in_axes=(0, None, None))
     permutations = draw(keys[np.asarray(distinct)], step // pipeline.steps_per_epoch,

@@ -21,7 +21,7 @@ import jax  # noqa: E402
 
 from digitsjax.core.config import load_pipeline  # noqa: E402
 from digitsjax.core.data import load_mnist, resolve_mnist_dir  # noqa: E402
-from digitsjax.core.train import init_train_state, make_train_chunk  # noqa: E402
+from digitsjax.core.program import init_state, make_train_chunk, program_of  # noqa: E402
 
 NETWORKS = {  # pipeline file, overrides
     "mnist_mlp 784-128-64-10": ("mnist_mlp", ()),
@@ -35,7 +35,7 @@ OFF = ("augment.rotation=0", "augment.shear=0", "augment.scale=0", "augment.tran
 
 
 def epoch_seconds(pipeline, images, labels, repeats: int) -> float:
-    chunk, state = make_train_chunk(pipeline), init_train_state(pipeline)
+    chunk, state = make_train_chunk(program_of(pipeline)), init_state(program_of(pipeline))
     state, sums = chunk(state, images, labels, num_steps=pipeline.steps_per_epoch)  # compile
     jax.block_until_ready(sums)
     times = []

@@ -12,12 +12,12 @@ from pathlib import Path
 import jax
 
 from digitsjax.core.config import load_pipeline
-from digitsjax.core.train import init_train_state
+from digitsjax.core.program import init_state, program_of
 from digitsjax.run import checkpoint
 
 p = load_pipeline(Path(__file__).resolve().parents[1] / "pipelines" / "mnist_mlp.toml")
 p = dataclasses.replace(p, train=dataclasses.replace(p.train, num_models=1024))
-host = jax.device_get(init_train_state(p))
+host = jax.device_get(init_state(program_of(p)))
 old, new = [], []
 for _ in range(5):
     t = time.perf_counter()

@@ -38,7 +38,8 @@ def measure_phases(pipeline_path: str) -> dict[str, float]:
     mark("import jax, start CPU backend")
     from digitsjax.core.config import load_pipeline
     from digitsjax.core.data import load_mnist
-    from digitsjax.core.train import init_train_state, make_evaluate, make_train_chunk
+    from digitsjax.core.program import init_state, make_train_chunk, program_of
+    from digitsjax.core.train import make_evaluate
     from digitsjax.run import checkpoint
     from digitsjax.run.compilation_cache import enable_compilation_cache
 
@@ -49,18 +50,18 @@ def measure_phases(pipeline_path: str) -> dict[str, float]:
     mark("load MNIST (decoded-array cache)")
     jax.jit(lambda x: x + 1)(0.0).block_until_ready()
     mark("first compilation of the process (a trivial one)")
-    state = jax.block_until_ready(init_train_state(pipeline))
+    state = jax.block_until_ready(init_state(program_of(pipeline)))
     mark("initialise parameters (eager ops)")
     images, labels = jax.device_put((data.train_images, data.train_labels))
     test = jax.device_put((data.test_images, data.test_labels))
     jax.block_until_ready((images, test))
     mark("copy data to the device")
-    train_chunk = make_train_chunk(pipeline).lower(
+    train_chunk = make_train_chunk(program_of(pipeline)).lower(
         state, images, labels, num_steps=pipeline.steps_per_epoch).compile()
     mark("compile the epoch program")
     state, _ = jax.block_until_ready(train_chunk(state, images, labels))
     mark("train one epoch")
-    jax.block_until_ready(make_evaluate(pipeline)(state["params"], *test))
+    jax.block_until_ready(make_evaluate(pipeline)(state.params, *test))
     mark("compile + run evaluation")
     with tempfile.TemporaryDirectory() as workdir:
         manager = checkpoint.open_manager(workdir, pipeline.checkpoint)

@@ -98,14 +98,13 @@ class EpochLog:
 
 def lr_sweep_program():
     """The program `digitsjax sweep pipelines/lr_sweep.toml` trains: its 32 points (8 learning
-    rates x 4 seeds, read from the file) as one run, and each point's values."""
-    from digitsjax.apps.sweep import Program, make_variants, read_grid
+    rates x 4 seeds, read from the file) as one program."""
+    from digitsjax.apps.sweep import SweepProgram, make_variants, read_grid
     from digitsjax.core.config import load_pipeline
 
     path = REPO / "pipelines" / "lr_sweep.toml"
     variants = make_variants(load_pipeline(path, for_sweep=True), read_grid(path, []))
-    program = Program("program-1", variants)
-    return program.pipeline, program.per_model
+    return SweepProgram("program-1", variants).program
 
 
 def random_training_set(size: int):

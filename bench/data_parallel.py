@@ -1,7 +1,7 @@
 """Epoch time of the compiled training chunk: no mesh vs a 1-device mesh vs all devices.
 
 Side by side in one process, interleaved, so that load from other processes hits every variant
-alike. "no mesh" is the pre-sharding path (`make_train_chunk(pipeline)` on `jax.device_put`
+alike. "no mesh" is the pre-sharding path (`make_train_chunk(program)` on `jax.device_put`
 data); the 1-device mesh must match it. Simulated CPU devices share the host's cores, so the
 all-device figure on CPU measures the cost of partitioning, not a speed-up.
 
@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.data import load_mnist
-from digitsjax.core.train import init_train_state, make_train_chunk
+from digitsjax.core.program import init_state, make_train_chunk, program_of
 from digitsjax.run import cluster as parallel
 
 
@@ -39,13 +39,13 @@ def main() -> None:
         meshes[f"{jax.device_count()}-device mesh"] = parallel.data_mesh()
     runs = {}
     for name, mesh in meshes.items():
-        state = init_train_state(pipeline)
+        state = init_state(program_of(pipeline))
         if mesh is None:
             state, inputs = state, jax.device_put(train)
         else:
             parallel.check_batch_size(pipeline.train.batch_size, mesh.size)
             state, inputs = parallel.replicate(state, mesh), parallel.replicate(train, mesh)
-        chunk = make_train_chunk(pipeline, mesh).lower(
+        chunk = make_train_chunk(program_of(pipeline), mesh).lower(
             state, *inputs, num_steps=pipeline.steps_per_epoch).compile()
         runs[name] = [chunk, state, inputs, []]
 

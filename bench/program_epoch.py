@@ -15,7 +15,6 @@ is that program.
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,28 +22,25 @@ import jax
 import numpy as np
 from common import lr_sweep_program, random_training_set
 
-from digitsjax.core.hyper import PerModel, with_values
-from digitsjax.core.train import init_train_state, make_train_chunk, model_groups
+from digitsjax.core.program import Program, init_state, make_train_chunk
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    program, per_model = lr_sweep_program()
-    images, labels = random_training_set(program.train_size)
-    bounds = np.cumsum((0, *model_groups(per_model.num_models)))
-    ways = {"digitsjax": [Program(program, per_model.models(start, stop), images, labels)
-                          for start, stop in itertools.pairwise(bounds)],
-            "one program": [Program(program, per_model, images, labels)],
+    program = lr_sweep_program()
+    images, labels = random_training_set(program.pipeline.train_size)
+    ways = {"digitsjax": [Compiled(group, images, labels) for group in program.groups()],
+            "one program": [Compiled(program, images, labels)],
             "one program, an order per model":
-                [Program(program, per_model, images, labels, order_per_model=True)]}
+                [Compiled(program, images, labels, order_per_model=True)]}
     seconds: dict[str, list[float]] = {way: [] for way in ways}
     with ThreadPoolExecutor(2) as pool:
         for _ in range(args.repeat + 1):  # the first epoch of each compiles
             for way, programs in ways.items():
                 start = time.perf_counter()
-                list(pool.map(Program.epoch, programs))
+                list(pool.map(Compiled.epoch, programs))
                 seconds[way].append(time.perf_counter() - start)
     fastest = {way: min(times[1:]) for way, times in seconds.items()}
     print(f"| one epoch of lr_sweep's 32 models | seconds (fastest of {args.repeat}) | ratio |")
@@ -52,22 +48,20 @@ def main() -> None:
     for way, value in fastest.items():
         print(f"| {way} | {value:.2f} | {value / fastest['digitsjax']:.2f} |")
     same = all(np.array_equal(a, b) for a, b in
-               zip(*(jax.tree.leaves(ways[way][0].state["params"])
+               zip(*(jax.tree.leaves(ways[way][0].state.params)
                      for way in ("one program", "one program, an order per model")), strict=True))
     print(f"an order per model: the same parameters, bit for bit: {same}")
 
 
-class Program:
-    """One compiled program of `per_model`'s models (a part of lr_sweep's) and its train state."""
+class Compiled:
+    """One compiled program (lr_sweep's or a group of its models) and its train state."""
 
-    def __init__(self, program, per_model: PerModel, images, labels,
-                 order_per_model: bool = False) -> None:
-        program = with_values(program, {"train.num_models": per_model.num_models})
-        orders = tuple(range(per_model.num_models)) if order_per_model else \
-            per_model.data_orders(program)
+    def __init__(self, program: Program, images, labels, order_per_model: bool = False) -> None:
+        orders = tuple(range(program.num_models)) if order_per_model else None
         self.chunk = make_train_chunk(program, data_orders=orders)
-        self.state = init_train_state(program, per_model)
-        self.images, self.labels, self.steps = images, labels, program.steps_per_epoch
+        self.state = init_state(program)
+        self.images, self.labels = images, labels
+        self.steps = program.pipeline.steps_per_epoch
 
     def epoch(self) -> None:
         self.state, sums = self.chunk(self.state, self.images, self.labels,

@@ -25,7 +25,7 @@ import jax
 from common import lr_sweep_program, random_training_set
 
 from digitsjax.core.config import Pipeline
-from digitsjax.core.train import init_train_state, make_train_chunk
+from digitsjax.core.program import init_state, make_train_chunk, program_of
 
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+\[[\d,]*\])\S* ([\w\-]+)\(")
 
@@ -35,14 +35,13 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15, help="rows to print")
     parser.add_argument("--single", action="store_true", help="one mnist_mlp run instead")
     args = parser.parse_args()
-    program, per_model = lr_sweep_program()
+    program = lr_sweep_program()
     if args.single:
-        program, per_model = per_model.point(program, 0), None
-    images, labels = random_training_set(program.train_size)
-    state = init_train_state(program, per_model)
-    steps = program.steps_per_epoch
-    orders = per_model.data_orders(program) if per_model else None
-    compiled = make_train_chunk(program, data_orders=orders).lower(
+        program = program_of(program.model(0))
+    images, labels = random_training_set(program.pipeline.train_size)
+    state = init_state(program)
+    steps = program.pipeline.steps_per_epoch
+    compiled = make_train_chunk(program).lower(
         state, images, labels, num_steps=steps).compile()
     state, sums = compiled(state, images, labels)
     jax.block_until_ready(sums)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from digitsjax.core.config import load_pipeline
-from digitsjax.core.train import init_train_state
+from digitsjax.core.program import init_state, program_of
 from digitsjax.run import checkpoint
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.records import METRICS
@@ -40,7 +40,7 @@ def median_ms(seconds: list[float]) -> str:
 
 def save_times(repeats: int) -> tuple[list[float], list[float]]:
     pipeline = load_pipeline(PIPELINE)
-    state = init_train_state(pipeline)
+    state = init_state(program_of(pipeline))
     blocking, complete = [], []
     with tempfile.TemporaryDirectory() as workdir:
         manager = checkpoint.open_manager(Path(workdir), pipeline.checkpoint)

@@ -61,7 +61,7 @@ def instrument(examples: int) -> None:
     if examples:  # the memory check counts the splits whole
         loop.check_memory = lambda *args, **kwargs: None
     loop.load_mnist = timed("data", cut_splits(loop.load_mnist, examples))
-    loop.init_train_state = timed("init", loop.init_train_state, block=True)
+    loop.init_state = timed("init", loop.init_state, block=True)
     loop._Chunks.run = timed("compile and dispatch chunks", loop._Chunks.run)
     loop._Chunks.collect = timed("wait for the epochs", loop._Chunks.collect)
     evaluate = loop.make_evaluate

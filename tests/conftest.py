@@ -112,13 +112,14 @@ def train_tiny_epoch(*overrides: str) -> dict:
     import jax
 
     from digitsjax.core.config import load_pipeline
-    from digitsjax.core.train import init_train_state, make_train_chunk
+    from digitsjax.core.program import init_state, make_train_chunk, program_of
 
     pipeline = load_pipeline(REPO / "pipelines" / "mnist_mlp.toml", [*TINY, *overrides])
     images = jax.random.uniform(jax.random.PRNGKey(0), (pipeline.train_size, 784))
     labels = jax.random.randint(jax.random.PRNGKey(1), (pipeline.train_size,), 0, 10)
-    state, _ = make_train_chunk(pipeline)(init_train_state(pipeline), images, labels,
-                                          num_steps=pipeline.steps_per_epoch)
+    program = program_of(pipeline)
+    state, _ = make_train_chunk(program)(init_state(program), images, labels,
+                                         num_steps=pipeline.steps_per_epoch)
     return state
 
 

@@ -43,8 +43,12 @@ def package_modules() -> list[Path]:
 
 def imported_modules(path: Path) -> set[str]:
     """Every digitsjax module `path` imports, at the top or lazily inside a function."""
+    return modules_imported_by(ast.parse(path.read_text()))
+
+
+def modules_imported_by(tree: ast.AST) -> set[str]:
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -172,3 +176,46 @@ def test_no_library_message_names_a_command_line_flag_of_train_evaluate_or_predi
                     any(flag in node.value for flag in flags):
                 offenders.append(f"{module_name(path)}:{node.lineno}: {node.value[:60]!r}")
     assert not offenders
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """`imported_modules`, less the imports under `if TYPE_CHECKING:` (never executed)."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and \
+                node.test.id == "TYPE_CHECKING":
+            node.body = []
+    return modules_imported_by(tree)
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """A cycle of the graph (module -> modules it imports), as a path; [] if there is none."""
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> list[str]:
+        state[node] = "open"
+        for child in sorted(graph.get(node, ())):
+            if state.get(child) == "open":
+                return [*path[path.index(child):], child] if child in path else [node, child]
+            if child not in state and (found := visit(child, [*path, child])):
+                return found
+        state[node] = "done"
+        return []
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [start])):
+            return found
+    return []
+
+
+def test_no_two_modules_import_each_other_even_lazily():
+    """A cycle hidden behind a function-level import still ties the modules into one: neither
+    can be read, tested or moved without the other."""
+    graph = {module_name(path): runtime_imports(path) - {module_name(path)}
+             for path in package_modules()}
+    assert import_cycle(graph) == []
+
+
+def test_the_cycle_check_finds_a_lazy_cycle():
+    assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert import_cycle({"a": {"b"}, "b": set()}) == []

@@ -15,7 +15,8 @@ from digitsjax.cli import main
 from digitsjax.core import augment
 from digitsjax.core.config import AugmentConfig, load_pipeline
 from digitsjax.core.model import apply, params_sha256
-from digitsjax.core.train import init_train_state, make_train_chunk, model_params
+from digitsjax.core.program import init_state, make_train_chunk, program_of
+from digitsjax.core.train import model_params
 from digitsjax.errors import ConfigError
 
 from .conftest import (
@@ -107,23 +108,24 @@ def test_augmentation_is_off_by_default_so_existing_runs_train_the_same_bits():
     assert not augment.active(load_pipeline(PIPELINE).augment)
     plain = train_tiny_epoch()
     zero = train_tiny_epoch("augment.rotation=0", "augment.elastic_alpha=0")
-    assert params_sha256(zero["params"]) == params_sha256(plain["params"])
-    assert params_sha256(train_tiny_epoch(*STRONG_SETS)["params"]) != \
-        params_sha256(plain["params"])
+    assert params_sha256(zero.params) == params_sha256(plain.params)
+    assert params_sha256(train_tiny_epoch(*STRONG_SETS).params) != \
+        params_sha256(plain.params)
 
 
 def test_augmented_training_is_reproducible_and_each_of_k_models_draws_its_own():
     once, again = train_tiny_epoch(*STRONG_SETS), train_tiny_epoch(*STRONG_SETS)
-    assert params_sha256(once["params"]) == params_sha256(again["params"])
+    assert params_sha256(once.params) == params_sha256(again.params)
 
     pipeline = load_pipeline(PIPELINE, [*TINY, *STRONG_SETS, "seed=3", "train.num_models=2"])
     images = jax.random.uniform(jax.random.PRNGKey(0), (pipeline.train_size, 784))
     labels = jax.random.randint(jax.random.PRNGKey(1), (pipeline.train_size,), 0, 10)
-    stacked, _ = make_train_chunk(pipeline)(init_train_state(pipeline), images, labels,
-                                            num_steps=pipeline.steps_per_epoch)
+    program = program_of(pipeline)
+    stacked, _ = make_train_chunk(program)(init_state(program), images, labels,
+                                           num_steps=pipeline.steps_per_epoch)
     for k in range(2):
         single = train_tiny_epoch(*STRONG_SETS, f"seed={3 + k}")
-        assert_single_run_bits(model_params(stacked["params"], k), single["params"])
+        assert_single_run_bits(model_params(stacked.params, k), single.params)
 
 
 @pytest.mark.slow
@@ -154,10 +156,10 @@ def test_training_with_augmentation_reads_distorted_digits_better(mnist):
 
     def distorted_accuracy(*overrides: str) -> float:
         pipeline = load_pipeline(PIPELINE, ["model.hidden=[128]", "train.epochs=3", *overrides])
-        state, chunk = init_train_state(pipeline), make_train_chunk(pipeline)
+        state, chunk = init_state(program_of(pipeline)), make_train_chunk(program_of(pipeline))
         for _ in range(pipeline.train.epochs):
             state, _ = chunk(state, x, y, num_steps=pipeline.steps_per_epoch)
-        predicted = jnp.argmax(apply(state["params"], unseen, pipeline.model, 1), -1)
+        predicted = jnp.argmax(apply(state.params, unseen, pipeline.model, 1), -1)
         return float(jnp.mean(predicted == mnist.val_labels))
 
     plain, augmented = distorted_accuracy(), distorted_accuracy(*STRONG_SETS)

@@ -12,9 +12,11 @@ from PIL import Image
 
 from digitsjax.apps.plots import augmentation_sample, write_plots
 from digitsjax.cli import main
-from digitsjax.core import augment, train
+from digitsjax.core import augment
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.data import load_mnist
+from digitsjax.core.program import init_state, make_train_chunk, program_of
+from digitsjax.core.train import DATA_STREAM
 from digitsjax.run.records import read_metrics
 from digitsjax.run.trained import load_trained
 
@@ -80,7 +82,7 @@ def test_the_sample_is_step_0s_batch_drawn_with_step_0s_keys(tiny):
     pipeline, data = tiny
     key = jax.random.PRNGKey(pipeline.seed)
     order = jax.random.permutation(
-        jax.random.fold_in(jax.random.fold_in(key, train.DATA_STREAM), 0), pipeline.train_size)
+        jax.random.fold_in(jax.random.fold_in(key, DATA_STREAM), 0), pipeline.train_size)
     batch = jnp.asarray(data.train_images)[order[:pipeline.train.batch_size]]
     expected = jax.jit(augment.distort_step, static_argnums=3)(batch, key, 0, pipeline.augment)
 
@@ -103,8 +105,8 @@ def test_the_sample_is_what_the_training_step_itself_distorts(tiny, monkeypatch)
         return out
 
     monkeypatch.setattr(augment, "distort_step", watched)
-    chunk = train.make_train_chunk(pipeline)
-    chunk(train.init_train_state(pipeline), jnp.asarray(data.train_images),
+    chunk = make_train_chunk(program_of(pipeline))
+    chunk(init_state(program_of(pipeline)), jnp.asarray(data.train_images),
           jnp.asarray(data.train_labels), num_steps=1)
     monkeypatch.undo()
 

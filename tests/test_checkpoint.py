@@ -73,7 +73,7 @@ def test_restore_proves_it_read_back_every_byte(tmp_path):
     manager = checkpoint.open_manager(tmp_path, read_only=True)
     state, meta = checkpoint.restore(manager, 7, tiny_state(0))
     assert meta[checkpoint.STATE_BLOCKS_SHA256] == checkpoint.state_blocks_sha256(tiny_state(7))
-    assert float(state["params"][0]["w"][0, 0]) == 7.0
+    assert float(state.params[0]["w"][0, 0]) == 7.0
 
 
 def test_the_checksum_of_a_large_state_sees_every_block_and_where_its_leaves_end(monkeypatch):
@@ -100,7 +100,7 @@ def test_a_checkpoint_with_the_single_sha256_of_earlier_versions_still_restores(
     checkpoint.close(manager)
     manager = checkpoint.open_manager(tmp_path, read_only=True)
     state, _ = checkpoint.restore(manager, 7, tiny_state(0))
-    assert float(state["params"][0]["w"][0, 0]) == 7.0
+    assert float(state.params[0]["w"][0, 0]) == 7.0
     with pytest.raises(CheckpointError, match="do not match the checksum"):
         checkpoint.restore(manager, 8, tiny_state(0))
     manager.close()

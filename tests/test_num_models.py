@@ -57,7 +57,7 @@ def test_metrics_report_each_model_the_ensemble_and_the_spread(k_run, mnist):
     workdir, final = k_run
     trained = load_trained(workdir)
     pipeline = trained.pipeline
-    outputs = [batched_forward(model_params(trained.state["params"], k), mnist.test_images,
+    outputs = [batched_forward(model_params(trained.state.params, k), mnist.test_images,
                                pipeline.model) for k in range(NUM_MODELS)]
     each = [float(np.mean(np.argmax(o, -1) == mnist.test_labels)) for o in outputs]
     averaged = np.mean([probabilities(o, pipeline.model) for o in outputs], axis=0)
@@ -105,7 +105,7 @@ def test_a_single_model_run_keeps_its_plain_results(trained_workdir):
     record = read_metrics(trained_workdir)[-1]
     assert not any("model" in key for key in record)
     assert isinstance(record["test_accuracy"], float)
-    assert jax.tree.leaves(trained.state["params"])[0].ndim == 1  # no model axis
+    assert jax.tree.leaves(trained.state.params)[0].ndim == 1  # no model axis
 
 
 def test_resuming_with_another_num_models_is_refused(k_run, tmp_path):

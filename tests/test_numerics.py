@@ -22,7 +22,8 @@ from digitsjax.apps.evaluate import make_classify
 from digitsjax.cli import main
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.model import MATMUL_PRECISIONS
-from digitsjax.core.train import init_train_state, make_evaluate, make_train_chunk
+from digitsjax.core.program import init_state, make_train_chunk, program_of
+from digitsjax.core.train import make_evaluate
 from digitsjax.errors import COMMAND_LINE, LIBRARY, CheckpointError, ConfigError, UserError
 from digitsjax.run import backend
 from digitsjax.run.loop import train_pipeline
@@ -39,12 +40,13 @@ def tiny(*overrides: str):
 def programs(precision: str) -> dict[str, str]:
     """The StableHLO text of the training chunk, evaluation and prediction programs."""
     pipeline = tiny(f"train.matmul_precision={precision}")
-    state = init_train_state(pipeline)
+    program = program_of(pipeline)
+    state = init_state(program)
     images, labels = jnp.zeros((256, 784)), jnp.zeros((256,), jnp.int32)
     return {
-        "training": make_train_chunk(pipeline).lower(state, images, labels, num_steps=1),
-        "evaluation": make_evaluate(pipeline).lower(state["params"], images, labels),
-        "prediction": make_classify(pipeline).lower(state["params"], images),
+        "training": make_train_chunk(program).lower(state, images, labels, num_steps=1),
+        "evaluation": make_evaluate(pipeline).lower(state.params, images, labels),
+        "prediction": make_classify(pipeline).lower(state.params, images),
     }
 
 
@@ -77,10 +79,10 @@ def train_at(precision: str):
 
 def test_bfloat16_multiplies_but_keeps_float32_parameters_and_optimizer_state():
     reduced, full = train_at("bfloat16"), train_at("float32")
-    floats = [leaf for leaf in jax.tree.leaves((reduced["params"], reduced["opt_state"]))
+    floats = [leaf for leaf in jax.tree.leaves((reduced.params, reduced.opt_state))
               if jnp.issubdtype(leaf.dtype, jnp.floating)]
     assert floats and {leaf.dtype for leaf in floats} == {jnp.dtype(jnp.float32)}
-    for got, want in zip(jax.tree.leaves(reduced["params"]), jax.tree.leaves(full["params"]),
+    for got, want in zip(jax.tree.leaves(reduced.params), jax.tree.leaves(full.params),
                          strict=True):
         assert not np.array_equal(got, want)            # it did compute in bfloat16 ...
         np.testing.assert_allclose(got, want, atol=0.02)  # ... and learnt the same thing
@@ -90,8 +92,8 @@ def test_tensorfloat32_on_a_cpu_is_float32_bit_for_bit():
     """A CPU has no TF32: docs/accelerators.md says so, and this holds it."""
     if jax.default_backend() != "cpu":
         pytest.skip("only a CPU lacks TF32; a GPU is meant to differ")
-    for got, want in zip(jax.tree.leaves(train_at("tensorfloat32")["params"]),
-                         jax.tree.leaves(train_at("float32")["params"]), strict=True):
+    for got, want in zip(jax.tree.leaves(train_at("tensorfloat32").params),
+                         jax.tree.leaves(train_at("float32").params), strict=True):
         np.testing.assert_array_equal(got, want)
 
 

@@ -36,7 +36,7 @@ def test_epoch_decay_multiplies_the_rate_after_every_epoch_down_to_the_floor():
 
 
 def trained_params(*overrides: str):
-    return train_tiny_epoch(*overrides)["params"]
+    return train_tiny_epoch(*overrides).params
 
 
 def test_max_norm_keeps_every_units_incoming_weights_within_the_limit():

@@ -55,16 +55,16 @@ from digitsjax.run import cluster
 from digitsjax.core.config import load_pipeline
 from digitsjax.errors import ConfigError
 from digitsjax.run.loop import train_pipeline
-from digitsjax.core.train import init_train_state, make_train_chunk
+from digitsjax.core.program import init_state, make_train_chunk, program_of
 
 path, overrides, workdirs = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
 pipeline = load_pipeline(path, overrides)
 log = lambda line: print(line, file=sys.stderr)
 
 def step_flops(mesh):
-    state = sharding.replicate(init_train_state(pipeline), mesh)
+    state = sharding.replicate(init_state(program_of(pipeline)), mesh)
     data = sharding.replicate((np.zeros((1024, 784), np.float32), np.zeros(1024, np.int32)), mesh)
-    chunk = make_train_chunk(pipeline, mesh).lower(state, *data, num_steps=1).compile()
+    chunk = make_train_chunk(program_of(pipeline), mesh).lower(state, *data, num_steps=1).compile()
     return chunk.cost_analysis()["flops"]
 
 report = {"devices": jax.device_count(), "resume_log": [],
@@ -107,8 +107,8 @@ def assert_same_training(workdir: Path, reference: Path) -> None:
     """Finished, with the reference's parameters and test accuracy up to float rounding."""
     trained, expected = load_trained(workdir), load_trained(reference)
     assert trained.step == expected.step == TOTAL_STEPS
-    for got, want in zip(jax.tree.leaves(trained.state["params"]),
-                         jax.tree.leaves(expected.state["params"]), strict=True):
+    for got, want in zip(jax.tree.leaves(trained.state.params),
+                         jax.tree.leaves(expected.state.params), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=PARAMS_ATOL)
     records, reference_records = read_metrics(workdir), read_metrics(reference)
     assert [r["step"] for r in records] == [STEPS_PER_EPOCH, TOTAL_STEPS]

@@ -16,15 +16,14 @@ import jax
 import numpy as np
 import pytest
 
-from digitsjax.core import train
+from digitsjax.core import program, train
 from digitsjax.core.config import Pipeline, load_pipeline
 from digitsjax.core.model import INITIALIZERS, params_sha256
+from digitsjax.core.program import init_state, make_train_chunk, program_of
 from digitsjax.core.train import (
     DATA_STREAM,
     epoch_permutation,
-    init_train_state,
     make_optimizer,
-    make_train_chunk,
     model_params,
     train_step,
 )
@@ -45,9 +44,9 @@ def mnist_mlp(*overrides: str) -> Pipeline:
 
 def step_by_step_epoch(pipeline: Pipeline, images: np.ndarray, labels: np.ndarray):
     """The textbook loop: the host slices each batch of epoch 0's order and calls a jitted step."""
-    state = init_train_state(pipeline)
+    state = init_state(program_of(pipeline))
     step = jax.jit(functools.partial(train_step, pipeline, make_optimizer(pipeline)))
-    order = np.asarray(epoch_permutation(state["key"], 0, len(images)))
+    order = np.asarray(epoch_permutation(state.key, 0, len(images)))
     batch, losses = pipeline.train.batch_size, []
     for i in range(pipeline.steps_per_epoch):
         idx = order[i * batch:(i + 1) * batch]
@@ -57,8 +56,9 @@ def step_by_step_epoch(pipeline: Pipeline, images: np.ndarray, labels: np.ndarra
 
 
 def scan_epoch(pipeline: Pipeline, images: np.ndarray, labels: np.ndarray):
-    state, sums = make_train_chunk(pipeline)(init_train_state(pipeline), images, labels,
-                                             num_steps=pipeline.steps_per_epoch)
+    whole = program_of(pipeline)
+    state, sums = make_train_chunk(whole)(init_state(whole), images, labels,
+                                          num_steps=pipeline.steps_per_epoch)
     return state, jax.device_get(sums)
 
 
@@ -88,12 +88,12 @@ def test_a_scanned_epoch_trains_what_a_step_by_step_loop_trains(mnist, overrides
     looped, loop_loss_sum = step_by_step_epoch(pipeline, x, y)
     scanned, sums = scan_epoch(pipeline, x, y)
 
-    assert int(scanned["step"]) == int(looped["step"]) == pipeline.steps_per_epoch
-    assert_params_close(scanned["params"], looped["params"])
+    assert int(scanned.step) == int(looped.step) == pipeline.steps_per_epoch
+    assert_params_close(scanned.params, looped.params)
     assert float(sums["loss_sum"]) == pytest.approx(loop_loss_sum, rel=1e-5)
     # The training really moved the parameters, so agreement is not agreement at the init.
-    start = init_train_state(pipeline)["params"]
-    assert not np.allclose(scanned["params"][0]["w"], start[0]["w"], atol=1e-3)
+    start = init_state(program_of(pipeline)).params
+    assert not np.allclose(scanned.params[0]["w"], start[0]["w"], atol=1e-3)
 
 
 @pytest.mark.slow
@@ -108,23 +108,24 @@ def test_k_models_train_what_k_single_runs_train(mnist):
     assert np.shape(sums["loss_sum"]) == (num_models,)
     for k in range(num_models):
         single, single_sums = scan_epoch(mnist_mlp(f"seed={seed + k}", small), x, y)
-        assert_same_training(model_params(stacked["params"], k), model_params(sums, k),
-                             single["params"], single_sums)
+        assert_same_training(model_params(stacked.params, k), model_params(sums, k),
+                             single.params, single_sums)
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["op-by-op", "compiled"])
 @pytest.mark.parametrize("init", sorted(INITIALIZERS))
 def test_k_models_start_from_exactly_the_single_runs_initial_state(init, compiled, monkeypatch):
     """However many models (a few start op by op, many from one compiled init)."""
-    monkeypatch.setattr(train, "COMPILED_INIT_MODELS", 2 if compiled else 4)
-    stacked = init_train_state(mnist_mlp("seed=7", "train.num_models=3", f"model.init={init}"))
+    monkeypatch.setattr(program, "COMPILED_INIT_MODELS", 2 if compiled else 4)
+    models = program_of(mnist_mlp("seed=7", "train.num_models=3", f"model.init={init}"))
+    stacked = init_state(models)
     for k in range(3):
-        single = init_train_state(mnist_mlp(f"seed={7 + k}", f"model.init={init}"))
+        single = init_state(program_of(mnist_mlp(f"seed={7 + k}", f"model.init={init}")))
         for name in ("params", "opt_state", "key"):
-            for a, e in zip(jax.tree.leaves(model_params(stacked[name], k)),
-                            jax.tree.leaves(single[name]), strict=True):
+            for a, e in zip(jax.tree.leaves(model_params(getattr(stacked, name), k)),
+                            jax.tree.leaves(getattr(single, name)), strict=True):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
-    assert np.shape(stacked["step"]) == ()  # one step, shared by all models
+    assert np.shape(stacked.step) == ()  # one step, shared by all models
 
 
 @pytest.mark.parametrize("num_examples", [1, 2, 10, 1000, 55_000, 60_000, 2**16, 2**16 + 1])
@@ -165,7 +166,7 @@ def test_wide_vector_code_trains_the_same_parameters_bit_for_bit(mnist, monkeypa
     monkeypatch.setattr(train, "compiler_options", lambda: None)
     default, _ = scan_epoch(pipeline, x, y)
 
-    assert params_sha256(tuned["params"]) == params_sha256(default["params"])
+    assert params_sha256(tuned.params) == params_sha256(default.params)
 
 
 def test_k_models_train_as_two_concurrent_groups_on_one_cpu_device():
@@ -173,18 +174,18 @@ def test_k_models_train_as_two_concurrent_groups_on_one_cpu_device():
     (each model trains its single run either way: test_sweep_programs, test_num_models). The
     split depends on the pipeline and the backend only, so results do too."""
     halves = jax.default_backend() == "cpu"
-    assert train.model_groups(8) == ((4, 4) if halves else (8,))
-    assert train.model_groups(5) == ((3, 2) if halves else (5,))
-    assert train.model_groups(3) == (3,)  # a group of one model would be a single run
-    assert train.model_groups(8, devices=2) == (8,)  # a mesh splits each step already
+    assert program.model_groups(8) == ((4, 4) if halves else (8,))
+    assert program.model_groups(5) == ((3, 2) if halves else (5,))
+    assert program.model_groups(3) == (3,)  # a group of one model would be a single run
+    assert program.model_groups(8, devices=2) == (8,)  # a mesh splits each step already
 
 
 def test_a_state_split_into_groups_joins_back_bit_for_bit():
-    state = init_train_state(mnist_mlp("train.num_models=5"))
-    parts = train.split_models(state, (3, 2))
-    assert [part["key"].shape[0] for part in parts] == [3, 2]
-    assert all(int(part["step"]) == 0 for part in parts)
-    np.testing.assert_array_equal(parts[1]["params"][0]["w"], state["params"][0]["w"][3:])
-    for whole, joined in zip(jax.tree.leaves(state), jax.tree.leaves(train.join_models(parts)),
+    state = init_state(program_of(mnist_mlp("train.num_models=5")))
+    parts = program.split_models(state, (3, 2))
+    assert [part.key.shape[0] for part in parts] == [3, 2]
+    assert all(int(part.step) == 0 for part in parts)
+    np.testing.assert_array_equal(parts[1].params[0]["w"], state.params[0]["w"][3:])
+    for whole, joined in zip(jax.tree.leaves(state), jax.tree.leaves(program.join_models(parts)),
                              strict=True):
         np.testing.assert_array_equal(whole, joined)

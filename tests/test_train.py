@@ -41,7 +41,7 @@ def test_the_same_pipeline_twice_gives_the_same_fingerprint(trained_workdir, tmp
     again = train_pipeline(pipeline, tmp_path, mnist_dir=str(mnist_dir), echo=lambda _: None)
     first = load_trained(trained_workdir)
     from digitsjax.core.model import params_sha256
-    assert again["params_sha256"] == params_sha256(first.state["params"])
+    assert again["params_sha256"] == params_sha256(first.state.params)
     other_seed = train_pipeline(load_pipeline(PIPELINES / "mnist_mlp.toml",
                                               ["train.epochs=1", "seed=1"]),
                                 tmp_path / "seed1", mnist_dir=str(mnist_dir), echo=lambda _: None)
@@ -56,7 +56,7 @@ def test_an_epochs_seconds_are_its_steps_not_the_saves_around_them(tmp_path, mni
 
     def slow_save(*args, **kwargs):
         time.sleep(pause)
-        saved.append(int(args[1]["step"]))
+        saved.append(int(args[1].step))
         return save(*args, **kwargs)
 
     save = checkpoint.save

@@ -15,7 +15,7 @@ import pytest
 
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.footprint import footprint, peak_bytes
-from digitsjax.core.train import model_groups
+from digitsjax.core.program import model_groups
 from digitsjax.errors import CheckpointError
 from digitsjax.run import checkpoint
 from digitsjax.run.lock import LOCK, workdir_lock

@@ -69,7 +69,7 @@ def fingerprint(workdir: Path, total_steps: int) -> str:
     """The final params' sha256; the workdir must have finished all `total_steps`."""
     trained = load_trained(workdir)
     assert trained.step == total_steps
-    return params_sha256(trained.state["params"])
+    return params_sha256(trained.state.params)
 
 
 def comparable(workdir: Path) -> list[dict]:

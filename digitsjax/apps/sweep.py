@@ -33,11 +33,11 @@ from digitsjax.core.config import (
     read_pipeline_file,
     set_key,
 )
-from digitsjax.core.hyper import PerModel, per_model_of, program_key, with_values
 from digitsjax.core.model import parameter_count
+from digitsjax.core.program import Program, program_key, sweep_program
 from digitsjax.errors import ConfigError, UserError
 from digitsjax.files import write_json_atomic, write_text_atomic
-from digitsjax.run.loop import train_pipeline
+from digitsjax.run.loop import train_program
 from digitsjax.run.records import last_evaluated, model_record, read_metrics
 from digitsjax.run.workdir import MANIFEST, read_manifest, recorded_per_model, recorded_pipeline
 
@@ -62,25 +62,18 @@ class Variant:
 
 
 @dataclass(frozen=True)
-class Program:
-    """Variants trained together: the models of one vmapped run in `workdir`."""
+class SweepProgram:
+    """Variants trained together, as the models of one program, in `workdir`."""
 
     workdir: str
     variants: list[Variant]
 
     @property
-    def per_model(self) -> PerModel | None:
-        return per_model_of([v.pipeline for v in self.variants]) if len(self.variants) > 1 \
-            else None
-
-    @property
-    def pipeline(self) -> Pipeline:
+    def program(self) -> Program:
         """The run that trains them: the first variant's pipeline with one model per variant."""
         first = self.variants[0].pipeline
-        if len(self.variants) == 1:
-            return first
-        return with_values(first, {"train.num_models": len(self.variants),
-                                   "name": f"{first.name.split('/')[0]}/{self.workdir}"})
+        return sweep_program([v.pipeline for v in self.variants],
+                             name=f"{first.name.split('/')[0]}/{self.workdir}")
 
 
 def parse_grid_option(text: str) -> tuple[str, list[Any]]:
@@ -173,21 +166,21 @@ def _label(value: Any) -> str:
 
 
 def plan_programs(variants: list[Variant], max_models: Callable[[Pipeline, int], int],
-                  separate: bool = False) -> list[Program]:
+                  separate: bool = False) -> list[SweepProgram]:
     """Group the variants by program, in grid order, each group cut into runs of at most
     `max_models(pipeline, wanted)` models; `separate` trains every variant alone."""
     groups: dict[str, list[Variant]] = {}
     for variant in variants:
         key = variant.name if separate else program_key(variant.pipeline)
         groups.setdefault(key, []).append(variant)
-    programs: list[Program] = []
+    programs: list[SweepProgram] = []
     for members in groups.values():
         size = max_models(members[0].pipeline, len(members)) if len(members) > 1 else 1
         for start in range(0, len(members), size):
             chunk = members[start:start + size]
             workdir = chunk[0].name if len(chunk) == 1 else \
                 PROGRAM_DIR.format(sum(len(p.variants) > 1 for p in programs) + 1)
-            programs.append(Program(workdir, chunk))
+            programs.append(SweepProgram(workdir, chunk))
     return programs
 
 
@@ -207,12 +200,11 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
                      for k, v in enumerate(p.variants)]})
     echo(f"sweep: {len(variants)} points in {len(programs)} program(s)"
          f"{'' if separate else ' (points that differ only in per-model keys train together)'}")
-    for i, program in enumerate(programs, 1):
-        names = ", ".join(v.name for v in program.variants)
-        echo(f"sweep program {i}/{len(programs)}: {program.workdir} ({names})")
-        train_pipeline(program.pipeline, sweep_dir / program.workdir, mnist_dir=mnist_dir,
-                       restart=restart, progress=progress, echo=echo,
-                       per_model=program.per_model)
+    for i, planned in enumerate(programs, 1):
+        names = ", ".join(v.name for v in planned.variants)
+        echo(f"sweep program {i}/{len(programs)}: {planned.workdir} ({names})")
+        train_program(planned.program, sweep_dir / planned.workdir, mnist_dir=mnist_dir,
+                      restart=restart, progress=progress, echo=echo)
     paths = write_summary(sweep_dir)
     best = best_point(summarize(sweep_dir)[1])
     if best is not None:
@@ -221,7 +213,7 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
     return paths
 
 
-def _variant_entry(variant: Variant, program: Program, model: int) -> dict[str, Any]:
+def _variant_entry(variant: Variant, program: SweepProgram, model: int) -> dict[str, Any]:
     """Where a variant's results live: its program's workdir and, in a program of several,
     its model there (`model`, its place in the program)."""
     return {"name": variant.name, "values": variant.values, "workdir": program.workdir,

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from digitsjax.core.model import params_sha256
+from digitsjax.core.program import Program
 from digitsjax.errors import CheckpointError
-from digitsjax.run.loop import train_pipeline
+from digitsjax.run.loop import train_program
 from digitsjax.run.records import EpochRecord, read_metrics, without_timings
 from digitsjax.run.trained import load_trained
 from digitsjax.run.workdir import differences, read_manifest, recorded_per_model
@@ -59,8 +60,8 @@ def verify_workdir(workdir: str | Path, *, mnist_dir: str | None = None,
             "continues it), then verify")
     echo(f"replaying {workdir}'s pipeline {trained.pipeline.name!r} into a temporary workdir")
     with tempfile.TemporaryDirectory(prefix="digitsjax-verify-") as replay_dir:
-        replayed = train_pipeline(trained.pipeline, replay_dir, mnist_dir=mnist_dir, echo=echo,
-                                  per_model=recorded_per_model(workdir))
+        program = Program(trained.pipeline, recorded_per_model(workdir))
+        replayed = train_program(program, replay_dir, mnist_dir=mnist_dir, echo=echo)
         replay_manifest, replay_metrics = read_manifest(replay_dir), read_metrics(replay_dir)
     return Verification(
         step=trained.step,

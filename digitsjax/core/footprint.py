@@ -18,7 +18,7 @@ from digitsjax.core import optim
 from digitsjax.core.config import Pipeline
 from digitsjax.core.data import NUM_PIXELS, SPLIT_SIZES
 from digitsjax.core.model import init_params, layer_sizes, parameter_count
-from digitsjax.core.train import model_groups
+from digitsjax.core.program import model_groups
 
 FLOAT32 = 4
 

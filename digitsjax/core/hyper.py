@@ -3,7 +3,7 @@
 A sweep trains the grid points that share a program (the same array shapes and the same code:
 layer sizes, batch size, epochs, activation, optimizer, schedule, loss, ...) as the K models of
 one vmapped run, each with its own values of the `PER_MODEL` keys. The values travel in the
-train state, `state["hyper"]` = {key: (K,) array}, so they are checkpointed with it; inside the
+train state, `state.hyper` = {key: (K,) array}, so they are checkpointed with it; inside the
 compiled step `with_values` puts model k's values where the pipeline's scalars were, and the
 optimizer, dropout, max-norm and distortions compute with them.
 
@@ -15,8 +15,7 @@ compute exactly what skipping does.
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,12 +54,6 @@ class PerModel:
             return [int(seed) for seed in self.values[SEED]]
         return [pipeline.seed] * self.num_models
 
-    def data_orders(self, pipeline: Pipeline) -> tuple[int, ...]:
-        """Model k's data order: that of the first model with its seed (the seed is the key of
-        the order in which a model sees the data), for `make_train_chunk`."""
-        first: dict[int, int] = {}
-        return tuple(first.setdefault(seed, k) for k, seed in enumerate(self.seeds(pipeline)))
-
     def models(self, start: int, stop: int) -> PerModel:
         """Models start..stop-1 alone (a concurrent group of a program's models)."""
         return PerModel({key: v[start:stop] for key, v in self.values.items()})
@@ -77,41 +70,6 @@ class PerModel:
 
     def to_json(self) -> dict[str, list[float]]:
         return {key: list(v) for key, v in self.values.items()}
-
-
-def per_model_of(points: Sequence[Pipeline]) -> PerModel:
-    """The values of `points` (pipelines of one program) for the keys on which they differ."""
-    varying = {}
-    for key in PER_MODEL:
-        values = tuple(get(p, key) for p in points)
-        if len(set(values)) > 1:
-            varying[key] = values
-    if not varying:  # identical points still need one key to count them
-        varying[SEED] = tuple(p.seed for p in points)
-    return PerModel(varying)
-
-
-def program_key(pipeline: Pipeline) -> str:
-    """What must be equal for pipelines to train in one program: all but the per-model keys
-    (and the name)."""
-    from digitsjax.core.config import pipeline_to_dict  # config imports this module's users
-
-    raw = pipeline_to_dict(pipeline)
-    raw.pop("name")
-    for key in PER_MODEL:
-        *sections, leaf = key.split(".")
-        table = raw
-        for section in sections:
-            table = table[section]
-        table.pop(leaf)
-    return json.dumps(raw, sort_keys=True)
-
-
-def get(pipeline: Pipeline, key: str) -> Any:
-    value: Any = pipeline
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def with_values(pipeline: Pipeline, values: Mapping[str, Any]) -> Pipeline:

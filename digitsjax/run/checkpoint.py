@@ -30,6 +30,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from digitsjax.core.config import CheckpointConfig
 from digitsjax.core.model import params_sha256
+from digitsjax.core.train import TrainState
 from digitsjax.errors import CHECKPOINT, RESTART, WORKDIR, CheckpointError
 from digitsjax.run import cluster
 
@@ -175,7 +176,7 @@ def open_manager(workdir: Path, config: CheckpointConfig | None = None,
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def save(manager: ocp.CheckpointManager, state: dict[str, Any], meta: dict[str, Any],
+def save(manager: ocp.CheckpointManager, state: TrainState, meta: dict[str, Any],
          metrics: dict[str, float] | None = None) -> None:
     """Start an async save of `state` at its step; `metrics` feed the keep-best policy.
 
@@ -185,8 +186,8 @@ def save(manager: ocp.CheckpointManager, state: dict[str, Any], meta: dict[str, 
     next epoch. A restore still returns
     device arrays, placed like the state it restores into.
     """
-    state = jax.device_get(state)
-    step = int(state["step"])
+    step = int(state.step)
+    state = jax.device_get(state.as_dict())  # the table every checkpoint holds
     meta = meta | {STATE_BLOCKS_SHA256: state_blocks_sha256(state)}
     _check_room(manager, state)
     _quiet_abandoned_io()
@@ -197,13 +198,13 @@ def save(manager: ocp.CheckpointManager, state: dict[str, Any], meta: dict[str, 
 
 
 def restore(manager: ocp.CheckpointManager, step: int,
-            like_state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+            like_state: TrainState) -> tuple[TrainState, dict[str, Any]]:
     """Restore `step` into the structure, shapes and shardings of `like_state`.
 
     Raises `CheckpointError` (without a fix: callers know which one applies) when the checkpoint
     cannot be read back or its bytes do not match the checksum saved with it.
     """
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state.as_dict())
     where = f"checkpoint {step} in {manager.directory}"
     _quiet_abandoned_io()  # before, not after: the leftovers may fail before we catch
     try:
@@ -221,7 +222,7 @@ def restore(manager: ocp.CheckpointManager, step: int,
     if not _intact(jax.device_get(state), meta):
         raise CheckpointError(f"{where} is damaged: its bytes do not match the checksum saved "
                               "with it")
-    return state, meta
+    return TrainState.from_dict(state), meta
 
 
 @functools.cache  # once per process
@@ -254,9 +255,9 @@ def _quiet_abandoned_io() -> None:
     logging.getLogger("asyncio").addFilter(unretrieved_by_orbax)
 
 
-def restore_newest_intact(manager: ocp.CheckpointManager, like_state: dict[str, Any],
+def restore_newest_intact(manager: ocp.CheckpointManager, like_state: TrainState,
                           warn: Callable[[str], None]
-                          ) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
+                          ) -> tuple[int, TrainState, dict[str, Any]] | None:
     """(step, state, meta) of the newest checkpoint that restores intact; None if there are none.
 
     Damaged checkpoints newer than it are moved to `checkpoints-unreadable/` with a warning, so

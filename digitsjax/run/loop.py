@@ -26,18 +26,16 @@ from tqdm import tqdm
 from digitsjax.core import sharding
 from digitsjax.core.config import Pipeline, pipeline_sha256
 from digitsjax.core.data import MNIST, load_mnist
-from digitsjax.core.hyper import PerModel, with_values
-from digitsjax.core.train import (
-    TrainState,
-    chunk_plan,
-    init_train_state,
+from digitsjax.core.program import (
+    Program,
+    init_state,
     join_models,
-    make_evaluate,
+    join_sums,
     make_train_chunk,
-    model_axes,
-    model_groups,
+    program_of,
     split_models,
 )
+from digitsjax.core.train import TrainState, chunk_plan, make_evaluate
 from digitsjax.errors import RESTART, DivergenceError, setting
 from digitsjax.files import write_json_atomic
 from digitsjax.run import backend, checkpoint, cluster, process
@@ -66,27 +64,31 @@ EpochSums = dict[str, Any]
 """A partial epoch's metric sums, {"loss_sum", "correct"}: saved with mid-epoch checkpoints."""
 
 
-def train_pipeline(pipeline: Pipeline, workdir: str | Path, *, mnist_dir: str | None = None,
-                   restart: bool = False, progress: bool = False,
-                   echo: Callable[[str], None] = print,
-                   per_model: PerModel | None = None) -> dict[str, Any]:
+def train_pipeline(pipeline: Pipeline, workdir: str | Path, **options: Any) -> dict[str, Any]:
+    """Train a pipeline's own program (its `train.num_models` seeds): see `train_program`."""
+    return train_program(program_of(pipeline), workdir, **options)
+
+
+def train_program(program: Program, workdir: str | Path, *, mnist_dir: str | None = None,
+                  restart: bool = False, progress: bool = False,
+                  echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Train into `workdir`, continuing from its newest intact checkpoint; return the final record.
 
-    `per_model` makes the run a sweep's program: its `train.num_models` models are grid points,
-    each with its own values of those keys; one whose loss turns NaN/inf stops alone.
+    A sweep's program trains grid points, each with its own values of the per-model keys; one
+    whose loss turns NaN/inf stops alone.
 
     Uses every device of every process (call `cluster.initialize` first to join several);
     all processes run this together, and only process 0 writes files other than checkpoints.
     On SIGTERM/SIGINT the current chunk finishes and is checkpointed, and `Preempted` is raised
     once that checkpoint is complete.
     """
-    started = time.perf_counter()
+    started, pipeline = time.perf_counter(), program.pipeline
     process.quiet_libraries()
     backend.request_determinism(pipeline.train.deterministic)  # before JAX starts its backend
     mesh = sharding.data_mesh()
     # What can be refused up front is refused before the workdir is touched.
     sharding.check_batch_size(pipeline.train.batch_size, mesh.size)
-    check_memory(pipeline, mesh, sweep=per_model is not None)
+    check_memory(program, mesh)
     if not cluster.is_primary():
         progress, echo = False, _silent
     echo(backend.summary_line(backend.describe(pipeline)))
@@ -99,10 +101,10 @@ def train_pipeline(pipeline: Pipeline, workdir: str | Path, *, mnist_dir: str | 
         # barriers would no longer pair up across processes.
         cluster.sync("checkpoints looked for")
         if resuming:  # before anything in the workdir changes
-            check_compatible(workdir, pipeline, per_model)
+            check_compatible(workdir, pipeline, program.per_model)
         manager = checkpoint.open_manager(workdir, pipeline.checkpoint)
         try:
-            run = _Run(pipeline, workdir, manager, guard, mesh, echo, started, per_model)
+            run = _Run(program, workdir, manager, guard, mesh, echo, started)
             state, sums = _restore_or_init(run, data)
             return _train(run, state, sums, data, progress)
         finally:
@@ -113,26 +115,29 @@ def train_pipeline(pipeline: Pipeline, workdir: str | Path, *, mnist_dir: str | 
 class _Run:
     """What every part of one training run shares (the mutable train state is passed apart)."""
 
-    pipeline: Pipeline
+    program: Program
     workdir: Path
     manager: Any
     guard: PreemptionGuard
     mesh: Mesh
     echo: Callable[[str], None]
     started: float
-    per_model: PerModel | None = None
     primary: bool = field(default_factory=cluster.is_primary)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.program.pipeline
 
 
 def _restore_or_init(run: _Run, data: MNIST) -> tuple[TrainState, EpochSums]:
     """The newest intact checkpoint's state, or step 0's (and the manifest of a new run)."""
-    state = sharding.replicate(init_train_state(run.pipeline, run.per_model), run.mesh)
+    state = sharding.replicate(init_state(run.program), run.mesh)
     # Onto this run's devices, whatever the devices that saved it.
     resumed = checkpoint.restore_newest_intact(run.manager, state, warn=run.echo)
     if resumed is None:
         if run.primary:
             write_json_atomic(run.workdir / MANIFEST,
-                              build_manifest(run.pipeline, data.checksums, run.per_model))
+                              build_manifest(run.pipeline, data.checksums, run.program.per_model))
         return state, _no_sums()
     step, state, meta = resumed
     run.echo(f"resuming {run.workdir} from step {step} (epoch {meta['epoch']:.2f})")
@@ -145,7 +150,7 @@ def _restore_or_init(run: _Run, data: MNIST) -> tuple[TrainState, EpochSums]:
 def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
            progress: bool) -> dict[str, Any]:
     """The chunk loop: dispatch, and at each sync point check, record, save or stop."""
-    pipeline, start = run.pipeline, int(state["step"])
+    pipeline, start = run.pipeline, int(state.step)
     if start == pipeline.total_steps:
         run.echo(f"{run.workdir} is already trained ({start} steps); "
                  f"pass {RESTART} to train again")
@@ -176,14 +181,14 @@ def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
     bar.close()
     writer.close()
     run.manager.wait_until_finished()
-    prints = fingerprints(pipeline, state["params"])
-    run.echo(f"done: step {int(state['step'])}, params_sha256 {prints['params_sha256']}, "
+    prints = fingerprints(pipeline, state.params)
+    run.echo(f"done: step {int(state.step)}, params_sha256 {prints['params_sha256']}, "
              f"{time.perf_counter() - run.started:.1f} s")
     if run.primary:
-        record_result(run.workdir, int(state["step"]), prints["params_sha256"],
-                      prints.get("model_params_sha256") if run.per_model else None)
+        record_result(run.workdir, int(state.step), prints["params_sha256"],
+                      prints.get("model_params_sha256") if run.program.is_sweep else None)
     _echo_best(run)
-    return record | prints | {"step": int(state["step"])}
+    return record | prints | {"step": int(state.step)}
 
 
 class _Chunks:
@@ -200,8 +205,9 @@ class _Chunks:
         self.splits = {name: sharding.replicate((x, y), run.mesh) for name, x, y in
                        (("val", data.val_images, data.val_labels),
                         ("test", data.test_images, data.test_labels))}
-        self.sizes = model_groups(run.pipeline.train.num_models, run.mesh.size)
-        self.train_chunks = _group_chunks(run, self.sizes)
+        groups = run.program.groups(run.mesh.size)
+        self.sizes = tuple(group.num_models for group in groups)
+        self.train_chunks = _group_chunks(groups, run.mesh)
         self.pool = ThreadPoolExecutor(len(self.sizes)) if len(self.sizes) > 1 else None
         self.evaluate = make_evaluate(run.pipeline)
         self.compiled: dict[tuple[int, int], Any] = {}
@@ -226,7 +232,7 @@ class _Chunks:
         running = [self.pool.submit(self._finished, program, part)
                    for program, part in zip(programs, parts, strict=True)]
         states, sums = zip(*(future.result() for future in running), strict=True)
-        return join_models(list(states)), join_models(list(sums))
+        return join_models(list(states)), join_sums(list(sums))
 
     def _compiled(self, group: int, state: TrainState, num_steps: int) -> Any:
         """Group `group`'s program for chunks of `num_steps`, compiled first (off the clock)."""
@@ -248,7 +254,7 @@ class _Chunks:
     def collect(self, run: _Run) -> list[dict[str, np.ndarray]]:
         """Wait for the dispatched chunks (a sync point) and check them before any save."""
         synced, self.pending = jax.device_get(self.pending), []
-        if run.per_model is None:  # a sweep's diverged models stop alone, in the program
+        if not run.program.is_sweep:  # a sweep's diverged models stop alone, in the program
             _check_finite(synced, run.pipeline, run.manager)
         return synced
 
@@ -270,29 +276,20 @@ class _Chunks:
         self.epoch_started, self.epoch_steps = time.perf_counter(), 0
 
 
-def _group_chunks(run: _Run, sizes: tuple[int, ...]) -> list[Any]:
+def _group_chunks(groups: tuple[Program, ...], mesh: Mesh) -> list[Any]:
     """Each group's jitted chunk (groups of one size and data orders share one program)."""
     chunks: dict[tuple, Any] = {}
-    groups, start = [], 0
-    for size in sizes:
-        pipeline = run.pipeline if len(sizes) == 1 else \
-            with_values(run.pipeline, {"train.num_models": size})
-        per_model = run.per_model.models(start, start + size) if run.per_model else None
-        orders = per_model.data_orders(pipeline) if per_model else None
-        if (size, orders) not in chunks:
-            chunks[size, orders] = make_train_chunk(pipeline, run.mesh, data_orders=orders)
-        groups.append(chunks[size, orders])
-        start += size
-    return groups
+    for group in groups:
+        shape = (group.num_models, group.data_orders())
+        if shape not in chunks:
+            chunks[shape] = make_train_chunk(group, mesh)
+    return [chunks[group.num_models, group.data_orders()] for group in groups]
 
 
 def _release(state: TrainState) -> None:
     """Free a split state's per-model arrays now: its groups hold copies of them."""
-    axes = model_axes(state)
-    for name, value in state.items():
-        if axes[name] is not None:
-            for leaf in jax.tree.leaves(value):
-                leaf.delete()
+    for leaf in jax.tree.leaves(state.replace(step=None)):
+        leaf.delete()
 
 
 def _is_sync_point(run: _Run, end: int) -> bool:
@@ -316,9 +313,9 @@ def _end_epoch(run: _Run, chunks: _Chunks, state: TrainState, end: int, epoch_su
         "train_accuracy": float(np.mean(epoch_sums["correct"]) / (spe * batch))}
     if record["epoch"] % pipeline.train.eval_every_epochs == 0 or end == pipeline.total_steps:
         for name, (x, y) in chunks.splits.items():
-            result = jax.device_get(chunks.evaluate(state["params"], x, y))
+            result = jax.device_get(chunks.evaluate(state.params, x, y))
             record |= {f"{name}_{key}": value.tolist() for key, value in result.items()}
-    if run.per_model is not None:
+    if run.program.is_sweep:
         record |= _per_model_fields(state, epoch_sums, spe, batch)
     record |= {"epoch_seconds": seconds,
                "examples_per_second": steps * batch * pipeline.train.num_models / seconds,
@@ -327,18 +324,18 @@ def _end_epoch(run: _Run, chunks: _Chunks, state: TrainState, end: int, epoch_su
     if pipeline.checkpoint.every_epoch or end == pipeline.total_steps or \
             _is_step_save(pipeline, end) or stopping:
         checkpoint.save(run.manager, state, _meta(pipeline, end, _no_sums()),
-                        _best_metric(record, run.per_model))
+                        _best_metric(record, run.program))
     writer.log(record)
     return record
 
 
-def _best_metric(record: EpochRecord, per_model: PerModel | None) -> dict[str, float] | None:
+def _best_metric(record: EpochRecord, program: Program) -> dict[str, float] | None:
     """What `checkpoint.keep_best` ranks the epoch by: its validation accuracy (for K seeds,
     their ensemble's); for a sweep's program, its points' mean, as an ensemble of models
     trained with different numbers is nobody's network."""
     if checkpoint.BEST_METRIC not in record:
         return None
-    value = float(np.mean(record["val_model_accuracies"])) if per_model is not None else \
+    value = float(np.mean(record["val_model_accuracies"])) if program.is_sweep else \
         record[checkpoint.BEST_METRIC]
     return {checkpoint.BEST_METRIC: value}
 
@@ -349,7 +346,7 @@ def _per_model_fields(state: TrainState, epoch_sums: EpochSums, spe: int,
     step at which each stopped on a NaN/inf (-1: training)."""
     return {"model_train_losses": (np.asarray(epoch_sums["loss_sum"]) / spe).tolist(),
             "model_train_accuracies": (np.asarray(epoch_sums["correct"]) / (spe * batch)).tolist(),
-            "model_diverged_at": jax.device_get(state["diverged_at"]).tolist()}
+            "model_diverged_at": jax.device_get(state.diverged_at).tolist()}
 
 
 def _check_finite(synced: list[dict[str, np.ndarray]], pipeline: Pipeline,
@@ -394,7 +391,7 @@ def _add_sums(total: EpochSums, chunks: list[dict[str, np.ndarray]]) -> EpochSum
 def _echo_best(run: _Run) -> None:
     """The best epoch by validation beside the last: what `checkpoint.keep_best` kept (not for
     a sweep's program: the sweep names its best point)."""
-    records = read_metrics(run.workdir) if run.primary and run.per_model is None else []
+    records = read_metrics(run.workdir) if run.primary and not run.program.is_sweep else []
     best, last = best_evaluated(records), last_evaluated(records)
     if best is not None and last is not None and "val_accuracy" in last:
         run.echo(format_best(best, last, run.pipeline.checkpoint.keep_best))

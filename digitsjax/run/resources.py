@@ -14,13 +14,14 @@ from jax.sharding import Mesh
 from digitsjax.core.config import Pipeline
 from digitsjax.core.footprint import KNOBS, footprint, peak_bytes
 from digitsjax.core.hyper import with_values
+from digitsjax.core.program import Program
 from digitsjax.errors import ResourceError
 
 
-def check_memory(pipeline: Pipeline, mesh: Mesh, sweep: bool = False) -> None:
-    """Refuse, in one line with the estimate, the limit and what to lower, a run that cannot fit
-    (`sweep`: a sweep's program)."""
-    parts = footprint(pipeline, mesh.size, sweep)
+def check_memory(program: Program, mesh: Mesh) -> None:
+    """Refuse, in one line with the estimate, the limit and what to lower, a program that
+    cannot fit."""
+    parts = footprint(program.pipeline, mesh.size, program.is_sweep)
     limit, where, sharing = _memory_limit(mesh)
     need = peak_bytes(parts) * sharing
     if need <= limit:

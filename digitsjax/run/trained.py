@@ -16,9 +16,10 @@ from typing import Any
 import jax
 
 from digitsjax.core.config import Pipeline
-from digitsjax.core.hyper import PerModel, with_values
+from digitsjax.core.hyper import PerModel
 from digitsjax.core.model import params_sha256
-from digitsjax.core.train import TrainState, init_train_state, model_params
+from digitsjax.core.program import Program, init_state, model_state
+from digitsjax.core.train import TrainState, model_params
 from digitsjax.errors import CHECKPOINT, RESTART, CheckpointError
 from digitsjax.run import backend, checkpoint
 from digitsjax.run.workdir import recorded_per_model, recorded_pipeline
@@ -35,7 +36,7 @@ class Trained:
 
     @property
     def params(self) -> Any:
-        return self.state["params"]
+        return self.state.params
 
 
 def load_trained(workdir: str | Path, which: str = "latest", model: int | None = None) -> Trained:
@@ -53,7 +54,7 @@ def load_trained(workdir: str | Path, which: str = "latest", model: int | None =
         try:
             step = checkpoint.resolve_step(manager, which)
             try:
-                template = init_train_state(pipeline, recorded_per_model(workdir))
+                template = init_state(Program(pipeline, recorded_per_model(workdir)))
                 state, meta = checkpoint.restore(manager, step, template)
             except CheckpointError as e:
                 if _deleted_meanwhile(workdir, step) and attempt + 1 < READ_ATTEMPTS:
@@ -76,14 +77,9 @@ def one_model(trained: Trained, k: int, per_model: PerModel | None) -> Trained:
                               f"is no model {k}", f"choose one from 0 to {count - 1}")
     if count == 1:
         return trained
-    if per_model is None:
-        single = with_values(pipeline, {"seed": pipeline.seed + k, "train.num_models": 1})
-    else:
-        single = per_model.point(pipeline, k)
-    state = {name: trained.state[name] if name == "step" else
-             model_params(trained.state[name], k)
-             for name in ("params", "opt_state", "step", "key")}
-    return dataclasses.replace(trained, pipeline=single, state=state)
+    program = Program(pipeline, per_model)
+    state = model_state(trained.state, k).replace(hyper=None, diverged_at=None)
+    return dataclasses.replace(trained, pipeline=program.model(k), state=state)
 
 
 READ_ATTEMPTS = 3

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from digitsjax.core import sharding
 from digitsjax.core.config import Pipeline, pipeline_sha256
-from digitsjax.core.data import MNIST, load_mnist
+from digitsjax.core.data import MNIST
 from digitsjax.core.hyper import PerModel, with_values
 from digitsjax.core.train import (
     TrainState,
@@ -41,6 +41,7 @@ from digitsjax.core.train import (
 from digitsjax.errors import RESTART, DivergenceError, setting
 from digitsjax.files import write_json_atomic
 from digitsjax.run import backend, checkpoint, cluster, process
+from digitsjax.run.mnist import load_mnist
 from digitsjax.run.preemption import Preempted, PreemptionGuard
 from digitsjax.run.records import (
     EpochRecord,

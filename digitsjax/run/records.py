@@ -20,7 +20,8 @@ SPLITS = ("train", "val", "test")
 TIMING_FIELDS = ("epoch_seconds", "examples_per_second", "wall_seconds")
 """Fields that measure the machine, not the run: they differ between replays."""
 
-# A K-model record's per-model fields, `<split>_model_<metric>`: each model's own values.
+# A K-model record's per-model fields, each model's own values: `<split>_model_<metric>`, and
+# a sweep's program's `model_diverged_at`.
 TRAIN_MODEL_LOSSES = "train_model_losses"
 TRAIN_MODEL_ACCURACIES = "train_model_accuracies"
 VAL_MODEL_LOSSES = "val_model_losses"
@@ -37,8 +38,8 @@ MODEL_ACCURACY_SD = {"val": VAL_MODEL_ACCURACY_SD, "test": TEST_MODEL_ACCURACY_S
 """Each evaluated split's field for the models' seed-to-seed standard deviation."""
 RENAMED_FIELDS = {"model_train_losses": TRAIN_MODEL_LOSSES,
                   "model_train_accuracies": TRAIN_MODEL_ACCURACIES}
-"""Names that workdirs written before the `<split>_model_<metric>` order still hold, and the
-names `read_metrics` gives them."""
+"""Field names in the other word order (`model_train_*`) that a workdir's metrics.jsonl may
+hold, and the names `read_metrics` reads them under."""
 
 
 class EpochRecord(TypedDict):

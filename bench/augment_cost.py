@@ -20,8 +20,8 @@ sys.path.insert(0, str(REPO))  # digitsjax from this checkout, also without `pip
 import jax  # noqa: E402
 
 from digitsjax.core.config import load_pipeline  # noqa: E402
-from digitsjax.core.data import load_mnist, resolve_mnist_dir  # noqa: E402
 from digitsjax.core.program import init_state, make_train_chunk, program_of  # noqa: E402
+from digitsjax.run.mnist import load_mnist, resolve_mnist_dir  # noqa: E402
 
 NETWORKS = {  # pipeline file, overrides
     "mnist_mlp 784-128-64-10": ("mnist_mlp", ()),

@@ -37,11 +37,11 @@ def measure_phases(pipeline_path: str) -> dict[str, float]:
     jax.devices()
     mark("import jax, start CPU backend")
     from digitsjax.core.config import load_pipeline
-    from digitsjax.core.data import load_mnist
     from digitsjax.core.program import init_state, make_train_chunk, program_of
     from digitsjax.core.train import make_evaluate
     from digitsjax.run import checkpoint
     from digitsjax.run.compilation_cache import enable_compilation_cache
+    from digitsjax.run.mnist import load_mnist
 
     enable_compilation_cache()
     mark("import digitsjax (optax, orbax, tqdm)")

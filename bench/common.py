@@ -60,7 +60,7 @@ def add_epochs_option(parser: argparse.ArgumentParser) -> None:
 def load_data():
     """The digitsjax split: train (55,000), val, test as float32 (N, 784) and int32 labels."""
     from digitsjax.core.config import load_pipeline
-    from digitsjax.core.data import load_mnist
+    from digitsjax.run.mnist import load_mnist
 
     data_config = load_pipeline(PIPELINE).data
     return load_mnist(data_config)

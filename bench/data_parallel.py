@@ -19,9 +19,9 @@ import jax
 from jax.sharding import Mesh
 
 from digitsjax.core.config import load_pipeline
-from digitsjax.core.data import load_mnist
 from digitsjax.core.program import init_state, make_train_chunk, program_of
 from digitsjax.run import cluster as parallel
+from digitsjax.run.mnist import load_mnist
 
 
 def main() -> None:

@@ -305,8 +305,8 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
 
     from digitsjax.apps.plots import augmentation_sample, augmentation_title, plot_augmentation
     from digitsjax.core import augment
-    from digitsjax.core.data import load_mnist
     from digitsjax.run.backend import start_backend
+    from digitsjax.run.mnist import load_mnist
 
     start_backend(pipeline.train.deterministic)
     data = load_mnist(pipeline.data, args.mnist_dir)
@@ -394,7 +394,7 @@ def _start_backend_for(workdir: Path) -> None:
 
 
 def _load_data(trained: Trained, mnist_dir: str | None) -> MNIST:
-    from digitsjax.core.data import load_mnist
+    from digitsjax.run.mnist import load_mnist
 
     return load_mnist(trained.pipeline.data, mnist_dir)
 

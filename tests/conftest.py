@@ -41,7 +41,7 @@ def mnist_dir() -> Path:
 def mnist(mnist_dir):
     """The real dataset with the default 5,000-image validation split."""
     from digitsjax.core.config import DataConfig
-    from digitsjax.core.data import load_mnist
+    from digitsjax.run.mnist import load_mnist
 
     return load_mnist(DataConfig(), mnist_dir)
 

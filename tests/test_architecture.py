@@ -83,6 +83,36 @@ def test_the_import_check_sees_lazy_imports(tmp_path):
     assert LAYERS.index(layer("digitsjax.run.loop")) > LAYERS.index(layer("digitsjax.core.model"))
 
 
+IMPURE = ("fcntl", "os", "shutil", "socket", "subprocess", "tempfile", "tensorflow",
+          "tensorflow_datasets")
+"""What touches files, locks, processes, the network or the environment, or is TensorFlow."""
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level package of every module `path` imports, lazy imports included."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "core").glob("*.py")), ids=module_name)
+def test_core_imports_nothing_that_touches_the_outside_world(path):
+    """Core is pure: MNIST's files, locks and network probe are run's (run.mnist)."""
+    assert not sorted(top_level_imports(path) & set(IMPURE)), module_name(path)
+
+
+def test_the_purity_check_sees_lazy_and_dotted_imports(tmp_path):
+    probe = tmp_path / "data.py"
+    late_imports = ("\n\ndef _late():\n    import os.path\n"
+                    "    from tensorflow_datasets import builder\n")
+    probe.write_text((PACKAGE / "core" / "data.py").read_text() + late_imports)
+    assert {"os", "tensorflow_datasets"} <= top_level_imports(probe)
+
+
 def test_no_function_in_the_package_is_longer_than_sixty_lines():
     long = []
     for path in package_modules():

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitsjax.core.data import MNIST_FILES
+from digitsjax.run.mnist import MNIST_FILES
 from digitsjax.run.records import METRICS
 from digitsjax.run.workdir import MANIFEST
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitsjax.core import data
 from digitsjax.core.config import DataConfig
-from digitsjax.core.data import CACHE_NAME, MNIST_FILES, TFDS_NAME, TFDS_VERSION, load_mnist
+from digitsjax.core.data import mnist_from_raw
 from digitsjax.errors import COMMAND_LINE, DataError
+from digitsjax.run import mnist as run_mnist
+from digitsjax.run.mnist import CACHE_NAME, MNIST_FILES, TFDS_NAME, TFDS_VERSION, load_mnist
 
 from .conftest import genuine_checksums
 
@@ -46,16 +47,28 @@ def test_checksums_are_the_genuine_files_registered_by_tfds(mnist, mnist_dir):
 
 def test_cached_arrays_load_without_importing_tensorflow(mnist):
     code = ("import sys; from digitsjax.core.config import DataConfig; "
-            "from digitsjax.core.data import load_mnist; d = load_mnist(DataConfig()); "
+            "from digitsjax.run.mnist import load_mnist; d = load_mnist(DataConfig()); "
             "print(d.train_images.shape, 'tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "(55000, 784) False"
 
 
+def test_raw_arrays_without_a_splits_registered_size_are_refused():
+    """Pipelines count their steps from the registered sizes: other data is not MNIST."""
+    def raw(n_train: int) -> dict[str, np.ndarray]:
+        return {"train_images": np.zeros((n_train, 28, 28), np.uint8),
+                "train_labels": np.zeros(n_train, np.uint8),
+                "test_images": np.zeros((10_000, 28, 28), np.uint8),
+                "test_labels": np.zeros(10_000, np.uint8)}
+    assert mnist_from_raw(raw(60_000), {}, 5_000).val_images.shape == (5_000, 784)
+    with pytest.raises(DataError, match="MNIST's train split has 59999 examples, not 60000"):
+        mnist_from_raw(raw(59_999), {}, 5_000)
+
+
 @pytest.fixture
 def prepared_copy(tmp_path, mnist) -> Path:
     """A private copy of the prepared tfds dataset (without the array cache)."""
-    source = data.resolve_tfds_data_dir(DataConfig()) / TFDS_NAME / TFDS_VERSION
+    source = run_mnist.resolve_tfds_data_dir(DataConfig()) / TFDS_NAME / TFDS_VERSION
     target = tmp_path / "tfds" / TFDS_NAME / TFDS_VERSION
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("digitsjax-arrays*"))
     return tmp_path / "tfds"
@@ -67,12 +80,12 @@ def test_a_corrupt_cache_is_ignored_and_rebuilt(prepared_copy, mnist):
     config = DataConfig(tfds_data_dir=str(prepared_copy))
     rebuilt = load_mnist(config)
     np.testing.assert_array_equal(rebuilt.test_images, mnist.test_images)
-    assert data._read_cache(cache) is not None  # rewritten intact
+    assert run_mnist._read_cache(cache) is not None  # rewritten intact
 
 
 def test_offline_without_a_manual_dir_says_how_to_fix_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_online", lambda: False)
-    monkeypatch.delenv(data.MNIST_DIR_ENV)
+    monkeypatch.setattr(run_mnist, "_online", lambda: False)
+    monkeypatch.delenv(run_mnist.MNIST_DIR_ENV)
     with pytest.raises(DataError, match=r"cannot reach .* pass mnist_dir=DIR \(or "
                                         r"\$DIGITSJAX_MNIST_DIR=DIR\)") as error:
         load_mnist(DataConfig(tfds_data_dir=str(tmp_path)), None)
@@ -108,21 +121,21 @@ def test_a_corrupt_mnist_file_is_caught_by_tfds_checksums(tmp_path, mnist_dir):
 
 def test_manual_dir_resolution_prefers_flag_then_env_then_pipeline(monkeypatch):
     config = DataConfig(mnist_dir="/from/pipeline")
-    monkeypatch.setenv(data.MNIST_DIR_ENV, "/from/env")
-    assert data.resolve_mnist_dir("/from/flag", config) == Path("/from/flag")
-    assert data.resolve_mnist_dir(None, config) == Path("/from/env")
-    monkeypatch.delenv(data.MNIST_DIR_ENV)
-    assert data.resolve_mnist_dir(None, config) == Path("/from/pipeline")
-    assert data.resolve_mnist_dir(None, DataConfig()) is None
+    monkeypatch.setenv(run_mnist.MNIST_DIR_ENV, "/from/env")
+    assert run_mnist.resolve_mnist_dir("/from/flag", config) == Path("/from/flag")
+    assert run_mnist.resolve_mnist_dir(None, config) == Path("/from/env")
+    monkeypatch.delenv(run_mnist.MNIST_DIR_ENV)
+    assert run_mnist.resolve_mnist_dir(None, config) == Path("/from/pipeline")
+    assert run_mnist.resolve_mnist_dir(None, DataConfig()) is None
 
 
 FIND_MISTAKE = """
 import sys
 from pathlib import Path
-from digitsjax.core import data
+from digitsjax.run import mnist as run_mnist
 from digitsjax.errors import DataError
 try:
-    data.load_raw_arrays(Path(sys.argv[1]), Path(sys.argv[2]))
+    run_mnist.load_raw_arrays(Path(sys.argv[1]), Path(sys.argv[2]))
 except DataError as e:
     print(e.problem)
 print("tensorflow" if "tensorflow.python" in sys.modules else "no tensorflow")
@@ -136,7 +149,7 @@ print("tensorflow" if "tensorflow.python" in sys.modules else "no tensorflow")
 ])
 def test_a_mistake_in_preparing_mnist_is_found_before_tensorflow_loads(tmp_path, mnist_dir,
                                                                        mistake, problem):
-    """TensorFlow takes seconds to import: a wrong manual dir or data dir is said at once."""
+    """TensorFlow is slow to import: a wrong manual dir or data dir is said at once."""
     manual = manual_dir_with(tmp_path, mnist_dir, mistake)
     data_dir = tmp_path / "tfds"
     if mistake == "data dir under a file":
@@ -151,8 +164,8 @@ def test_a_mistake_in_preparing_mnist_is_found_before_tensorflow_loads(tmp_path,
 PREPARE = """
 import sys
 from pathlib import Path
-from digitsjax.core import data
-arrays, checksums = data.load_raw_arrays(Path(sys.argv[1]), Path(sys.argv[2]))
+from digitsjax.run import mnist as run_mnist
+arrays, checksums = run_mnist.load_raw_arrays(Path(sys.argv[1]), Path(sys.argv[2]))
 print(checksums["arrays_sha256"]["test_images"])
 """
 

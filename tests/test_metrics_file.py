@@ -36,3 +36,13 @@ def test_a_damaged_complete_line_is_an_error_naming_it(tmp_path, line):
 
 def test_no_file_is_no_records(tmp_path):
     assert read_metrics(tmp_path) == []
+
+
+def test_a_line_written_under_the_old_field_names_reads_back_under_the_new(tmp_path):
+    """Workdirs written when the per-model training fields were `model_train_*` still read."""
+    old = {"epoch": 1, "step": 429, "train_loss": 0.2, "model_train_losses": [0.1, 0.3],
+           "model_train_accuracies": [0.97, 0.83], "model_diverged_at": [-1, 7]}
+    (tmp_path / METRICS).write_text(json.dumps(old) + "\n")
+    assert list(read_metrics(tmp_path)[0].items()) == [
+        ("epoch", 1), ("step", 429), ("train_loss", 0.2), ("train_model_losses", [0.1, 0.3]),
+        ("train_model_accuracies", [0.97, 0.83]), ("model_diverged_at", [-1, 7])]

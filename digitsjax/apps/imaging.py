@@ -27,19 +27,21 @@ FIELD = 28
 BOX = 20
 """The side of the box MNIST fits each digit's ink into."""
 CENTRE = 14.0
-"""Where MNIST's centres of mass sit, in pixel indices (measured on the test set: 14.0 +- 0.3)."""
+"""Where MNIST's digits have their centre of mass, in pixel indices, on both axes: the test
+set's mean (`python bench/image_limits.py`; docs/performance.md)."""
 INK_THRESHOLD = 0.2
 """Ink weaker than this fraction of the strongest ink counts as paper (JPEG noise, shading)."""
 MIN_CONTRAST = 0.1
 """An image whose ink differs from its paper by less than this (of full scale) is blank."""
 MAX_PIXELS = 40_000_000
-"""Refuse larger images before decoding them: a small PNG can inflate to gigabytes."""
+"""Refuse larger images before decoding them: a small PNG can decode to more pixels than
+memory holds."""
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
-"""The most bytes an image may have, read from a file (`predict`) or posted (`serve`): several
-times a 50-megapixel camera's JPEG (15-25 MB), and past what MAX_PIXELS lets a PNG decode to.
-Files are read only this far, so /dev/zero or a file still growing is refused rather than read
-until memory runs out; `serve`'s bodies (1 MiB by default) are far smaller, and the same limit
-holds for the image inside one however large `--max-body-bytes` is set."""
+"""The most bytes an image may have, read from a file (`predict`) or posted (`serve`): room for
+a high-resolution camera's JPEG, and past what MAX_PIXELS lets a PNG decode to. Files are read
+only this far, so /dev/zero or a file still growing is refused rather than read until memory
+runs out; `serve`'s bodies are far smaller by default (`serve.MAX_BODY_BYTES`), and the same
+limit holds for the image inside one however large the server's body limit is set."""
 FORMATS = ("PNG", "JPEG")
 _DECODING = threading.Lock()
 """Held while Pillow decodes with its warnings turned into errors: the warning filters are one

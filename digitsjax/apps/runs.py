@@ -17,6 +17,9 @@ from digitsjax.errors import CheckpointError
 from digitsjax.run.lock import holder_of
 from digitsjax.run.records import (
     METRICS,
+    MODEL_DIVERGED_AT,
+    TEST_MODEL_ACCURACIES,
+    VAL_MODEL_ACCURACIES,
     EpochRecord,
     best_evaluated,
     last_evaluated,
@@ -82,14 +85,14 @@ def _best_model(records: list[EpochRecord]) -> tuple[str, str]:
     last = last_evaluated(records)
     if last is None:
         return "-", "-"
-    training = [k for k, step in enumerate(records[-1]["model_diverged_at"]) if step < 0]
-    scored = [(r["val_model_accuracies"][k], r["step"], k, r["epoch"])
-              for r in records if "val_model_accuracies" in r for k in training]
+    training = [k for k, step in enumerate(records[-1][MODEL_DIVERGED_AT]) if step < 0]
+    scored = [(r[VAL_MODEL_ACCURACIES][k], r["step"], k, r["epoch"])
+              for r in records if VAL_MODEL_ACCURACIES in r for k in training]
     if not scored:
         return "-", "-"
     accuracy, _, k, epoch = max(scored)
     return (f"{100 * accuracy:.2f}% (model {k}, epoch {epoch})",
-            f"{100 * last['test_model_accuracies'][k]:.2f}%")
+            f"{100 * last[TEST_MODEL_ACCURACIES][k]:.2f}%")
 
 
 def runs_table(summaries: Sequence[RunSummary]) -> str:

@@ -44,11 +44,12 @@ if TYPE_CHECKING:  # the CLI reads `Limits` for its defaults without loading JAX
     from digitsjax.apps.predict import Predictor
 
 MAX_BODY_BYTES = 1024 * 1024
-"""The page posts a ~10 kB canvas; a JPEG photo of up to ~750 kB fits as base64. Larger bodies
-are refused before they are read."""
+"""Room for the page's canvas many times over, and for a JPEG photo of three quarters of this
+size (base64 spends 4 bytes on 3). Larger bodies are refused before they are read."""
 MAX_PIXELS = 4_000_000
-"""Uploads decoding to more pixels are refused before decoding: within 1 MiB, a PNG can hold 40
-million pixels, which take half a gigabyte and over a second to normalise."""
+"""Uploads decoding to more pixels are refused before decoding: a PNG within MAX_BODY_BYTES can
+hold `imaging.MAX_PIXELS`, more memory and time to normalise than one drawn digit should cost
+the server (`python bench/image_limits.py`; docs/performance.md)."""
 TIMEOUT_SECONDS = 10.0
 """A connection silent for this long (between requests, or mid-request) is closed, so a
 stalled client does not hold its thread forever."""
@@ -75,7 +76,7 @@ class DigitServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
     """socketserver's listen backlog of 5 makes the kernel reset connections when more clients
-    than that connect at once (measured: 99 of 1,280 in bursts of 64)."""
+    than that connect at once (tests/test_serve_limits.py sends such a burst)."""
 
     def __init__(self, address: tuple[str, int], predictor: Predictor, limits: Limits):
         super().__init__(address, RequestHandler)
@@ -108,7 +109,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     server: DigitServer
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes; with Nagle's algorithm the second waits for the
-    # client's delayed ACK (~40 ms) on a kept-alive connection.
+    # client's delayed ACK on a kept-alive connection (bench/serve_latency.py).
     disable_nagle_algorithm = True
 
     def setup(self) -> None:

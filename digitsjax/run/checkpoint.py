@@ -51,8 +51,9 @@ def unreadable_dir(workdir: Path) -> Path:
 
 
 def state_sha256(state: dict[str, Any]) -> str:
-    """The bytes of every leaf of the train state, hashed as `params_sha256` hashes params:
-    the checksum of checkpoints written before `state_blocks_sha256`."""
+    """The bytes of every leaf of the train state, hashed as `params_sha256` hashes params: the
+    checksum a checkpoint's meta may hold under STATE_SHA256 instead of STATE_BLOCKS_SHA256,
+    checked on restore like the other."""
     return params_sha256(state)
 
 
@@ -64,8 +65,9 @@ def state_blocks_sha256(state: dict[str, Any]) -> str:
     of `HASH_BLOCK_BYTES` (a leaf starts a block).
 
     It proves every byte as one sha256 over them does, but its blocks are hashed on every core
-    at once (hashlib releases the GIL): a sweep of 1,024 `mnist_mlp` models saves 1.3 GB, which
-    one sha256 reads on one core at each save, and again at each restore.
+    at once (hashlib releases the GIL): one sha256 would read a large state (a sweep's many
+    models) on one core at each save, and again at each restore (docs/performance.md,
+    "Checksums of large states").
     """
     views = [memoryview(np.ascontiguousarray(leaf)).cast("B") for leaf in jax.tree.leaves(state)]
     blocks = [view[start:start + HASH_BLOCK_BYTES] for view in views
@@ -167,7 +169,7 @@ def open_manager(workdir: Path, config: CheckpointConfig | None = None,
         enable_async_checkpointing=True,
         # Orbax's writer threads wait for a "directories created" signal. Created in a thread of
         # their own, a folder that turns read-only mid-save fails without sending it, and those
-        # (non-daemon) threads keep the process from exiting for minutes after the error.
+        # (non-daemon) threads keep the process from exiting long after the error.
         # Created by `save` itself, a failure is raised there (as the usual one-line error).
         async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False),
         read_only=read_only,

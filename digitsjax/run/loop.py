@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from digitsjax.core import sharding
 from digitsjax.core.config import Pipeline, pipeline_sha256
-from digitsjax.core.data import MNIST, load_mnist
+from digitsjax.core.data import MNIST
 from digitsjax.core.program import (
     Program,
     init_state,
@@ -39,8 +39,13 @@ from digitsjax.core.train import TrainState, chunk_plan, make_evaluate
 from digitsjax.errors import RESTART, DivergenceError, setting
 from digitsjax.files import write_json_atomic
 from digitsjax.run import backend, checkpoint, cluster, process
+from digitsjax.run.mnist import load_mnist
 from digitsjax.run.preemption import Preempted, PreemptionGuard
 from digitsjax.run.records import (
+    MODEL_DIVERGED_AT,
+    TRAIN_MODEL_ACCURACIES,
+    TRAIN_MODEL_LOSSES,
+    VAL_MODEL_ACCURACIES,
     EpochRecord,
     RecordWriter,
     best_evaluated,
@@ -335,7 +340,7 @@ def _best_metric(record: EpochRecord, program: Program) -> dict[str, float] | No
     trained with different numbers is nobody's network."""
     if checkpoint.BEST_METRIC not in record:
         return None
-    value = float(np.mean(record["val_model_accuracies"])) if program.is_sweep else \
+    value = float(np.mean(record[VAL_MODEL_ACCURACIES])) if program.is_sweep else \
         record[checkpoint.BEST_METRIC]
     return {checkpoint.BEST_METRIC: value}
 
@@ -344,9 +349,9 @@ def _per_model_fields(state: TrainState, epoch_sums: EpochSums, spe: int,
                       batch: int) -> dict[str, Any]:
     """A sweep's models each train with their own numbers: their own training metrics, and the
     step at which each stopped on a NaN/inf (-1: training)."""
-    return {"model_train_losses": (np.asarray(epoch_sums["loss_sum"]) / spe).tolist(),
-            "model_train_accuracies": (np.asarray(epoch_sums["correct"]) / (spe * batch)).tolist(),
-            "model_diverged_at": jax.device_get(state.diverged_at).tolist()}
+    return {TRAIN_MODEL_LOSSES: (np.asarray(epoch_sums["loss_sum"]) / spe).tolist(),
+            TRAIN_MODEL_ACCURACIES: (np.asarray(epoch_sums["correct"]) / (spe * batch)).tolist(),
+            MODEL_DIVERGED_AT: jax.device_get(state.diverged_at).tolist()}
 
 
 def _check_finite(synced: list[dict[str, np.ndarray]], pipeline: Pipeline,
@@ -377,7 +382,7 @@ def _no_sums() -> EpochSums:
 def _add_sums(total: EpochSums, chunks: list[dict[str, np.ndarray]]) -> EpochSums:
     """Accumulate chunks' metric sums (one per model when K > 1) as JSON-ready numbers.
 
-    The host adds in float64/int64, as before K models, so a resumed epoch logs the same.
+    The host adds in float64/int64, for 1 or K models alike, so a resumed epoch logs the same.
     """
     for chunk in chunks:
         added = {}

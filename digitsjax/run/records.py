@@ -20,6 +20,27 @@ SPLITS = ("train", "val", "test")
 TIMING_FIELDS = ("epoch_seconds", "examples_per_second", "wall_seconds")
 """Fields that measure the machine, not the run: they differ between replays."""
 
+# A K-model record's per-model fields, each model's own values: `<split>_model_<metric>`, and
+# a sweep's program's `model_diverged_at`.
+TRAIN_MODEL_LOSSES = "train_model_losses"
+TRAIN_MODEL_ACCURACIES = "train_model_accuracies"
+VAL_MODEL_LOSSES = "val_model_losses"
+VAL_MODEL_ACCURACIES = "val_model_accuracies"
+VAL_MODEL_ACCURACY_SD = "val_model_accuracy_sd"
+TEST_MODEL_LOSSES = "test_model_losses"
+TEST_MODEL_ACCURACIES = "test_model_accuracies"
+TEST_MODEL_ACCURACY_SD = "test_model_accuracy_sd"
+MODEL_DIVERGED_AT = "model_diverged_at"
+MODEL_ACCURACIES = {"train": TRAIN_MODEL_ACCURACIES, "val": VAL_MODEL_ACCURACIES,
+                    "test": TEST_MODEL_ACCURACIES}
+"""Each split's per-model accuracies field."""
+MODEL_ACCURACY_SD = {"val": VAL_MODEL_ACCURACY_SD, "test": TEST_MODEL_ACCURACY_SD}
+"""Each evaluated split's field for the models' seed-to-seed standard deviation."""
+RENAMED_FIELDS = {"model_train_losses": TRAIN_MODEL_LOSSES,
+                  "model_train_accuracies": TRAIN_MODEL_ACCURACIES}
+"""Field names in the other word order (`model_train_*`) that a workdir's metrics.jsonl may
+hold, and the names `read_metrics` reads them under."""
+
 
 class EpochRecord(TypedDict):
     """One line of metrics.jsonl. With K models, losses are the models' mean and accuracies the
@@ -43,10 +64,10 @@ class EpochRecord(TypedDict):
     test_model_losses: NotRequired[list[float]]
     test_model_accuracies: NotRequired[list[float]]
     test_model_accuracy_sd: NotRequired[float]
-    model_train_losses: NotRequired[list[float]]
+    train_model_losses: NotRequired[list[float]]
     """A sweep's program: each model's own training loss and accuracy, and the 1-based step
     at which its loss or parameters turned NaN/inf (-1 while it trains)."""
-    model_train_accuracies: NotRequired[list[float]]
+    train_model_accuracies: NotRequired[list[float]]
     model_diverged_at: NotRequired[list[int]]
     epoch_seconds: float
     """Device time of the epoch's steps, compilation excluded."""
@@ -56,10 +77,10 @@ class EpochRecord(TypedDict):
     """Since the run's process started training."""
 
 
-MODEL_FIELDS = {"train_loss": "model_train_losses", "train_accuracy": "model_train_accuracies",
-                "val_loss": "val_model_losses", "val_accuracy": "val_model_accuracies",
-                "test_loss": "test_model_losses", "test_accuracy": "test_model_accuracies",
-                "diverged_at": "model_diverged_at"}
+MODEL_FIELDS = {"train_loss": TRAIN_MODEL_LOSSES, "train_accuracy": TRAIN_MODEL_ACCURACIES,
+                "val_loss": VAL_MODEL_LOSSES, "val_accuracy": VAL_MODEL_ACCURACIES,
+                "test_loss": TEST_MODEL_LOSSES, "test_accuracy": TEST_MODEL_ACCURACIES,
+                "diverged_at": MODEL_DIVERGED_AT}
 """A K-model record's per-model lists, by the field of one model's own record they fill."""
 
 
@@ -101,6 +122,7 @@ def read_metrics(workdir: Path) -> list[EpochRecord]:
     A last line without its newline is an append that a crash or a full disk cut short; its
     epoch has no checkpoint yet (the record is written first), so it is dropped, and the
     resumed run writes it again. Any other unreadable line is damage, reported as such.
+    Fields under a `RENAMED_FIELDS` name are read under their current one.
     """
     path = Path(workdir) / METRICS
     try:
@@ -128,7 +150,9 @@ def _parse_record(line: str) -> EpochRecord | None:
         record = json.loads(line)
     except ValueError:
         return None
-    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        return None
+    return {RENAMED_FIELDS.get(key, key): value for key, value in record.items()}
 
 
 def append_metrics(workdir: Path, record: EpochRecord) -> None:
@@ -145,13 +169,13 @@ def truncate_metrics(workdir: Path, last_step: int) -> None:
 def format_record(record: EpochRecord, epochs: int) -> str:
     """One line per epoch: `loss accuracy` for train, validation and test, then speed."""
     parts = [f"epoch {record['epoch']:>3}/{epochs}  step {record['step']:>6}"]
-    if "model_diverged_at" in record:  # a sweep's program: its models are grid points
+    if MODEL_DIVERGED_AT in record:  # a sweep's program: its models are grid points
         return " | ".join([*parts, *format_points(record), format_speed(record)])
     for name in SPLITS:
         if f"{name}_accuracy" in record:
             parts.append(f"{name} {record[f'{name}_loss']:.4f} "
                          f"{100 * record[f'{name}_accuracy']:.2f}%")
-        if f"{name}_model_accuracies" in record:
+        if MODEL_ACCURACIES[name] in record:
             parts.append(format_spread(record, name))
     parts.append(format_speed(record))
     return " | ".join(parts)
@@ -164,21 +188,20 @@ def format_speed(record: EpochRecord) -> str:
 def format_points(record: EpochRecord) -> list[str]:
     """A sweep program's epoch: the range of its points' accuracies, and any stopped."""
     parts = []
-    for split, field in (("train", "model_train_accuracies"), ("val", "val_model_accuracies"),
-                         ("test", "test_model_accuracies")):
+    for split, field in MODEL_ACCURACIES.items():
         if field in record:
             values = record[field]  # type: ignore[literal-required]
             parts.append(f"{split} {100 * min(values):.2f}-{100 * max(values):.2f}%")
-    stopped = sum(step >= 0 for step in record["model_diverged_at"])
-    points = len(record["model_diverged_at"])
+    stopped = sum(step >= 0 for step in record[MODEL_DIVERGED_AT])
+    points = len(record[MODEL_DIVERGED_AT])
     return [f"{points} points", *parts] + ([f"{stopped} diverged"] if stopped else [])
 
 
 def format_spread(record: dict[str, Any], split: str) -> str:
     """How K models compare: `(ensemble; models 97.71-97.93%, sd 0.08%)`."""
-    accuracies = record[f"{split}_model_accuracies"]
+    accuracies = record[MODEL_ACCURACIES[split]]
     return (f"(ensemble; models {100 * min(accuracies):.2f}-{100 * max(accuracies):.2f}%, "
-            f"sd {100 * record[f'{split}_model_accuracy_sd']:.2f}%)")
+            f"sd {100 * record[MODEL_ACCURACY_SD[split]]:.2f}%)")
 
 
 class RecordWriter:

@@ -296,7 +296,7 @@ def _read_sweep(sweep_dir: Path) -> dict[str, Any]:
 
 
 def _workdir_of(sweep_dir: Path, entry: dict[str, Any]) -> Path:
-    """The workdir holding a variant of sweep.json (one from before programs: its own)."""
+    """The workdir holding a variant of sweep.json (an entry without one: its own folder)."""
     return Path(sweep_dir) / entry.get("workdir", entry["name"])
 
 
@@ -337,8 +337,8 @@ def _results(run: _TrainedRun | None, model: int | None) -> dict[str, Any]:
 
 def write_summary(sweep_dir: Path, plots: bool = False) -> list[Path]:
     """sweep.csv, sweep.md and sweep-results.json from the variants' results; with `plots`,
-    also the charts in plots/ (`digitsjax plots SWEEPDIR`: matplotlib takes seconds to load
-    and draw, which a sweep of small networks would spend again at every run)."""
+    also the charts in plots/ (`digitsjax plots SWEEPDIR`: loading matplotlib and drawing
+    cost more than a sweep of small networks should spend again at every run)."""
     sweep, rows = summarize(sweep_dir)
     keys = list(sweep["grid"])
     columns = ["variant", *keys, *RESULT_COLUMNS]

@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digitsjax.cli import main
 from digitsjax.core import augment
 from digitsjax.core.config import AugmentConfig, load_pipeline
 from digitsjax.core.model import apply, params_sha256
 from digitsjax.core.train import init_train_state, make_train_chunk, model_params
 from digitsjax.errors import ConfigError
+from digitsjax.main import main
 
 from .conftest import (
     REPO,

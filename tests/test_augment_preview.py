@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from digitsjax.apps.plots import augmentation_sample, write_plots
-from digitsjax.cli import main
 from digitsjax.core import augment, train
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.data import load_mnist
+from digitsjax.main import main
 from digitsjax.run.records import read_metrics
 from digitsjax.run.trained import load_trained
 

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from digitsjax.apps.evaluate import make_classify
-from digitsjax.cli import main
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.model import MATMUL_PRECISIONS
 from digitsjax.core.train import init_train_state, make_evaluate, make_train_chunk
 from digitsjax.errors import COMMAND_LINE, LIBRARY, CheckpointError, ConfigError, UserError
+from digitsjax.main import main
 from digitsjax.run import backend
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.records import read_metrics

@@ -21,9 +21,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import digitsjax.run.loop  # noqa: F401  (what `digitsjax train` imports before its clock)
-    from digitsjax.cli import main as digitsjax_main
     from digitsjax.core.config import load_pipeline
     from digitsjax.core.model import params_sha256
+    from digitsjax.main import main as digitsjax_main
     from digitsjax.run.records import read_metrics
     from digitsjax.run.trained import load_trained
 

@@ -1,3 +1,3 @@
-from digitsjax.cli import main
+from digitsjax.main import main
 
 raise SystemExit(main())

@@ -23,10 +23,10 @@ import numpy as np
 
 from digitsjax.apps.evaluate import evaluate_trained, make_classify
 from digitsjax.apps.predict import FileAnswer, Predictor, predict_files
-from digitsjax.cli import DEFAULT_WORKDIR_ROOT
 from digitsjax.core.config import Pipeline, load_pipeline
 from digitsjax.core.data import NUM_PIXELS
 from digitsjax.errors import ImageError
+from digitsjax.files import DEFAULT_WORKDIR_ROOT
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.mnist import load_mnist
 from digitsjax.run.trained import Trained, load_trained

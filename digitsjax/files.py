@@ -33,3 +33,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+DEFAULT_WORKDIR_ROOT = Path("checkpoints")
+"""Where a run goes when no workdir is given: DEFAULT_WORKDIR_ROOT / <pipeline name>, for the
+command line and the Python API alike."""

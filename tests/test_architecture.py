@@ -22,14 +22,17 @@ from .conftest import REPO
 PACKAGE = REPO / "digitsjax"
 LAYERS = ("base", "core", "run", "apps", "cli")  # lowest first
 MAX_FUNCTION_LINES = 60
+MAX_CLI_LINES = 400
+CLI_MODULES = ("cli", "arguments", "main", "api", "__main__")
+"""The cli layer's modules, at the package's root: the command, its process, the Python API."""
 
 
 def layer(module: str) -> str:
-    """`digitsjax.run.loop` -> "run"; the root modules are base, but for the two entries."""
+    """`digitsjax.run.loop` -> "run"; the root modules are base, but for CLI_MODULES."""
     parts = module.split(".")
     if len(parts) > 1 and parts[1] in ("core", "run", "apps"):
         return parts[1]
-    return "cli" if parts[-1] in ("cli", "api", "__main__") else "base"
+    return "cli" if parts[-1] in CLI_MODULES else "base"
 
 
 def module_name(path: Path) -> str:
@@ -122,6 +125,24 @@ def test_no_function_in_the_package_is_longer_than_sixty_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{module_name(path)}.{node.name}: {lines} lines")
     assert not long
+
+
+def test_the_command_module_holds_only_the_parser_and_the_commands():
+    """The process's entry (digitsjax.main) and the output's text (the apps) live elsewhere."""
+    lines = len((PACKAGE / "cli.py").read_text().splitlines())
+    assert lines <= MAX_CLI_LINES, f"digitsjax/cli.py has {lines} lines"
+
+
+def test_no_module_runs_source_text():
+    """No `exec` or `eval` anywhere: what runs is what the modules say."""
+    calls = []
+    for path in package_modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):  # exec(...), eval(...), builtins.exec(...)
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                if name in ("exec", "eval"):
+                    calls.append(f"{module_name(path)}:{node.lineno}: {name}")
+    assert not calls
 
 
 PROCESS_STATE = """

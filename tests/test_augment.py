@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digitsjax.cli import main
 from digitsjax.core import augment
 from digitsjax.core.config import AugmentConfig, load_pipeline
 from digitsjax.core.model import apply, params_sha256
 from digitsjax.core.program import init_state, make_train_chunk, program_of
 from digitsjax.core.train import model_params
 from digitsjax.errors import ConfigError
+from digitsjax.main import main
 
 from .conftest import (
     REPO,

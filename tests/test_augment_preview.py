@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from digitsjax.apps.plots import augmentation_sample, write_plots
-from digitsjax.cli import main
 from digitsjax.core import augment
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.program import init_state, make_train_chunk, program_of
 from digitsjax.core.train import DATA_STREAM
+from digitsjax.main import main
 from digitsjax.run.mnist import load_mnist
 from digitsjax.run.records import read_metrics
 from digitsjax.run.trained import load_trained

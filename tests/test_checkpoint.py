@@ -16,9 +16,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from digitsjax.cli import main
 from digitsjax.core.config import CheckpointConfig, load_pipeline
 from digitsjax.errors import CheckpointError
+from digitsjax.main import main
 from digitsjax.run import checkpoint
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.preemption import PreemptionGuard, exit_code

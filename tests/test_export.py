@@ -21,8 +21,9 @@ import pytest
 
 from digitsjax.apps.evaluate import make_classify
 from digitsjax.apps.export import FORMATS, export_trained
-from digitsjax.cli import EXPORT_FORMATS, main
+from digitsjax.cli import EXPORT_FORMATS
 from digitsjax.errors import UserError
+from digitsjax.main import main
 from digitsjax.run.trained import load_trained
 
 from .conftest import TINY, run_cli, train_mnist_mlp

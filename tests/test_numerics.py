@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from digitsjax.apps.evaluate import make_classify
-from digitsjax.cli import main
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.model import MATMUL_PRECISIONS
 from digitsjax.core.program import init_state, make_train_chunk, program_of
 from digitsjax.core.train import make_evaluate
 from digitsjax.errors import COMMAND_LINE, LIBRARY, CheckpointError, ConfigError, UserError
+from digitsjax.main import main
 from digitsjax.run import backend
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.records import read_metrics

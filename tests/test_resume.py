@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from digitsjax.cli import main
 from digitsjax.core.config import load_pipeline
+from digitsjax.main import main
 from digitsjax.run import checkpoint
 from digitsjax.run.records import read_metrics
 from digitsjax.run.workdir import MANIFEST, read_manifest

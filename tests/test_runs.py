@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from digitsjax.apps.runs import compare, find_workdirs, runs_table, summarize
-from digitsjax.cli import main
 from digitsjax.core.config import load_pipeline
 from digitsjax.errors import CheckpointError
+from digitsjax.main import main
 from digitsjax.run.lock import workdir_lock
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.records import read_metrics, truncate_metrics

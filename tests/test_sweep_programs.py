@@ -16,10 +16,10 @@ import pytest
 from digitsjax.apps import sweep as sweep_module
 from digitsjax.apps.runs import summarize as summarize_run
 from digitsjax.apps.sweep import SWEEP_JSON, make_variants, plan_programs
-from digitsjax.cli import main
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.model import params_sha256
 from digitsjax.core.train import model_params
+from digitsjax.main import main
 from digitsjax.run import checkpoint
 from digitsjax.run.records import read_metrics
 from digitsjax.run.trained import load_trained

@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from digitsjax.apps.verify import verify_workdir
-from digitsjax.cli import main
 from digitsjax.errors import CheckpointError
 from digitsjax.files import write_json_atomic
+from digitsjax.main import main
 from digitsjax.run import checkpoint
 from digitsjax.run.workdir import MANIFEST, read_manifest
 

@@ -70,3 +70,27 @@ def evaluate_trained(trained: Trained, data: MNIST) -> dict[str, Any]:
                "confusion_matrix": matrix.tolist()}
             | fingerprints(trained.pipeline, params)
             | backend.describe(trained.pipeline))
+
+
+def report_lines(result: dict[str, Any], seed: int) -> list[str]:
+    """`evaluate_trained`'s result as a person reads it: the totals, each of K models (model k
+    trained from `seed + k`), accuracy per digit, the confusion matrix, where it was computed."""
+    from digitsjax.run.records import format_spread
+
+    ensemble = (f" {format_spread(result, 'test')}" if "test_model_accuracies" in result
+                else "")
+    lines = [f"step {result['step']}  test_loss {result['test_loss']:.4f}  "
+             f"test_accuracy {100 * result['test_accuracy']:.2f}%{ensemble}  "
+             f"params_sha256 {result['params_sha256']}"]
+    lines += [f"  model {k} (seed {seed + k})  test_loss {result['test_model_losses'][k]:.4f}  "
+              f"test_accuracy {100 * result['test_model_accuracies'][k]:.2f}%  params_sha256 {sha}"
+              for k, sha in enumerate(result.get("model_params_sha256", []))]
+    lines.append("accuracy per digit:  " + "  ".join(
+        f"{digit}: {100 * accuracy:.1f}%"
+        for digit, accuracy in enumerate(result["per_class_accuracy"])))
+    lines.append("confusion matrix (rows: true digit, columns: predicted digit):")
+    lines.append("      " + "".join(f"{digit:>6}" for digit in range(10)))
+    lines += [f"{digit:>6}" + "".join(f"{count:>6}" for count in row)
+              for digit, row in enumerate(result["confusion_matrix"])]
+    lines.append(f"computed on: {backend.summary_line(result)}")
+    return lines

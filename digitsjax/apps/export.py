@@ -336,3 +336,16 @@ FORMATS: dict[str, Format] = {
     "stablehlo": Format(_encode_stablehlo, _check_stablehlo),
     "npz": Format(_encode_npz, _check_npz),
 }
+
+
+def summary_lines(done: Exported) -> list[str]:
+    """What `export_trained` wrote: the file, its description, then format, size, step,
+    fingerprint and how closely the file's probabilities matched the network's."""
+    size = (f"{done.size / 1e6:.1f} MB" if done.size >= 1e6 else f"{done.size / 1e3:.1f} kB")
+    difference = done.check.get("max_abs_probability_difference")
+    checked = (f"  checked: probabilities within {difference:.1g} of digitsjax's on "
+               f"{done.check['probe_images']} probe images ({done.check['by']})"
+               if difference is not None else "")
+    return [str(done.path), str(done.sidecar),
+            f"{done.format}  {size}  step {done.step}  params_sha256 {done.params_sha256}"
+            f"{checked}"]

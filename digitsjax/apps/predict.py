@@ -91,3 +91,18 @@ def predict_files(paths: Sequence[str | Path], load: Callable[[], Predictor]
     return predictor, [FileAnswer(str(path), error=digit) if isinstance(digit, ImageError)
                        else FileAnswer(str(path), prediction=next(predictions))
                        for path, digit in zip(paths, digits, strict=True)]
+
+
+def prediction_line(answer: FileAnswer) -> str:
+    """A classified file as `PATH: DIGIT    (D: P%  D: P%  D: P%)`, its three likeliest digits."""
+    assert answer.prediction is not None
+    top = "  ".join(f"{d}: {100 * q:5.1f}%" for d, q in answer.prediction.top(3))
+    return f"{answer.path}: {answer.prediction.digit}    ({top})"
+
+
+def answers_json(predictor: Predictor | None, answers: list[FileAnswer],
+                 spelling: Mapping[str, str] = LIBRARY) -> dict[str, Any]:
+    """Every file's answer in one object, with the step of the checkpoint that gave them (None
+    when no file held a picture); errors name their remedies in `spelling`."""
+    return {"step": predictor.trained.step if predictor else None,
+            "predictions": [answer.to_json(spelling) for answer in answers]}

@@ -78,3 +78,17 @@ def _first_divergent_epoch(recorded: list[EpochRecord],
         if by_epoch.get(record["epoch"]) != without_timings(record):
             return record["epoch"]
     return None
+
+
+def summary_lines(verification: Verification) -> list[str]:
+    """The verdict as a person reads it: reproduced bit for bit, or where to look."""
+    v = verification
+    if v.reproduced:
+        return [f"reproduced: params_sha256 {v.recorded_sha256} at step {v.step}, bit for bit"]
+    lines = [f"NOT reproduced at step {v.step}: params_sha256 recorded {v.recorded_sha256}, "
+             f"replayed {v.replayed_sha256}"]
+    if v.first_divergent_epoch is not None:
+        lines.append(f"metrics first differ at epoch {v.first_divergent_epoch}")
+    lines.append("manifest differences: " + ("; ".join(v.manifest_differences) or
+                                             "none (same versions and platform)"))
+    return lines

@@ -1,0 +1,143 @@
+"""What the `digitsjax` command's arguments mean: the types that refuse a bad value in one line,
+and the library's values that a command's arguments name (a pipeline and its workdir, a sweep's
+point, the sweep's models per program, a new picture's path).
+
+The command line's own module, beside digitsjax.cli: nothing here loads JAX when imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from digitsjax.errors import ConfigError, UserError
+from digitsjax.files import DEFAULT_WORKDIR_ROOT
+
+if TYPE_CHECKING:
+    from digitsjax.core.config import Pipeline
+    from digitsjax.run.trained import Trained
+
+PREVIEW_COUNT, MAX_PREVIEW_COUNT = 30, 200
+"""`digitsjax augment-preview --count`: its default (apps.plots.AUGMENT_COUNT) and limit."""
+
+
+def version() -> str:
+    """The installed package's version: the one every workdir's manifest records."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("digitsjax")
+    except metadata.PackageNotFoundError:  # a source tree run without installing it
+        return "(not installed)"
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a finite number of `kind` above zero."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive {kind.__name__}")
+        return value
+
+    return parse
+
+
+def port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return int(text)
+
+
+def point_number(text: str) -> int:
+    value = int(text) if text.strip().lstrip("-").isdigit() else None
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a point number (0, 1, 2, ...)")
+    return value
+
+
+def preview_count(text: str) -> int:
+    count = int(positive(int)(text))
+    if count > MAX_PREVIEW_COUNT:
+        raise argparse.ArgumentTypeError(f"{count} digits are too many to draw (at most "
+                                         f"{MAX_PREVIEW_COUNT})")
+    return count
+
+
+def resolve_point(args: argparse.Namespace) -> None:
+    """`SWEEPDIR --point N`: the workdir holding point N, and its model there (the sweep's
+    folder stays in `args.sweep_dir`)."""
+    args.model = None
+    if getattr(args, "point", None) is not None:
+        from digitsjax.apps.sweep import locate_point
+
+        args.sweep_dir = args.workdir
+        args.workdir, args.model = locate_point(args.workdir, args.point)
+
+
+def start_backend_for(workdir: Path) -> None:
+    """Start JAX for `workdir`'s recorded pipeline (its determinism first, as `load_trained`
+    does), so that a platform JAX cannot start is one line before anything loads."""
+    from digitsjax.run.backend import start_backend
+    from digitsjax.run.workdir import recorded_pipeline
+
+    start_backend(recorded_pipeline(workdir).train.deterministic)
+
+
+def named_network(args: argparse.Namespace) -> Trained:
+    """The network a command's workdir, point and checkpoint arguments name, JAX started first."""
+    from digitsjax.run.trained import load_trained
+
+    start_backend_for(args.workdir)
+    return load_trained(args.workdir, args.checkpoint, args.model)
+
+
+def pipeline_and_workdir(args: argparse.Namespace) -> tuple[Pipeline, Path]:
+    """A pipeline file and its workdir; or a workdir in its place, with its recorded pipeline."""
+    from digitsjax.core.config import load_pipeline, override_pipeline
+
+    if args.pipeline.is_dir():
+        from digitsjax.run.workdir import MANIFEST, recorded_pipeline
+
+        if not (args.pipeline / MANIFEST).exists():
+            raise ConfigError(f"pipeline {args.pipeline} is a folder, and not a digitsjax "
+                              f"workdir to continue (it has no {MANIFEST})",
+                              "pass a path such as pipelines/mnist_mlp.toml")
+
+        recorded = recorded_pipeline(args.pipeline)
+        return (override_pipeline(recorded, args.overrides, str(args.pipeline)),
+                args.workdir or args.pipeline)
+    pipeline = load_pipeline(args.pipeline, args.overrides)
+    return pipeline, args.workdir or DEFAULT_WORKDIR_ROOT / pipeline.name
+
+
+def check_new_png(out: Path) -> None:
+    """Refuse an output path that is not a .png, already exists, or lies in no folder."""
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out} does not end in .png", "the picture is a PNG: give a "
+                        "path such as preview.png")
+    if out.exists() or out.is_symlink():
+        raise UserError(f"{out} already exists", "choose another --out, or delete it first")
+    if not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: there is no folder {out.parent}",
+                        "create it, or choose another --out")
+
+
+def models_per_program(flag: int | None) -> Callable[[Pipeline, int], int]:
+    """The sweep's cap on models per program: the flag's, or what memory holds (said aloud)."""
+    from digitsjax.core import sharding
+    from digitsjax.run.resources import max_models_that_fit
+
+    def cap(pipeline: Pipeline, wanted: int) -> int:
+        if flag is not None:
+            return min(flag, wanted)
+        fit = max_models_that_fit(pipeline, sharding.data_mesh(), wanted)
+        if fit < wanted:
+            print(f"sweep: {wanted} points share a program; memory holds {fit} at a time "
+                  "(--max-models-per-program sets it)")
+        return fit
+    return cap

@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from digitsjax.core.config import CheckpointConfig, load_pipeline
+from digitsjax.core.train import TrainState
 from digitsjax.errors import CheckpointError
 from digitsjax.main import main
 from digitsjax.run import checkpoint
@@ -35,9 +36,10 @@ abandoned_reads_expected = pytest.mark.filterwarnings(
     "ignore::pytest.PytestUnraisableExceptionWarning")
 
 
-def tiny_state(step: int) -> dict:
-    return {"params": [{"w": jnp.full((2, 2), float(step)), "b": jnp.zeros(2)}],
-            "step": jnp.asarray(step, jnp.int32)}
+def tiny_state(step: int) -> TrainState:
+    return TrainState(params=[{"w": jnp.full((2, 2), float(step)), "b": jnp.zeros(2)}],
+                      opt_state={"count": jnp.asarray(step, jnp.int32)},
+                      step=jnp.asarray(step, jnp.int32), key=jnp.zeros(2, jnp.uint32))
 
 
 @pytest.mark.parametrize("keep_best, expected", [(True, [20, 50, 60]), (False, [50, 60])])
@@ -94,8 +96,9 @@ def test_a_checkpoint_with_the_single_sha256_of_earlier_versions_still_restores(
     """Workdirs trained before the checksum of blocks resume: their checksum is still read."""
     manager = checkpoint.open_manager(tmp_path)
     for step, claimed in ((7, tiny_state(7)), (8, tiny_state(9))):  # 8: bytes that do not match
-        meta = {"epoch": 1.0, checkpoint.STATE_SHA256: checkpoint.state_sha256(claimed)}
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tiny_state(step)),
+        meta = {"epoch": 1.0, checkpoint.STATE_SHA256: checkpoint.state_sha256(claimed.as_dict())}
+        saved = tiny_state(step).as_dict()  # the table a checkpoint holds
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(saved),
                                                    meta=ocp.args.JsonSave(meta)))
     checkpoint.close(manager)
     manager = checkpoint.open_manager(tmp_path, read_only=True)

@@ -28,7 +28,8 @@ from digitsjax.run.preemption import Preempted, exit_code
 if TYPE_CHECKING:  # the commands import the library lazily, to start fast
     from digitsjax.core.config import Pipeline
     from digitsjax.core.data import MNIST
-    from digitsjax.run.trained import Trained
+    from digitsjax.run.trained import Network
+    from digitsjax.run.workdir import Workdir
 
 DEFAULT_WORKDIR_ROOT = Path("checkpoints")
 EXIT_NOT_REPRODUCED = 1
@@ -283,14 +284,14 @@ def _pipeline_and_workdir(args: argparse.Namespace) -> tuple[Pipeline, Path]:
     from digitsjax.core.config import load_pipeline, override_pipeline
 
     if args.pipeline.is_dir():
-        from digitsjax.run.workdir import MANIFEST, recorded_pipeline
+        from digitsjax.run.workdir import MANIFEST, Workdir
 
         if not (args.pipeline / MANIFEST).exists():
             raise ConfigError(f"pipeline {args.pipeline} is a folder, and not a digitsjax "
                               f"workdir to continue (it has no {MANIFEST})",
                               "pass a path such as pipelines/mnist_mlp.toml")
 
-        recorded = recorded_pipeline(args.pipeline)
+        recorded = Workdir.open(args.pipeline).pipeline
         return (override_pipeline(recorded, args.overrides, str(args.pipeline)),
                 args.workdir or args.pipeline)
     pipeline = load_pipeline(args.pipeline, args.overrides)
@@ -344,9 +345,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from digitsjax.apps.runs import compare
+    from digitsjax.run.workdir import Workdir
 
     plot = args.output or args.workdirs[0] / "plots" / "compare.png"
-    table, path = compare(args.workdirs, plot)
+    table, path = compare([Workdir.open(workdir) for workdir in args.workdirs], plot)
     print(table)
     print(path)
     return 0
@@ -356,11 +358,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from digitsjax.apps.evaluate import evaluate_trained
     from digitsjax.run.backend import summary_line
     from digitsjax.run.records import format_spread
-    from digitsjax.run.trained import load_trained
+    from digitsjax.run.trained import load_network
+    from digitsjax.run.workdir import Workdir
 
-    _start_backend_for(args.workdir)
-    trained = load_trained(args.workdir, args.checkpoint, args.model)
-    result = evaluate_trained(trained, _load_data(trained, args.mnist_dir))
+    workdir = Workdir.open(args.workdir)
+    _start_backend_for(workdir)
+    network = load_network(workdir, args.checkpoint, args.model)
+    result = evaluate_trained(network, _load_data(network, args.mnist_dir))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -370,7 +374,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"test_accuracy {100 * result['test_accuracy']:.2f}%{ensemble}  "
           f"params_sha256 {result['params_sha256']}")
     for k, sha in enumerate(result.get("model_params_sha256", [])):
-        print(f"  model {k} (seed {trained.pipeline.seed + k})  test_loss "
+        print(f"  model {k} (seed {network.pipeline.seed + k})  test_loss "
               f"{result['test_model_losses'][k]:.4f}  test_accuracy "
               f"{100 * result['test_model_accuracies'][k]:.2f}%  params_sha256 {sha}")
     print("accuracy per digit:  " + "  ".join(
@@ -384,31 +388,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_backend_for(workdir: Path) -> None:
-    """Start JAX for `workdir`'s recorded pipeline (its determinism first, as `load_trained`
+def _start_backend_for(workdir: Workdir) -> None:
+    """Start JAX for `workdir`'s recorded pipeline (its determinism first, as `load_network`
     does), so that a platform JAX cannot start is one line before anything loads."""
     from digitsjax.run.backend import start_backend
-    from digitsjax.run.workdir import recorded_pipeline
 
-    start_backend(recorded_pipeline(workdir).train.deterministic)
+    start_backend(workdir.pipeline.train.deterministic)
 
 
-def _load_data(trained: Trained, mnist_dir: str | None) -> MNIST:
+def _load_data(network: Network, mnist_dir: str | None) -> MNIST:
     from digitsjax.core.data import load_mnist
 
-    return load_mnist(trained.pipeline.data, mnist_dir)
+    return load_mnist(network.pipeline.data, mnist_dir)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Every good file is answered; each bad one is its own error line, in argument order,
     and any bad file makes the exit status 2."""
-    from digitsjax.apps.predict import Predictor, predict_files
+    from digitsjax.apps.predict import predict_files
+    from digitsjax.run.trained import load_network
+    from digitsjax.run.workdir import Workdir
 
-    def load() -> Predictor:
-        _start_backend_for(args.workdir)
-        return Predictor.from_workdir(args.workdir, args.checkpoint, args.model)
+    def load() -> Network:
+        workdir = Workdir.open(args.workdir)
+        _start_backend_for(workdir)
+        return load_network(workdir, args.checkpoint, args.model)
 
-    predictor, answers = predict_files(args.images, load)
+    network, answers = predict_files(args.images, load)
     for answer in answers:
         if answer.error is not None:
             if args.debug:
@@ -419,7 +425,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             top = "  ".join(f"{d}: {100 * q:5.1f}%" for d, q in answer.prediction.top(3))
             print(f"{answer.path}: {answer.prediction.digit}    ({top})", flush=True)
     if args.json:
-        print(json.dumps({"step": predictor.trained.step if predictor else None,
+        print(json.dumps({"step": network.step if network else None,
                           "predictions": [answer.to_json(COMMAND_LINE) for answer in answers]}))
     return EXIT_USER_ERROR if any(answer.error for answer in answers) else 0
 
@@ -442,32 +448,36 @@ def _plot_network(args: argparse.Namespace) -> list[Path]:
     from digitsjax.apps.plots import PLOTS_DIR, write_plots
     from digitsjax.apps.sweep import point_name, refuse_program
     from digitsjax.run.records import model_record, read_metrics
-    from digitsjax.run.trained import load_trained
+    from digitsjax.run.trained import load_network
+    from digitsjax.run.workdir import Workdir
 
     out, title = args.workdir / PLOTS_DIR, None
     if args.point is not None:
         out = args.sweep_dir / PLOTS_DIR / f"point-{args.point}"
         name = point_name(args.sweep_dir, args.point)
         title = f"{args.sweep_dir.name}, point {args.point}: {name}"
-    if args.model is None:
-        refuse_program(args.workdir)
-    _start_backend_for(args.workdir)
-    trained = load_trained(args.workdir, args.checkpoint, args.model)
-    records = read_metrics(args.workdir)
+    workdir = Workdir.open(args.workdir)
+    if args.model is None and workdir.program.is_sweep:
+        refuse_program(workdir.path)
+    _start_backend_for(workdir)
+    network = load_network(workdir, args.checkpoint, args.model)
+    records = read_metrics(workdir.path)
     if args.model is not None:
         records = [model_record(r, args.model) for r in records]
-    return write_plots(out, trained, _load_data(trained, args.mnist_dir), records,
-                       title or trained.pipeline.name)
+    return write_plots(out, network, _load_data(network, args.mnist_dir), records,
+                       title or network.pipeline.name)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from digitsjax.apps.export import default_output, export_trained
-    from digitsjax.run.trained import load_trained
+    from digitsjax.run.trained import load_network
+    from digitsjax.run.workdir import Workdir
 
-    _start_backend_for(args.workdir)
-    trained = load_trained(args.workdir, args.checkpoint, args.model)
+    workdir = Workdir.open(args.workdir)
+    _start_backend_for(workdir)
+    network = load_network(workdir, args.checkpoint, args.model)
     name = "model" if args.point is None else f"point-{args.point}"
-    done = export_trained(trained, args.format,
+    done = export_trained(network, args.format,
                           args.output or default_output(args.workdir, args.format, name))
     print(done.path)
     print(done.sidecar)
@@ -517,13 +527,15 @@ def _models_per_program(flag: int | None) -> Callable[[Pipeline, int], int]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from digitsjax.apps.predict import Predictor
     from digitsjax.apps.serve import Limits, make_server, serve_forever
+    from digitsjax.run.trained import load_network
+    from digitsjax.run.workdir import Workdir
 
     limits = Limits(max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels,
                     timeout_seconds=args.timeout)
-    _start_backend_for(args.workdir)
-    server = make_server(Predictor.from_workdir(args.workdir, args.checkpoint, args.model),
+    workdir = Workdir.open(args.workdir)
+    _start_backend_for(workdir)
+    server = make_server(load_network(workdir, args.checkpoint, args.model),
                          args.host, args.port, limits)
     serve_forever(server, echo=lambda line: print(line, flush=True))
     return 0
@@ -531,10 +543,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from digitsjax.apps.verify import verify_workdir
+    from digitsjax.run.workdir import Workdir
 
     progress = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    _start_backend_for(args.workdir)
-    result = verify_workdir(args.workdir, mnist_dir=args.mnist_dir, echo=progress)
+    workdir = Workdir.open(args.workdir)
+    _start_backend_for(workdir)
+    result = verify_workdir(workdir, mnist_dir=args.mnist_dir, echo=progress)
     if args.json:
         print(json.dumps(result.to_dict()))
     elif result.reproduced:

@@ -18,10 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digitsjax.apps.evaluate import make_classify
 from digitsjax.cli import main
 from digitsjax.core.config import load_pipeline
-from digitsjax.core.model import MATMUL_PRECISIONS
+from digitsjax.core.model import MATMUL_PRECISIONS, make_classify
 from digitsjax.core.train import init_train_state, make_evaluate, make_train_chunk
 from digitsjax.errors import COMMAND_LINE, LIBRARY, CheckpointError, ConfigError, UserError
 from digitsjax.run import backend

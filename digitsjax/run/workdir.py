@@ -3,6 +3,11 @@
 The manifest records everything needed to judge whether two runs should agree bit for bit:
 the resolved pipeline and its sha256, package versions, platform, devices and the dataset's
 checksums. Only the primary process writes the workdir's files other than checkpoints.
+
+A command opens a workdir once, as a `Workdir`: its path and the manifest read then, from which
+the pipeline, the program and the result are taken. Whatever needs a piece of the workdir
+receives that value rather than its path, and what records into the manifest writes it from
+the copy in hand and returns the updated `Workdir`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,7 @@ import jax
 from digitsjax.core.config import Pipeline, pipeline_from_dict, pipeline_sha256, pipeline_to_dict
 from digitsjax.core.hyper import PerModel
 from digitsjax.core.optim import SCHEDULES
+from digitsjax.core.program import Program
 from digitsjax.errors import RESTART, WORKDIR, CheckpointError
 from digitsjax.files import write_json_atomic
 from digitsjax.run import checkpoint, cluster
@@ -63,12 +71,17 @@ def platform_info() -> dict[str, Any]:
     }
 
 
-def build_manifest(pipeline: Pipeline, dataset_checksums: dict[str, Any],
+def build_manifest(program: Program | Pipeline, dataset_checksums: dict[str, Any],
                    per_model: PerModel | None = None) -> dict[str, Any]:
+    """A new run's manifest: its program (the pipeline, and a sweep's per-model values) and
+    where it runs."""
+    if isinstance(program, Pipeline):  # run/loop.py's call, until it holds a Program
+        program = Program(program, per_model)
+    pipeline = program.pipeline
     return {
         "pipeline": pipeline_to_dict(pipeline),
         "pipeline_sha256": pipeline_sha256(pipeline),
-        **({PER_MODEL: per_model.to_json()} if per_model is not None else {}),
+        **({PER_MODEL: program.per_model.to_json()} if program.per_model is not None else {}),
         "versions": package_versions(),
         "platform": platform_info(),
         "dataset": dataset_checksums,
@@ -77,34 +90,88 @@ def build_manifest(pipeline: Pipeline, dataset_checksums: dict[str, Any],
     }
 
 
-def read_manifest(workdir: Path) -> dict[str, Any]:
-    path = Path(workdir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (FileNotFoundError, NotADirectoryError):
-        raise CheckpointError(f"{workdir} is not a digitsjax workdir (no {MANIFEST})",
-                              "train into it first with `digitsjax train`") from None
-    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
-        raise CheckpointError(f"{path} is unreadable ({e})",
-                              f"restore it or retrain with {RESTART}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("pipeline"), dict):
-        raise CheckpointError(f"{path} is not a digitsjax manifest (it has no pipeline table)",
-                              f"restore it or retrain with {RESTART}")
-    return manifest
-
-
-def recorded_pipeline(workdir: Path) -> Pipeline:
-    """The pipeline a workdir was trained with, as its manifest records it."""
-    return pipeline_from_dict(read_manifest(workdir)["pipeline"], source=str(workdir))
-
-
 PER_MODEL = "per_model"
 """The manifest's record of a sweep program's per-model values (absent for other runs)."""
 
 
-def recorded_per_model(workdir: Path) -> PerModel | None:
+@dataclass(frozen=True)
+class Workdir:
+    """A workdir as one command sees it: its path and its manifest, read once.
+
+    The pipeline and the program are parsed from the manifest when first asked for (a listing
+    of runs reads manifests whose pipeline it never parses), and then kept.
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> Workdir:
+        """The workdir at `path`; a CheckpointError if it has no readable digitsjax manifest."""
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            raise CheckpointError(f"{path} is not a digitsjax workdir (no {MANIFEST})",
+                                  "train into it first with `digitsjax train`") from None
+        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+            raise CheckpointError(f"{manifest_path} is unreadable ({e})",
+                                  f"restore it or retrain with {RESTART}") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("pipeline"), dict):
+            raise CheckpointError(f"{manifest_path} is not a digitsjax manifest (it has no "
+                                  "pipeline table)", f"restore it or retrain with {RESTART}")
+        return cls(path, manifest)
+
+    @cached_property
+    def pipeline(self) -> Pipeline:
+        """The pipeline the workdir was trained with, as its manifest records it."""
+        return pipeline_from_dict(self.manifest["pipeline"], source=str(self.path))
+
+    @cached_property
+    def program(self) -> Program:
+        """The recorded pipeline and, for a sweep's program, its recorded per-model values."""
+        return Program(self.pipeline, _recorded_per_model(self.manifest))
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """The finished run's fingerprints (`record_result`); {} before it finishes."""
+        return self.manifest.get("result", {})
+
+    def record_result(self, step: int, params_sha256: str,
+                      model_params_sha256: list[str] | None = None) -> Workdir:
+        """The finished run's fingerprint in its manifest (and each model's, for a sweep's
+        program), so listing runs and summarising sweeps need no checkpoint.
+
+        Written once: re-running a finished workdir changes nothing in it.
+        """
+        if self.result.get("params_sha256") == params_sha256:
+            return self
+        return self._write(self.manifest | {"result": {
+            "step": step, "params_sha256": params_sha256,
+            **({"model_params_sha256": model_params_sha256} if model_params_sha256 else {}),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}})
+
+    def record_extension(self, program: Program, step: int) -> Workdir:
+        """The manifest of a continued run: its new pipeline, and when it was extended from
+        what."""
+        pipeline = program.pipeline
+        extension = {"from_epochs": self.manifest["pipeline"]["train"]["epochs"],
+                     "to_epochs": pipeline.train.epochs, "at_step": step,
+                     "command": " ".join(sys.argv),
+                     "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return self._write(self.manifest | {
+            "extensions": [*self.manifest.get("extensions", []), extension],
+            "pipeline": pipeline_to_dict(pipeline), "pipeline_sha256": pipeline_sha256(pipeline)})
+
+    def _write(self, manifest: dict[str, Any]) -> Workdir:
+        write_json_atomic(self.path / MANIFEST, manifest)
+        return Workdir(self.path, manifest)
+
+
+def _recorded_per_model(manifest: dict[str, Any]) -> PerModel | None:
     """A sweep program's per-model values, as its manifest records them; None for a run."""
-    values = read_manifest(workdir).get(PER_MODEL)
+    values = manifest.get(PER_MODEL)
     return PerModel({key: tuple(v) for key, v in values.items()}) if values else None
 
 
@@ -177,7 +244,7 @@ def _check_ours(workdir: Path, restart: bool) -> None:
 
 def _is_digitsjax_workdir(workdir: Path) -> bool:
     try:
-        read_manifest(workdir)
+        Workdir.open(workdir)
     except CheckpointError:
         return False
     return True
@@ -191,7 +258,7 @@ def _remove_run_files(workdir: Path) -> None:
     remove_event_files(workdir)
 
 
-def check_compatible(workdir: Path, pipeline: Pipeline,
+def check_compatible(workdir: Workdir | Path, program: Program | Pipeline,
                      per_model: PerModel | None = None) -> None:
     """Refuse to continue a workdir whose checkpoints come from a different pipeline (or, for a
     sweep's program, different per-model values).
@@ -199,20 +266,23 @@ def check_compatible(workdir: Path, pipeline: Pipeline,
     One change is a continuation, not another pipeline: more `train.epochs` under a schedule
     that does not depend on the run's length, since then the first epochs are the same run.
     """
-    recorded = recorded_pipeline(workdir)
+    if not isinstance(workdir, Workdir):  # run/loop.py's call, until it holds a Workdir
+        workdir = Workdir.open(workdir)
+    if isinstance(program, Pipeline):  # and a Program
+        program = Program(program, per_model)
+    recorded, pipeline = workdir.program, program.pipeline
     # Round-tripped so that keys added since the manifest was written compare as defaults.
-    diffs = differences(pipeline_to_dict(recorded), pipeline_to_dict(pipeline),
+    diffs = differences(pipeline_to_dict(recorded.pipeline), pipeline_to_dict(pipeline),
                         ignore=(*RESULT_NEUTRAL, EPOCHS))
-    recorded_models = recorded_per_model(workdir)
-    if recorded_models != per_model:
-        diffs.append(f"{PER_MODEL}: {_json_or_none(recorded_models)} -> "
-                     f"{_json_or_none(per_model)}")
+    if recorded.per_model != program.per_model:
+        diffs.append(f"{PER_MODEL}: {_json_or_none(recorded.per_model)} -> "
+                     f"{_json_or_none(program.per_model)}")
     if diffs:
         raise CheckpointError(
-            f"{workdir} holds checkpoints of a different pipeline ({'; '.join(diffs)})",
+            f"{workdir.path} holds checkpoints of a different pipeline ({'; '.join(diffs)})",
             f"pass {RESTART} to start over there, or choose another {WORKDIR}")
-    if pipeline.train.epochs != recorded.train.epochs:
-        _check_extension(workdir, recorded.train.epochs, pipeline)
+    if pipeline.train.epochs != recorded.pipeline.train.epochs:
+        _check_extension(workdir.path, recorded.pipeline.train.epochs, pipeline)
 
 
 EPOCHS = "train.epochs"
@@ -236,35 +306,6 @@ def _check_extension(workdir: Path, trained: int, pipeline: Pipeline) -> None:
             "its first step", start_over)
 
 
-def record_result(workdir: Path, step: int, params_sha256: str,
-                  model_params_sha256: list[str] | None = None) -> None:
-    """The finished run's fingerprint in its manifest (and each model's, for a sweep's program),
-    so listing runs and summarising sweeps need no checkpoint.
-
-    Written once: re-running a finished workdir changes nothing in it.
-    """
-    manifest = read_manifest(workdir)
-    if manifest.get("result", {}).get("params_sha256") == params_sha256:
-        return
-    manifest["result"] = {"step": step, "params_sha256": params_sha256,
-                          **({"model_params_sha256": model_params_sha256}
-                             if model_params_sha256 else {}),
-                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json_atomic(workdir / MANIFEST, manifest)
-
-
-def record_extension(workdir: Path, pipeline: Pipeline, step: int) -> None:
-    """The manifest of a continued run: its new pipeline, and when it was extended from what."""
-    manifest = read_manifest(workdir)
-    old_epochs = manifest["pipeline"]["train"]["epochs"]
-    manifest["extensions"] = [*manifest.get("extensions", []), {
-        "from_epochs": old_epochs, "to_epochs": pipeline.train.epochs, "at_step": step,
-        "command": " ".join(sys.argv), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
-    manifest |= {"pipeline": pipeline_to_dict(pipeline),
-                 "pipeline_sha256": pipeline_sha256(pipeline)}
-    write_json_atomic(workdir / MANIFEST, manifest)
-
-
 def differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = (),
                 prefix: str = "") -> list[str]:
     """`key: old -> new` for every leaf that differs between two nested dicts (two manifests).
@@ -282,3 +323,30 @@ def differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...
         elif a != b:
             diffs.append(f"{path}: {a!r} -> {b!r}")
     return diffs
+
+
+# Readers by path, for the modules that do not hold a Workdir yet (run/loop.py, apps/sweep.py);
+# each opens the manifest again. Everything else opens a `Workdir` once and passes it down.
+
+
+def read_manifest(workdir: Path) -> dict[str, Any]:
+    return Workdir.open(workdir).manifest
+
+
+def recorded_pipeline(workdir: Path) -> Pipeline:
+    """The pipeline a workdir was trained with, as its manifest records it."""
+    return Workdir.open(workdir).pipeline
+
+
+def recorded_per_model(workdir: Path) -> PerModel | None:
+    """A sweep program's per-model values, as its manifest records them; None for a run."""
+    return _recorded_per_model(Workdir.open(workdir).manifest)
+
+
+def record_result(workdir: Path, step: int, params_sha256: str,
+                  model_params_sha256: list[str] | None = None) -> None:
+    Workdir.open(workdir).record_result(step, params_sha256, model_params_sha256)
+
+
+def record_extension(workdir: Path, pipeline: Pipeline, step: int) -> None:
+    Workdir.open(workdir).record_extension(Program(pipeline), step)

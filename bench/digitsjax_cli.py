@@ -25,7 +25,7 @@ def main() -> None:
     from digitsjax.core.model import params_sha256
     from digitsjax.main import main as digitsjax_main
     from digitsjax.run.records import read_metrics
-    from digitsjax.run.trained import load_trained
+    from digitsjax.run.trained import load_network
 
     workdir = tempfile.mkdtemp(prefix="bench-digitsjax-")
     sets = [arg for override in args.overrides for arg in ("--set", override)]
@@ -38,7 +38,7 @@ def main() -> None:
         log.epoch(record["epoch_seconds"], record["test_accuracy"],
                   at=before_training + record["wall_seconds"])
     pipeline = load_pipeline(args.pipeline, args.overrides)
-    fingerprint = params_sha256(load_trained(workdir).params)
+    fingerprint = params_sha256(load_network(workdir).params)
     log.report(pipeline.steps_per_epoch * pipeline.train.batch_size * pipeline.train.num_models,
                num_models=pipeline.train.num_models, params_sha256=fingerprint)
 

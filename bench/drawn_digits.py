@@ -7,7 +7,7 @@ MNIST's test set says how a network does on MNIST; `predict` and `serve` get pic
 people draw: strokes of one round pen, at whatever size, thickness and place on the page they
 chose, slanted their own way. This bench draws such pictures from stroke templates (several
 styles per digit, polylines in a unit box, as tests/test_browser.py draws on the page), writes
-them as PNG files and classifies them through `api.Network.classify_files`: the path that
+them as PNG files and classifies them through `api.classify_files`: the path that
 `digitsjax predict` takes (imaging.py's normalisation, then the network). It never reads MNIST.
 
 The sample is seeded: each factor (thickness, digit height, position, slant, page size, paper
@@ -235,9 +235,10 @@ def contact_sheet(specs: Sequence[Spec], columns: int = 10, cell: int = 96) -> I
 def score(network: Any, specs: Sequence[Spec], paths: Sequence[Path], name: str) -> dict:
     """One network's answers on the pictures: accuracy overall and per level of each factor
     and per digit. A picture `predict` refuses (it found no digit) counts as wrong."""
+    from digitsjax import api
     from digitsjax.core.augment import active
 
-    answers = network.classify_files(paths)
+    answers = api.classify_files(network, paths)
     correct = np.array([a.prediction is not None and a.prediction.digit == s.digit
                         for a, s in zip(answers, specs, strict=True)])
     by: dict[str, dict[str, float]] = {}

@@ -21,7 +21,8 @@ from PIL import Image
 
 from digitsjax.apps import serve
 from digitsjax.apps.imaging import load_digit
-from digitsjax.apps.predict import Predictor
+from digitsjax.apps.predict import predictions
+from digitsjax.run.trained import Network, load_network
 
 
 def canvas_png() -> bytes:
@@ -37,9 +38,9 @@ def canvas_png() -> bytes:
     return buffer.getvalue()
 
 
-def latencies_ms(predictor: Predictor, body: bytes, nodelay: bool, count: int) -> np.ndarray:
+def latencies_ms(network: Network, body: bytes, nodelay: bool, count: int) -> np.ndarray:
     handler = type("Handler", (serve.RequestHandler,), {"disable_nagle_algorithm": nodelay})
-    server = serve.make_server(predictor, "127.0.0.1", 0)
+    server = serve.make_server(network, "127.0.0.1", 0)
     server.RequestHandlerClass = handler
     threading.Thread(target=server.serve_forever, daemon=True).start()
     connection = http.client.HTTPConnection(*server.server_address[:2])
@@ -62,7 +63,7 @@ def latencies_ms(predictor: Predictor, body: bytes, nodelay: bool, count: int) -
 
 def main() -> None:
     workdir, count = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 100
-    predictor = Predictor.from_workdir(workdir)
+    trained = load_network(workdir)
     png = canvas_png()
     body = json.dumps({"image": "data:image/png;base64," + base64.b64encode(png).decode()})
     started = time.perf_counter()
@@ -70,14 +71,14 @@ def main() -> None:
     for _ in range(count):
         load_digit(png)
     preprocessing = 1000 * (time.perf_counter() - started) / count
-    predictor.classify(digit[None])
+    predictions(trained, digit[None])
     started = time.perf_counter()
     for _ in range(count):
-        predictor.classify(digit[None])
+        predictions(trained, digit[None])
     network = 1000 * (time.perf_counter() - started) / count
     print(f"{len(body):,} B request; per image: preprocessing {preprocessing:.2f} ms, "
           f"network {network:.2f} ms")
-    results = {nodelay: latencies_ms(predictor, body.encode(), nodelay, count)
+    results = {nodelay: latencies_ms(trained, body.encode(), nodelay, count)
                for nodelay in (False, True)}
     for nodelay, ms in results.items():
         print(f"TCP_NODELAY {'on ' if nodelay else 'off'}: median {np.median(ms):6.2f} ms, "

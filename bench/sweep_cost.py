@@ -34,7 +34,7 @@ from pathlib import Path
 
 from digitsjax.apps.sweep import RESULTS_JSON, best_point
 from digitsjax.run.records import read_metrics
-from digitsjax.run.workdir import read_manifest
+from digitsjax.run.workdir import Workdir
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = REPO / "pipelines"
@@ -98,7 +98,7 @@ def lr_sweep(root: Path, env: dict[str, str]) -> dict[str, object]:
         separate_epochs += epoch_seconds(records)
         runs.append({"variant": point["variant"], "val_accuracy": records[-1]["val_accuracy"],
                      "diverged_at": None,
-                     "params_sha256": read_manifest(workdir)["result"]["params_sha256"]})
+                     "params_sha256": Workdir.open(workdir).result["params_sha256"]})
     sweep_epochs = epoch_seconds(programs_records(root / "sweep"))
     return {"sweep": sweep, "separate": separate, "sweep_best": best_point(points)["variant"],
             "separate_best": best_point(runs)["variant"], "sweep_epochs": sweep_epochs,

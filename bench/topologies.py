@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from digitsjax.run.records import read_metrics
-from digitsjax.run.trained import load_trained
+from digitsjax.run.trained import load_network
 
 
 def launch(args: list[str], devices: int, extra_env: dict[str, str] | None = None):
@@ -66,12 +66,12 @@ def main() -> None:
         walls[name] = time.perf_counter() - started
 
     reference = next(iter(topologies))
-    ref_params = jax.tree.leaves(load_trained(root / reference.replace(" ", "_")).state.params)
+    ref_params = jax.tree.leaves(load_network(root / reference.replace(" ", "_")).params)
     ref_accuracy = read_metrics(root / reference.replace(" ", "_"))[-1]["test_accuracy"]
     print(f"{args.pipeline} {' '.join(args.overrides)}  (workdirs in {root})")
     for name in topologies:
         workdir = root / name.replace(" ", "_")
-        params = jax.tree.leaves(load_trained(workdir).state.params)
+        params = jax.tree.leaves(load_network(workdir).params)
         accuracy = read_metrics(workdir)[-1]["test_accuracy"]
         max_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(params, ref_params,
                                                                    strict=True))

@@ -17,7 +17,8 @@ from digitsjax.files import DEFAULT_WORKDIR_ROOT
 
 if TYPE_CHECKING:
     from digitsjax.core.config import Pipeline
-    from digitsjax.run.trained import Trained
+    from digitsjax.run.trained import Network
+    from digitsjax.run.workdir import Workdir
 
 PREVIEW_COUNT, MAX_PREVIEW_COUNT = 30, 200
 """`digitsjax augment-preview --count`: its default (apps.plots.AUGMENT_COUNT) and limit."""
@@ -79,21 +80,28 @@ def resolve_point(args: argparse.Namespace) -> None:
         args.workdir, args.model = locate_point(args.workdir, args.point)
 
 
-def start_backend_for(workdir: Path) -> None:
-    """Start JAX for `workdir`'s recorded pipeline (its determinism first, as `load_trained`
+def start_backend_for(workdir: Workdir) -> None:
+    """Start JAX for `workdir`'s recorded pipeline (its determinism first, as `load_network`
     does), so that a platform JAX cannot start is one line before anything loads."""
     from digitsjax.run.backend import start_backend
-    from digitsjax.run.workdir import recorded_pipeline
 
-    start_backend(recorded_pipeline(workdir).train.deterministic)
+    start_backend(workdir.pipeline.train.deterministic)
 
 
-def named_network(args: argparse.Namespace) -> Trained:
+def named_workdir(args: argparse.Namespace) -> Workdir:
+    """The workdir a command's arguments name, opened once: its manifest read and parsed."""
+    from digitsjax.run.workdir import Workdir
+
+    return Workdir.open(args.workdir)
+
+
+def named_network(args: argparse.Namespace, workdir: Workdir | None = None) -> Network:
     """The network a command's workdir, point and checkpoint arguments name, JAX started first."""
-    from digitsjax.run.trained import load_trained
+    from digitsjax.run.trained import load_network
 
-    start_backend_for(args.workdir)
-    return load_trained(args.workdir, args.checkpoint, args.model)
+    workdir = workdir or named_workdir(args)
+    start_backend_for(workdir)
+    return load_network(workdir, args.checkpoint, args.model)
 
 
 def pipeline_and_workdir(args: argparse.Namespace) -> tuple[Pipeline, Path]:
@@ -101,14 +109,14 @@ def pipeline_and_workdir(args: argparse.Namespace) -> tuple[Pipeline, Path]:
     from digitsjax.core.config import load_pipeline, override_pipeline
 
     if args.pipeline.is_dir():
-        from digitsjax.run.workdir import MANIFEST, recorded_pipeline
+        from digitsjax.run.workdir import MANIFEST, Workdir
 
         if not (args.pipeline / MANIFEST).exists():
             raise ConfigError(f"pipeline {args.pipeline} is a folder, and not a digitsjax "
                               f"workdir to continue (it has no {MANIFEST})",
                               "pass a path such as pipelines/mnist_mlp.toml")
 
-        recorded = recorded_pipeline(args.pipeline)
+        recorded = Workdir.open(args.pipeline).pipeline
         return (override_pipeline(recorded, args.overrides, str(args.pipeline)),
                 args.workdir or args.pipeline)
     pipeline = load_pipeline(args.pipeline, args.overrides)

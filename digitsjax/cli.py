@@ -20,7 +20,7 @@ from digitsjax.files import DEFAULT_WORKDIR_ROOT
 
 if TYPE_CHECKING:  # the commands import the library lazily, to start fast
     from digitsjax.core.data import MNIST
-    from digitsjax.run.trained import Trained
+    from digitsjax.run.trained import Network
 
 EXIT_NOT_REPRODUCED = 1
 EXIT_USER_ERROR = 2
@@ -243,9 +243,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from digitsjax.apps.runs import compare
+    from digitsjax.run.workdir import Workdir
 
     plot = args.output or args.workdirs[0] / "plots" / "compare.png"
-    table, path = compare(args.workdirs, plot)
+    table, path = compare([Workdir.open(workdir) for workdir in args.workdirs], plot)
     print(table)
     print(path)
     return 0
@@ -254,10 +255,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from digitsjax.apps.evaluate import evaluate_trained, report_lines
 
-    trained = arguments.named_network(args)
-    result = evaluate_trained(trained, _load_data(trained, args.mnist_dir))
+    network = arguments.named_network(args)
+    result = evaluate_trained(network, _load_data(network, args.mnist_dir))
     _print_lines([json.dumps(result)] if args.json
-                 else report_lines(result, trained.pipeline.seed))
+                 else report_lines(result, network.pipeline.seed))
     return 0
 
 
@@ -265,22 +266,18 @@ def _print_lines(lines: list[str]) -> None:
     print("\n".join(lines))
 
 
-def _load_data(trained: Trained, mnist_dir: str | None) -> MNIST:
+def _load_data(network: Network, mnist_dir: str | None) -> MNIST:
     from digitsjax.run.mnist import load_mnist
 
-    return load_mnist(trained.pipeline.data, mnist_dir)
+    return load_mnist(network.pipeline.data, mnist_dir)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Every good file is answered; each bad one is its own error line, in argument order,
     and any bad file makes the exit status 2."""
-    from digitsjax.apps.predict import Predictor, answers_json, predict_files, prediction_line
+    from digitsjax.apps.predict import answers_json, predict_files, prediction_line
 
-    def load() -> Predictor:
-        arguments.start_backend_for(args.workdir)
-        return Predictor.from_workdir(args.workdir, args.checkpoint, args.model)
-
-    predictor, answers = predict_files(args.images, load)
+    network, answers = predict_files(args.images, lambda: arguments.named_network(args))
     for answer in answers:
         if answer.error is not None:
             if args.debug:
@@ -290,7 +287,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         elif not args.json:
             print(prediction_line(answer), flush=True)
     if args.json:
-        print(json.dumps(answers_json(predictor, answers, COMMAND_LINE)))
+        print(json.dumps(answers_json(network, answers, COMMAND_LINE)))
     return EXIT_USER_ERROR if any(answer.error for answer in answers) else 0
 
 
@@ -313,28 +310,30 @@ def _plot_network(args: argparse.Namespace) -> list[Path]:
     from digitsjax.apps.sweep import point_name, refuse_program
     from digitsjax.run.records import model_record, read_metrics
 
-    out, title = args.workdir / PLOTS_DIR, None
+    workdir = arguments.named_workdir(args)
+    out, title = workdir.output(PLOTS_DIR), None
     if args.point is not None:
         out = args.sweep_dir / PLOTS_DIR / f"point-{args.point}"
         name = point_name(args.sweep_dir, args.point)
         title = f"{args.sweep_dir.name}, point {args.point}: {name}"
     if args.model is None:
-        refuse_program(args.workdir)
-    trained = arguments.named_network(args)
-    records = read_metrics(args.workdir)
+        refuse_program(workdir)
+    network = arguments.named_network(args, workdir)
+    records = read_metrics(workdir.path)
     if args.model is not None:
         records = [model_record(r, args.model) for r in records]
-    return write_plots(out, trained, _load_data(trained, args.mnist_dir), records,
-                       title or trained.pipeline.name)
+    return write_plots(out, network, _load_data(network, args.mnist_dir), records,
+                       title or network.pipeline.name)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from digitsjax.apps.export import default_output, export_trained, summary_lines
 
-    trained = arguments.named_network(args)
+    workdir = arguments.named_workdir(args)
+    network = arguments.named_network(args, workdir)
     name = "model" if args.point is None else f"point-{args.point}"
-    done = export_trained(trained, args.format,
-                          args.output or default_output(args.workdir, args.format, name))
+    done = export_trained(network, args.format,
+                          args.output or default_output(workdir, args.format, name))
     _print_lines(summary_lines(done))
     return 0
 
@@ -359,14 +358,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from digitsjax.apps.predict import Predictor
     from digitsjax.apps.serve import Limits, make_server, serve_forever
 
     limits = Limits(max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels,
                     timeout_seconds=args.timeout)
-    arguments.start_backend_for(args.workdir)
-    server = make_server(Predictor.from_workdir(args.workdir, args.checkpoint, args.model),
-                         args.host, args.port, limits)
+    server = make_server(arguments.named_network(args), args.host, args.port, limits)
     serve_forever(server, echo=lambda line: print(line, flush=True))
     return 0
 
@@ -375,8 +371,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from digitsjax.apps.verify import summary_lines, verify_workdir
 
     progress = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    arguments.start_backend_for(args.workdir)
-    result = verify_workdir(args.workdir, mnist_dir=args.mnist_dir, echo=progress)
+    workdir = arguments.named_workdir(args)
+    arguments.start_backend_for(workdir)
+    result = verify_workdir(workdir, mnist_dir=args.mnist_dir, echo=progress)
     _print_lines([json.dumps(result.to_dict())] if args.json else summary_lines(result))
     return 0 if result.reproduced else EXIT_NOT_REPRODUCED
 

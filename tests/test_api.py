@@ -29,7 +29,7 @@ def readme_python_examples() -> str:
 def test_the_readmes_python_examples_run_as_written(tmp_path, mnist):
     (tmp_path / "pipelines").symlink_to(REPO / "pipelines")
     script = readme_python_examples()
-    assert "api.train(" in script and "net.classify_files(" in script
+    assert "api.train(" in script and "api.classify_files(net" in script
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
@@ -43,7 +43,7 @@ def test_a_loaded_network_classifies_as_evaluate_counts(trained_workdir, mnist):
     digits = net.classify(mnist.test_images)
     assert digits.shape == (10_000,)
     assert np.mean(digits == mnist.test_labels) == pytest.approx(
-        net.evaluate()["test_accuracy"], abs=1e-6)
+        api.evaluate(net)["test_accuracy"], abs=1e-6)
     images = mnist.test_images[:5]
     probabilities = net.probabilities(images.reshape(5, 28, 28))  # either image shape
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
@@ -56,7 +56,7 @@ def test_pictures_are_classified_and_a_bad_one_is_named(trained_workdir, mnist, 
     seven = tmp_path / "seven.png"
     seven.write_bytes(dark_ink_gray_png(mnist.test_images[0].reshape(28, 28)))
     (tmp_path / "notes.txt").write_text("not a picture")
-    good, bad = api.load(trained_workdir).classify_files([seven, tmp_path / "notes.txt"])
+    good, bad = api.classify_files(api.load(trained_workdir), [seven, tmp_path / "notes.txt"])
     assert good.prediction.digit == mnist.test_labels[0] and good.error is None
     assert bad.prediction is None and "notes.txt" in str(bad.error)
 

@@ -18,7 +18,7 @@ from digitsjax.core.train import DATA_STREAM
 from digitsjax.main import main
 from digitsjax.run.mnist import load_mnist
 from digitsjax.run.records import read_metrics
-from digitsjax.run.trained import load_trained
+from digitsjax.run.trained import load_network
 
 from .conftest import REPO, TINY, train_mnist_mlp
 
@@ -117,9 +117,9 @@ def test_the_sample_is_what_the_training_step_itself_distorts(tiny, monkeypatch)
 def test_plots_of_an_augmented_run_include_the_augmentation_grid(tmp_path, mnist_dir):
     workdir = train_mnist_mlp(tmp_path / "run", [*TINY, "train.epochs=1", "augment.rotation=10"],
                               mnist_dir)
-    trained = load_trained(workdir)
-    paths = write_plots(workdir / "plots", trained, load_mnist(trained.pipeline.data, mnist_dir),
-                        read_metrics(workdir), trained.pipeline.name)
+    network = load_network(workdir)
+    paths = write_plots(workdir / "plots", network, load_mnist(network.pipeline.data, mnist_dir),
+                        read_metrics(workdir), network.pipeline.name)
     grid = workdir / "plots" / "augmentation.png"
     assert grid in paths
     assert pixels(grid)[0] == (950, 710)

@@ -9,7 +9,7 @@ import pytest
 
 from digitsjax.apps.evaluate import confusion_matrix, evaluate_trained, per_class_accuracy
 from digitsjax.run.records import read_metrics
-from digitsjax.run.trained import load_trained
+from digitsjax.run.trained import load_network
 
 from .conftest import run_cli
 
@@ -28,7 +28,7 @@ def test_confusion_matrix_counts_true_rows_against_predicted_columns():
 
 
 def test_evaluation_agrees_with_the_training_log(trained_workdir, mnist):
-    result = evaluate_trained(load_trained(trained_workdir), mnist)
+    result = evaluate_trained(load_network(trained_workdir), mnist)
     matrix = np.array(result["confusion_matrix"])
     assert matrix.sum() == len(mnist.test_labels)
     assert matrix.sum(axis=1).tolist() == np.bincount(mnist.test_labels, minlength=10).tolist()

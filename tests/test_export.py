@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitsjax.apps.evaluate import make_classify
 from digitsjax.apps.export import FORMATS, export_trained
 from digitsjax.cli import EXPORT_FORMATS
+from digitsjax.core.program import Program
 from digitsjax.errors import UserError
 from digitsjax.main import main
-from digitsjax.run.trained import load_trained
+from digitsjax.run.trained import load_network
 
 from .conftest import TINY, run_cli, train_mnist_mlp
 
@@ -50,8 +50,7 @@ def workdir(request) -> Path:
 
 
 def digitsjax_probabilities(workdir: Path, images: np.ndarray) -> np.ndarray:
-    trained = load_trained(workdir)
-    return np.asarray(make_classify(trained.pipeline)(trained.params, images))
+    return load_network(workdir).probabilities(images)
 
 
 def assert_same_answers(got: np.ndarray, want: np.ndarray) -> None:
@@ -92,7 +91,7 @@ def numpy_classify(arrays, card: dict, images: np.ndarray) -> np.ndarray:
 
 
 def test_npz_and_its_json_alone_give_digitsjaxs_answers_in_plain_numpy(workdir, mnist, tmp_path):
-    done = export_trained(load_trained(workdir), "npz", tmp_path / "model.npz")
+    done = export_trained(load_network(workdir), "npz", tmp_path / "model.npz")
     card = json.loads(done.sidecar.read_text())
     assert card["network"]["matmul_precision"] == "float32"
     with np.load(done.path) as arrays:
@@ -119,7 +118,7 @@ assert not any(name.startswith("digitsjax") for name in sys.modules), "imported 
 
 
 def test_stablehlo_runs_in_plain_jax_for_any_batch_size(workdir, mnist, tmp_path):
-    done = export_trained(load_trained(workdir), "stablehlo", tmp_path / "model.stablehlo")
+    done = export_trained(load_network(workdir), "stablehlo", tmp_path / "model.stablehlo")
     card = json.loads(done.sidecar.read_text())
     assert {"cpu", "cuda", "tpu"} <= set(card["platforms"])
     np.save(tmp_path / "images.npy", mnist.test_images)
@@ -183,7 +182,7 @@ def test_a_users_files_are_never_overwritten(trained_workdir, tmp_path, case):
         (tmp_path / "model.npz.json").write_text('{"mine": true}')
     before = sorted((p.name, p.is_dir() or p.read_bytes()) for p in tmp_path.iterdir())
     with pytest.raises(UserError, match=r"move it away|is a folder"):
-        export_trained(load_trained(trained_workdir), "npz", output)
+        export_trained(load_network(trained_workdir), "npz", output)
     assert sorted((p.name, p.is_dir() or p.read_bytes()) for p in tmp_path.iterdir()) == before
 
 
@@ -202,12 +201,12 @@ def test_onnx_without_its_packages_is_one_line_naming_the_extra(
 
 @needs_onnx
 def test_onnx_refuses_bfloat16_multiplies_that_onnx_runtime_cannot_run(trained_workdir, tmp_path):
-    trained = load_trained(trained_workdir)
-    pipeline = trained.pipeline
-    trained.pipeline = dataclasses.replace(
-        pipeline, train=dataclasses.replace(pipeline.train, matmul_precision="bfloat16"))
+    network = load_network(trained_workdir)
+    pipeline = network.pipeline
+    network = dataclasses.replace(network, program=Program(dataclasses.replace(
+        pipeline, train=dataclasses.replace(pipeline.train, matmul_precision="bfloat16"))))
     with pytest.raises(UserError, match=r"bfloat16.*export it as stablehlo or npz"):
-        export_trained(trained, "onnx", tmp_path / "model.onnx")
+        export_trained(network, "onnx", tmp_path / "model.onnx")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -18,7 +18,7 @@ from digitsjax.core.train import model_params
 from digitsjax.errors import CheckpointError, ConfigError
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.records import read_metrics
-from digitsjax.run.trained import load_trained
+from digitsjax.run.trained import load_network
 from digitsjax.run.workdir import MANIFEST
 
 from .conftest import REPO, run_cli
@@ -55,9 +55,9 @@ def test_num_models_must_be_positive():
 
 def test_metrics_report_each_model_the_ensemble_and_the_spread(k_run, mnist):
     workdir, final = k_run
-    trained = load_trained(workdir)
-    pipeline = trained.pipeline
-    outputs = [batched_forward(model_params(trained.state.params, k), mnist.test_images,
+    network = load_network(workdir)
+    pipeline = network.pipeline
+    outputs = [batched_forward(model_params(network.params, k), mnist.test_images,
                                pipeline.model) for k in range(NUM_MODELS)]
     each = [float(np.mean(np.argmax(o, -1) == mnist.test_labels)) for o in outputs]
     averaged = np.mean([probabilities(o, pipeline.model) for o in outputs], axis=0)
@@ -68,7 +68,7 @@ def test_metrics_report_each_model_the_ensemble_and_the_spread(k_run, mnist):
     assert final["test_model_accuracy_sd"] == pytest.approx(np.std(each, ddof=1), abs=1e-6)
     assert len(set(final["model_params_sha256"])) == NUM_MODELS  # really different seeds
     assert [r["epoch"] for r in read_metrics(workdir)] == [1, 2]
-    evaluated = evaluate_trained(trained, mnist)  # what `digitsjax evaluate --json` prints
+    evaluated = evaluate_trained(network, mnist)  # what `digitsjax evaluate --json` prints
     for key in ("test_accuracy", "test_model_accuracies", "model_params_sha256"):
         assert evaluated[key] == final[key]
 
@@ -101,11 +101,11 @@ def test_evaluate_prints_the_ensemble_and_every_model(k_run):
 
 
 def test_a_single_model_run_keeps_its_plain_results(trained_workdir):
-    trained = load_trained(trained_workdir)
+    network = load_network(trained_workdir)
     record = read_metrics(trained_workdir)[-1]
     assert not any("model" in key for key in record)
     assert isinstance(record["test_accuracy"], float)
-    assert jax.tree.leaves(trained.state.params)[0].ndim == 1  # no model axis
+    assert jax.tree.leaves(network.params)[0].ndim == 1  # no model axis
 
 
 def test_resuming_with_another_num_models_is_refused(k_run, tmp_path):

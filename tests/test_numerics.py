@@ -18,9 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digitsjax.apps.evaluate import make_classify
 from digitsjax.core.config import load_pipeline
-from digitsjax.core.model import MATMUL_PRECISIONS
+from digitsjax.core.model import MATMUL_PRECISIONS, make_classify
 from digitsjax.core.program import init_state, make_train_chunk, program_of
 from digitsjax.core.train import make_evaluate
 from digitsjax.errors import COMMAND_LINE, LIBRARY, CheckpointError, ConfigError, UserError

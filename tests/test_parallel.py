@@ -30,8 +30,8 @@ from digitsjax.errors import ClusterError, ConfigError
 from digitsjax.run import cluster
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.records import read_metrics
-from digitsjax.run.trained import load_trained
-from digitsjax.run.workdir import read_manifest
+from digitsjax.run.trained import load_network
+from digitsjax.run.workdir import Workdir
 
 from .conftest import REPO, run_cli
 
@@ -105,10 +105,10 @@ def rewind(workdir: Path, copy: Path, step: int) -> Path:
 
 def assert_same_training(workdir: Path, reference: Path) -> None:
     """Finished, with the reference's parameters and test accuracy up to float rounding."""
-    trained, expected = load_trained(workdir), load_trained(reference)
-    assert trained.step == expected.step == TOTAL_STEPS
-    for got, want in zip(jax.tree.leaves(trained.state.params),
-                         jax.tree.leaves(expected.state.params), strict=True):
+    network, expected = load_network(workdir), load_network(reference)
+    assert network.step == expected.step == TOTAL_STEPS
+    for got, want in zip(jax.tree.leaves(network.params),
+                         jax.tree.leaves(expected.params), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=PARAMS_ATOL)
     records, reference_records = read_metrics(workdir), read_metrics(reference)
     assert [r["step"] for r in records] == [STEPS_PER_EPOCH, TOTAL_STEPS]
@@ -187,7 +187,7 @@ def test_eight_devices_each_compute_an_eighth_of_a_step(eight_devices):
 
 @pytest.mark.slow
 def test_eight_devices_train_like_one(eight_devices, one_device):
-    assert read_manifest(eight_devices["first"])["platform"]["device_count"] == 8
+    assert Workdir.open(eight_devices["first"]).manifest["platform"]["device_count"] == 8
     assert_same_training(eight_devices["first"], one_device)
 
 
@@ -215,7 +215,7 @@ def test_check_batch_size_accepts_multiples_of_the_device_count():
 @pytest.mark.slow
 def test_two_processes_train_together_like_one_device(two_processes, one_device):
     workdir = two_processes["workdir"]
-    platform = read_manifest(workdir)["platform"]
+    platform = Workdir.open(workdir).manifest["platform"]
     assert (platform["process_count"], platform["device_count"]) == (2, 8)
     assert_same_training(workdir, one_device)  # also: one metrics record per epoch, not two
     first, second = two_processes["stdout"]

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from digitsjax.apps.imaging import MAX_IMAGE_BYTES
-from digitsjax.apps.predict import Predictor, predict_files
+from digitsjax.apps.predict import predict_bytes, predict_files
+from digitsjax.run.trained import Network, load_network
 
 from .conftest import run_cli
 from .digit_pictures import VARIANTS, dark_ink_gray_png
@@ -23,23 +24,23 @@ COUNT = 200  # test digits per picture variant
 
 
 @pytest.fixture(scope="module")
-def predictor(trained_workdir) -> Predictor:
-    return Predictor.from_workdir(trained_workdir)
+def network(trained_workdir) -> Network:
+    return load_network(trained_workdir)
 
 
 @pytest.fixture(scope="module")
-def originals(mnist, predictor) -> tuple[np.ndarray, np.ndarray, float]:
+def originals(mnist, network) -> tuple[np.ndarray, np.ndarray, float]:
     """The digits, their labels, and the network's accuracy on them as MNIST stores them."""
     images = mnist.test_images[:COUNT].reshape(-1, 28, 28)
     labels = mnist.test_labels[:COUNT]
-    predicted = np.array([p.digit for p in predictor.classify(images)])
+    predicted = network.classify(images)
     return images, labels, float(np.mean(predicted == labels))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_pictures_are_classified_as_well_as_mnist_itself(predictor, originals, variant):
+def test_pictures_are_classified_as_well_as_mnist_itself(network, originals, variant):
     images, labels, accuracy_on_mnist = originals
-    predictions = [predictor.predict_bytes(VARIANTS[variant](image)) for image in images]
+    predictions = [predict_bytes(network, VARIANTS[variant](image)) for image in images]
     accuracy = np.mean([p.digit for p in predictions] == labels)
     print(f"{variant}: {100 * accuracy:.1f}% (on MNIST's own images: "
           f"{100 * accuracy_on_mnist:.1f}%)")
@@ -47,8 +48,8 @@ def test_pictures_are_classified_as_well_as_mnist_itself(predictor, originals, v
     assert accuracy >= 0.93
 
 
-def test_a_prediction_carries_probabilities_and_the_image_the_network_saw(predictor, originals):
-    prediction = predictor.predict_bytes(dark_ink_gray_png(originals[0][0]))
+def test_a_prediction_carries_probabilities_and_the_image_the_network_saw(network, originals):
+    prediction = predict_bytes(network, dark_ink_gray_png(originals[0][0]))
     assert sum(prediction.probabilities) == pytest.approx(1.0, abs=1e-5)
     assert prediction.digit == int(np.argmax(prediction.probabilities))
     (best, _), *_ = top = prediction.top(3)
@@ -140,16 +141,14 @@ def test_cli_json_gives_each_bad_file_an_error_in_argument_order(trained_workdir
     assert len(result.stderr.splitlines()) == len(paths) - len(labels)
 
 
-def test_the_good_files_are_classified_once_in_one_pass(some_good_some_bad, predictor):
+def test_the_good_files_are_classified_once_in_one_pass(some_good_some_bad, network):
     paths, labels = some_good_some_bad
     loads, batches = [], []
 
     class Counting:
-        trained = predictor.trained
-
-        def classify(self, digits):
+        def probabilities(self, digits):
             batches.append(len(digits))
-            return predictor.classify(digits)
+            return network.probabilities(digits)
 
     def load() -> Counting:
         loads.append(1)

@@ -17,7 +17,7 @@ from digitsjax.core.config import load_pipeline
 from digitsjax.main import main
 from digitsjax.run import checkpoint
 from digitsjax.run.records import read_metrics
-from digitsjax.run.workdir import MANIFEST, read_manifest
+from digitsjax.run.workdir import MANIFEST, Workdir
 
 from . import training_processes
 from .conftest import REPO, SMALL_RUN, run_cli
@@ -154,7 +154,7 @@ def test_a_different_pipeline_is_refused_without_touching_the_workdir_and_restar
 
     assert main([*train_args(workdir, "seed=1", "train.epochs=1"), "--restart"]) == 0
     assert "resuming" not in capsys.readouterr().out
-    assert read_manifest(workdir)["pipeline"]["seed"] == 1
+    assert Workdir.open(workdir).pipeline.seed == 1
     assert max(saved_steps(workdir)) == SPE and [r["epoch"] for r in read_metrics(workdir)] == [1]
 
 

@@ -14,7 +14,7 @@ from digitsjax.main import main
 from digitsjax.run.lock import workdir_lock
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.records import read_metrics, truncate_metrics
-from digitsjax.run.workdir import read_manifest
+from digitsjax.run.workdir import Workdir
 
 from . import conftest
 from .conftest import REPO
@@ -37,20 +37,20 @@ def runs_root(tmp_path_factory, mnist_dir):
 
 
 def test_each_run_shows_its_state_epochs_results_and_fingerprint(runs_root):
-    finished, stopped = summarize(runs_root / "a"), summarize(runs_root / "stopped")
+    a, b = Workdir.open(runs_root / "a"), Workdir.open(runs_root / "b")
+    finished, stopped = summarize(a), summarize(Workdir.open(runs_root / "stopped"))
     record = read_metrics(runs_root / "a")[-1]
     assert (finished.state, finished.epochs) == ("finished", "2/2")
     assert finished.test == f"{100 * record['test_accuracy']:.2f}%"
-    assert finished.params_sha256 == read_manifest(runs_root / "a")["result"][
-        "params_sha256"][:12]
+    assert finished.params_sha256 == a.result["params_sha256"][:12]
     assert (stopped.state, stopped.epochs) == ("interrupted", "1/2")
     with workdir_lock(runs_root / "b", notice=print):
-        assert summarize(runs_root / "b").state.startswith("running (pid ")
-    assert summarize(runs_root / "b").state == "finished"
+        assert summarize(b).state.startswith("running (pid ")
+    assert summarize(b).state == "finished"
 
 
 def test_runs_lists_every_workdir_under_a_folder_in_one_table(runs_root, capsys):
-    assert [w.name for w in find_workdirs(runs_root)] == ["a", "b", "stopped"]
+    assert [w.path.name for w in find_workdirs(runs_root)] == ["a", "b", "stopped"]
     table = runs_table([summarize(w) for w in find_workdirs(runs_root)]).splitlines()
     assert table[0].split() == ["run", "state", "epochs", "best", "validation", "test",
                                 "params_sha256", "age"]
@@ -60,7 +60,8 @@ def test_runs_lists_every_workdir_under_a_folder_in_one_table(runs_root, capsys)
 
 
 def test_compare_shows_only_the_keys_that_differ_and_draws_the_curves(runs_root, tmp_path):
-    text, plot = compare([runs_root / "a", runs_root / "b"], tmp_path / "compare.png")
+    text, plot = compare([Workdir.open(runs_root / "a"), Workdir.open(runs_root / "b")],
+                         tmp_path / "compare.png")
     lines = text.splitlines()
     assert lines[0].split() == ["a", "b"]
     assert lines[1].split() == ["seed", "0", "1"]  # the one pipeline key that differs

@@ -11,21 +11,22 @@ import pytest
 
 from digitsjax.apps import imaging, serve
 from digitsjax.apps.imaging import load_digit
-from digitsjax.apps.predict import Predictor
+from digitsjax.apps.predict import predict_bytes
 from digitsjax.errors import UserError
+from digitsjax.run.trained import Network, load_network
 
 from .conftest import request
 from .digit_pictures import blue_ink_on_cream_jpeg, dark_ink_gray_png
 
 
 @pytest.fixture(scope="module")
-def predictor(trained_workdir) -> Predictor:
-    return Predictor.from_workdir(trained_workdir)
+def network(trained_workdir) -> Network:
+    return load_network(trained_workdir)
 
 
 @pytest.fixture(scope="module")
-def server(predictor):
-    server = serve.make_server(predictor, "127.0.0.1", 0)
+def server(network):
+    server = serve.make_server(network, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -56,7 +57,7 @@ def test_the_page_is_self_contained(server):
     assert "http://" not in page and "https://" not in page  # no CDN: works offline
 
 
-def test_predict_answers_digit_probabilities_and_the_networks_input(server, mnist, predictor):
+def test_predict_answers_digit_probabilities_and_the_networks_input(server, mnist, network):
     digits, labels = mnist.test_images[:8].reshape(-1, 28, 28), mnist.test_labels[:8]
     for i, (digit, label) in enumerate(zip(digits, labels, strict=True)):
         picture = (dark_ink_gray_png if i % 2 else blue_ink_on_cream_jpeg)(digit)
@@ -74,15 +75,15 @@ def test_predict_answers_digit_probabilities_and_the_networks_input(server, mnis
         assert seen.shape == (28, 28)
         assert np.allclose(seen, load_digit(picture), atol=1e-4)  # predict's preprocessing
         assert answer["probabilities"] == pytest.approx(
-            predictor.predict_bytes(picture).probabilities, abs=1e-6)
+            predict_bytes(network, picture).probabilities, abs=1e-6)
 
 
-def test_info_names_the_model(server, predictor):
+def test_info_names_the_model(server, network):
     status, _, body = request(server.server_address[:2], "GET", "/api/info")
     assert status == 200
-    assert json.loads(body) == {"pipeline": predictor.trained.pipeline.name,
-                                "step": predictor.trained.step,
-                                "hidden": list(predictor.trained.pipeline.model.hidden)}
+    assert json.loads(body) == {"pipeline": network.pipeline.name,
+                                "step": network.step,
+                                "hidden": list(network.pipeline.model.hidden)}
 
 
 @pytest.mark.parametrize("method, path, body, headers, status, message", [
@@ -121,9 +122,9 @@ def test_a_blank_drawing_is_unprocessable_not_a_crash(server):
     assert status == 422 and "blank" in answer["error"]
 
 
-def test_a_taken_port_is_a_one_line_user_error(server, predictor):
+def test_a_taken_port_is_a_one_line_user_error(server, network):
     with pytest.raises(UserError, match="pass another --port"):
-        serve.make_server(predictor, "127.0.0.1", server.server_address[1])
+        serve.make_server(network, "127.0.0.1", server.server_address[1])
 
 
 @pytest.mark.parametrize("path", ["/", "/index.html", "/api/info", "/api/info?x=1"])

@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 from digitsjax.apps import serve
-from digitsjax.apps.predict import Predictor
+from digitsjax.apps.predict import predict_bytes
+from digitsjax.run.trained import Network, load_network
 
 from .conftest import request, serving
 from .digit_pictures import dark_ink_gray_png
@@ -32,8 +33,8 @@ JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def predictor(trained_workdir) -> Predictor:
-    return Predictor.from_workdir(trained_workdir)
+def network(trained_workdir) -> Network:
+    return load_network(trained_workdir)
 
 
 @pytest.fixture(scope="module")
@@ -301,15 +302,15 @@ def test_an_idle_kept_alive_connection_is_closed_after_the_timeout(server):
     connection.close()
 
 
-def test_a_failing_prediction_is_500_and_the_server_keeps_serving(predictor, monkeypatch):
+def test_a_failing_prediction_is_500_and_the_server_keeps_serving(network, monkeypatch):
     """A bug (here: the network raising) answers 500 and is logged; the next request works."""
-    in_process = serve.make_server(predictor, "127.0.0.1", 0)
+    in_process = serve.make_server(network, "127.0.0.1", 0)
     thread = threading.Thread(target=in_process.serve_forever, daemon=True)
     thread.start()
     address = in_process.server_address[:2]
     try:
         with monkeypatch.context() as patch:
-            patch.setattr(predictor, "classify", lambda digits: 1 / 0)
+            patch.setattr(Network, "probabilities", lambda self, images: 1 / 0)
             status, _, answer = request(address, "POST", "/api/predict",
                                         predict_body(a_digit_png()), JSON)
         assert status == 500 and "server's log" in json.loads(answer)["error"]
@@ -357,12 +358,12 @@ def test_a_client_that_hangs_up_is_one_log_line(server, server_log):
 CLIENTS, PREDICTIONS = 16, 2000
 
 
-def test_2000_predictions_from_16_concurrent_clients_without_an_error(server, predictor, mnist):
+def test_2000_predictions_from_16_concurrent_clients_without_an_error(server, network, mnist):
     """Each client keeps one connection alive and posts real test digits as PNGs; every answer
     must be 200 and the digit the network gives that picture in this process."""
     pictures = [dark_ink_gray_png(d) for d in mnist.test_images[:64].reshape(-1, 28, 28)]
     bodies = [predict_body(p) for p in pictures]
-    expected = [predictor.predict_bytes(p).digit for p in pictures]
+    expected = [predict_bytes(network, p).digit for p in pictures]
     latencies: list[float] = []
     failures: list[str] = []
     start = threading.Barrier(CLIENTS + 1)

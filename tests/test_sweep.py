@@ -12,7 +12,7 @@ from digitsjax.apps.sweep import make_variants, parse_grid_option, read_grid, wr
 from digitsjax.core.config import load_pipeline
 from digitsjax.errors import ConfigError
 from digitsjax.run.records import read_metrics
-from digitsjax.run.trained import load_trained
+from digitsjax.run.trained import load_network
 
 from .conftest import REPO, run_cli
 
@@ -93,7 +93,7 @@ def test_sweep_trains_each_variant_into_its_own_workdir_and_summarises(tmp_path)
                                                     784 * 40 + 40 + 40 * 10 + 10]
     for row in rows:
         workdir = tmp_path / row["variant"]
-        assert load_trained(workdir).pipeline.model.hidden == (int(row["variant"][7:]),)
+        assert load_network(workdir).pipeline.model.hidden == (int(row["variant"][7:]),)
         final = read_metrics(workdir)[-1]
         assert float(row["test_accuracy"]) == final["test_accuracy"]
         assert float(row["val_accuracy"]) == final["val_accuracy"]

@@ -22,7 +22,8 @@ from digitsjax.core.train import model_params
 from digitsjax.main import main
 from digitsjax.run import checkpoint
 from digitsjax.run.records import read_metrics
-from digitsjax.run.trained import load_trained
+from digitsjax.run.trained import load_network
+from digitsjax.run.workdir import Workdir
 
 from .conftest import REPO, assert_single_run_bits, run_cli, train_mnist_mlp
 from .training_processes import finished_epochs, start_training, wait_until
@@ -57,7 +58,7 @@ def test_points_that_differ_only_in_numbers_train_as_one_program(sweep):
     assert [(e["workdir"], e["model"]) for e in entries] == \
         [("program-1", 0), ("program-1", 1), ("program-1", 2), ("program-1", 3)]
     assert "sweep: 4 points in 1 program(s)" in output
-    assert load_trained(sweep_dir / "program-1").pipeline.train.num_models == 4
+    assert load_network(sweep_dir / "program-1").pipeline.train.num_models == 4
     results = json.loads((sweep_dir / "sweep-results.json").read_text())
     assert [p["variant"] for p in results["points"]] == [e["name"] for e in entries]
     charts = run_cli("plots", str(sweep_dir))
@@ -70,12 +71,12 @@ def test_points_that_differ_only_in_numbers_train_as_one_program(sweep):
 def test_each_point_is_its_single_run(sweep, tmp_path, mnist_dir):
     """Bit for bit on XLA:CPU, its fingerprint and every metric (float32 rounding elsewhere)."""
     sweep_dir, _ = sweep
-    program = load_trained(sweep_dir / "program-1")
+    program = load_network(sweep_dir / "program-1")
     points = json.loads((sweep_dir / "sweep-results.json").read_text())["points"]
     for k in (0, 2):  # a point of each concurrent group (on one CPU)
         single_dir = train_mnist_mlp(tmp_path / str(k),
                                      [*SETS, f"optimizer.learning_rate={RATES[k]}"], mnist_dir)
-        single, final = load_trained(single_dir), read_metrics(single_dir)[-1]
+        single, final = load_network(single_dir), read_metrics(single_dir)[-1]
         assert points[k]["diverged_at"] == -1
         assert_single_run_bits(model_params(program.params, k), single.params)
         if jax.default_backend() != "cpu":
@@ -104,7 +105,7 @@ def test_a_diverging_point_is_stopped_and_reported_and_the_others_train_on(sweep
     assert f"diverged at step {diverged['diverged_at']}" in \
         (sweep_dir / "sweep.md").read_text().splitlines()[5]
     assert "best point by validation accuracy: learning_rate=0.00" in output
-    for leaf in jax.tree.leaves(load_trained(sweep_dir / "program-1").params):
+    for leaf in jax.tree.leaves(load_network(sweep_dir / "program-1").params):
         assert np.all(np.isfinite(np.asarray(leaf)))  # never a NaN in a checkpoint
 
 
@@ -128,7 +129,7 @@ def test_runs_shows_a_programs_best_model_not_its_ensemble(sweep):
     sweep_dir, _ = sweep
     records = read_metrics(sweep_dir / "program-1")
     best = max((r["val_model_accuracies"][k], k, r["epoch"]) for r in records for k in (0, 1, 2))
-    summary = summarize_run(sweep_dir / "program-1")
+    summary = summarize_run(Workdir.open(sweep_dir / "program-1"))
     assert summary.best_val == f"{100 * best[0]:.2f}% (model {best[1]}, epoch {best[2]})"
     assert summary.test == f"{100 * records[-1]['test_model_accuracies'][best[1]]:.2f}%"
 

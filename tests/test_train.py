@@ -12,7 +12,7 @@ from digitsjax.core.train import chunk_plan
 from digitsjax.run import checkpoint
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.records import read_metrics
-from digitsjax.run.trained import load_trained
+from digitsjax.run.trained import load_network
 
 from .conftest import REPO, TINY, genuine_checksums, run_cli
 
@@ -39,9 +39,9 @@ def test_nielsen_network_reaches_90_percent_after_one_epoch_as_in_the_book(tmp_p
 def test_the_same_pipeline_twice_gives_the_same_fingerprint(trained_workdir, tmp_path, mnist_dir):
     pipeline = load_pipeline(PIPELINES / "mnist_mlp.toml", ["train.epochs=2"])
     again = train_pipeline(pipeline, tmp_path, mnist_dir=str(mnist_dir), echo=lambda _: None)
-    first = load_trained(trained_workdir)
+    first = load_network(trained_workdir)
     from digitsjax.core.model import params_sha256
-    assert again["params_sha256"] == params_sha256(first.state.params)
+    assert again["params_sha256"] == params_sha256(first.params)
     other_seed = train_pipeline(load_pipeline(PIPELINES / "mnist_mlp.toml",
                                               ["train.epochs=1", "seed=1"]),
                                 tmp_path / "seed1", mnist_dir=str(mnist_dir), echo=lambda _: None)

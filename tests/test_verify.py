@@ -12,7 +12,7 @@ from digitsjax.errors import CheckpointError
 from digitsjax.files import write_json_atomic
 from digitsjax.main import main
 from digitsjax.run import checkpoint
-from digitsjax.run.workdir import MANIFEST, read_manifest
+from digitsjax.run.workdir import MANIFEST, Workdir
 
 from .conftest import run_cli
 
@@ -33,7 +33,7 @@ def test_a_run_that_does_not_replay_is_reported_with_where_it_diverged(tmp_path,
     """A record edited after the fact (seed and jax version) no longer replays to its params."""
     workdir = tmp_path / "run"
     shutil.copytree(small_run, workdir)
-    manifest = read_manifest(workdir)
+    manifest = Workdir.open(workdir).manifest
     manifest["pipeline"]["seed"] = 1
     recorded_jax = manifest["versions"]["jax"]
     manifest["versions"]["jax"] = "0.0.1"
@@ -55,4 +55,4 @@ def test_an_unfinished_run_must_be_finished_before_it_can_be_verified(tmp_path, 
     shutil.rmtree(checkpoint.checkpoint_dir(workdir) / str(last))
     with pytest.raises(CheckpointError, match=f"stopped at step {before_last} of {last}; "
                                               "finish it first"):
-        verify_workdir(workdir)
+        verify_workdir(Workdir.open(workdir))

@@ -20,7 +20,7 @@ from digitsjax.errors import CheckpointError
 from digitsjax.run import checkpoint
 from digitsjax.run.lock import LOCK, workdir_lock
 from digitsjax.run.records import read_metrics
-from digitsjax.run.trained import load_trained
+from digitsjax.run.trained import load_network
 
 from . import conftest
 from .conftest import REPO, SMALL_RUN, run_cli
@@ -186,7 +186,7 @@ def test_reading_a_checkpoint_a_training_deletes_meanwhile_reads_the_newer_one(
         return real_restore(manager, step, like_state)
 
     monkeypatch.setattr(checkpoint, "restore", training_saves_meanwhile)
-    assert load_trained(workdir).step == newest
+    assert load_network(workdir).step == newest
 
 
 def test_a_damaged_checkpoint_that_is_still_there_is_reported_not_retried(small_run, tmp_path):
@@ -197,7 +197,7 @@ def test_a_damaged_checkpoint_that_is_still_there_is_reported_not_retried(small_
         if path.is_file() and path.stat().st_size > 1000:
             path.write_bytes(b"\0" * path.stat().st_size)
     with pytest.raises(CheckpointError) as error:
-        load_trained(workdir)
+        load_network(workdir)
     assert f"checkpoint {newest} in " in error.value.problem
 
 
@@ -220,6 +220,7 @@ CONSTANT = (*conftest.TINY, "optimizer.schedule=constant")
 def test_a_finished_run_with_a_constant_schedule_continues_to_more_epochs_exactly(tmp_path):
     from digitsjax.apps.verify import verify_workdir
     from digitsjax.run.loop import train_pipeline
+    from digitsjax.run.workdir import Workdir
 
     extended, direct = tmp_path / "extended", tmp_path / "direct"
     train_pipeline(load_pipeline(PIPELINE, [*CONSTANT, "train.epochs=2"]), extended,
@@ -235,7 +236,7 @@ def test_a_finished_run_with_a_constant_schedule_continues_to_more_epochs_exactl
     assert manifest["pipeline"]["train"]["epochs"] == 4
     assert [(e["from_epochs"], e["to_epochs"], e["at_step"]) for e in manifest["extensions"]] \
         == [(2, 4, 20)]
-    assert verify_workdir(extended, echo=lambda _: None).reproduced
+    assert verify_workdir(Workdir.open(extended), echo=lambda _: None).reproduced
 
 
 @pytest.mark.parametrize(("first", "then", "reason"), [

@@ -18,7 +18,7 @@ from pathlib import Path
 from digitsjax.core.model import params_sha256
 from digitsjax.run import checkpoint
 from digitsjax.run.records import METRICS, TIMING_FIELDS, read_metrics
-from digitsjax.run.trained import load_trained
+from digitsjax.run.trained import load_network
 
 from .conftest import REPO
 
@@ -67,9 +67,9 @@ def saves_in_progress(workdir: Path) -> list[str]:
 
 def fingerprint(workdir: Path, total_steps: int) -> str:
     """The final params' sha256; the workdir must have finished all `total_steps`."""
-    trained = load_trained(workdir)
-    assert trained.step == total_steps
-    return params_sha256(trained.state.params)
+    network = load_network(workdir)
+    assert network.step == total_steps
+    return params_sha256(network.params)
 
 
 def comparable(workdir: Path) -> list[dict]:

@@ -6,32 +6,15 @@ built on the host from the predicted classes (10,000 integers).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from digitsjax.core.config import Pipeline
 from digitsjax.core.data import MNIST, NUM_CLASSES
-from digitsjax.core.model import Params, classify
 from digitsjax.core.train import make_evaluate
 from digitsjax.run import backend
-from digitsjax.run.trained import Trained, fingerprints
-
-
-def make_classify(pipeline: Pipeline) -> Callable[[Params, jax.Array], jax.Array]:
-    """A jitted `(params, images (N, 784)) -> class probabilities (N, 10)`, without dropout.
-
-    It compiles once per batch size, so a server that always sends one image compiles once.
-    The params of K models (`train.num_models`, the count the manifest's pipeline records)
-    classify as their ensemble: the models' probabilities averaged. The multiplies run at the
-    precision the network was trained with (`train.matmul_precision`).
-    """
-    model, train = pipeline.model, pipeline.train
-    return jax.jit(lambda params, images: classify(params, images, model, train.num_models,
-                                                   precision=train.matmul_precision))
+from digitsjax.run.trained import Network, fingerprints
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
@@ -48,28 +31,23 @@ def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
                      where=totals > 0)
 
 
-def predict_classes(trained: Trained, images: np.ndarray) -> np.ndarray:
-    """Predicted digits (N,) for flat images (N, 784)."""
-    probabilities = make_classify(trained.pipeline)(trained.params, images)
-    return np.asarray(jnp.argmax(probabilities, axis=-1))
-
-
-def evaluate_trained(trained: Trained, data: MNIST) -> dict[str, Any]:
+def evaluate_trained(network: Network, data: MNIST) -> dict[str, Any]:
     """Test loss and accuracy of a restored checkpoint, per digit, with its fingerprint.
 
     For K models: the ensemble's accuracy and confusion matrix, and each model's accuracy and
     fingerprint. Also where it was computed: backend, devices, matmul precision, determinism.
     """
-    params = trained.params
-    evaluate = make_evaluate(trained.pipeline, predictions=True)
+    params, pipeline = network.params, network.pipeline
+    evaluate = make_evaluate(pipeline, predictions=True)
     result = jax.device_get(evaluate(params, data.test_images, data.test_labels))
     matrix = confusion_matrix(data.test_labels, result.pop("predictions"))
-    return ({"step": trained.step}
+    return ({"step": network.step}
             | {f"test_{key}": value.tolist() for key, value in result.items()}
             | {"per_class_accuracy": per_class_accuracy(matrix).tolist(),
                "confusion_matrix": matrix.tolist()}
-            | fingerprints(trained.pipeline, params)
-            | backend.describe(trained.pipeline))
+            | fingerprints(pipeline, params)
+            | backend.describe(pipeline))
+
 
 
 def report_lines(result: dict[str, Any], seed: int) -> list[str]:

@@ -35,16 +35,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from digitsjax.apps.evaluate import make_classify
 from digitsjax.core.config import Pipeline
 from digitsjax.core.data import NUM_CLASSES, NUM_PIXELS
 from digitsjax.core.model import classify, layer_sizes, params_sha256
 from digitsjax.errors import UserError
 from digitsjax.files import write_atomic, write_json_atomic
-from digitsjax.run.trained import Trained, fingerprints
+from digitsjax.run.trained import Network, fingerprints
+from digitsjax.run.workdir import EXPORT_DIR, Workdir
 
-EXPORT_DIR = "export"
-"""Where exports go by default: WORKDIR/export/model.FORMAT."""
 WRITTEN_BY = "digitsjax export"
 INPUT_NAME, OUTPUT_NAME, BATCH = "images", "probabilities", "N"
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -59,9 +57,9 @@ EXTRA = "pip install 'digitsjax[export]'"
 class Format:
     """One export format: what refuses a network, how it is encoded, and how it is checked."""
 
-    encode: Callable[[Trained], tuple[bytes, dict[str, Any]]]
+    encode: Callable[[Network], tuple[bytes, dict[str, Any]]]
     """The file's bytes, and what the JSON beside it adds about the format."""
-    check: Callable[[bytes, Trained], dict[str, Any]]
+    check: Callable[[bytes, Network], dict[str, Any]]
     """Reads the bytes back and compares them with the network; raises on a mismatch."""
     refuse: Callable[[Pipeline], None] = lambda _: None
     """Raises a UserError for a network the format cannot hold, before anything is done."""
@@ -80,8 +78,9 @@ class Exported:
     check: dict[str, Any]
 
 
-def default_output(workdir: str | Path, format_name: str, name: str = "model") -> Path:
-    return Path(workdir) / EXPORT_DIR / f"{name}.{format_name}"
+def default_output(workdir: Workdir, format_name: str, name: str = "model") -> Path:
+    """Where an export goes unless told: WORKDIR/export/NAME.FORMAT."""
+    return workdir.output(EXPORT_DIR) / f"{name}.{format_name}"
 
 
 def sidecar_path(output: Path) -> Path:
@@ -89,23 +88,23 @@ def sidecar_path(output: Path) -> Path:
     return output.with_name(output.name + ".json")
 
 
-def export_trained(trained: Trained, format_name: str, output: str | Path) -> Exported:
-    """Write `trained`'s network to `output` in `format_name` (a key of FORMATS), and its
+def export_trained(network: Network, format_name: str, output: str | Path) -> Exported:
+    """Write `network` to `output` in `format_name` (a key of FORMATS), and its
     description beside it; both are written whole or not at all."""
     if format_name not in FORMATS:
         raise UserError(f"there is no export format {format_name!r}",
                         f"choose one of {', '.join(FORMATS)}")
     how, output = FORMATS[format_name], Path(output)
-    how.refuse(trained.pipeline)
+    how.refuse(network.pipeline)
     _check_replaceable(output)
-    payload, details = how.encode(trained)
-    check = how.check(payload, trained)
-    description = describe(trained, format_name, output, payload) | details | {"check": check}
+    payload, details = how.encode(network)
+    check = how.check(payload, network)
+    description = describe(network, format_name, output, payload) | details | {"check": check}
     _make_folder(output.parent)
     write_atomic(output, lambda f: f.write(payload))
     write_json_atomic(sidecar_path(output), description)
     return Exported(format=format_name, path=output, sidecar=sidecar_path(output),
-                    size=len(payload), step=trained.step,
+                    size=len(payload), step=network.step,
                     params_sha256=description["params_sha256"], check=check)
 
 
@@ -145,14 +144,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def describe(trained: Trained, format_name: str, output: Path, payload: bytes) -> dict[str, Any]:
+def describe(network: Network, format_name: str, output: Path, payload: bytes) -> dict[str, Any]:
     """The JSON written beside an export: the file, the checkpoint, the network and its use."""
-    pipeline = trained.pipeline
+    pipeline = network.pipeline
     model, train = pipeline.model, pipeline.train
     return ({"written_by": WRITTEN_BY, "digitsjax": _version("digitsjax"), "format": format_name,
              "file": output.name, "sha256": hashlib.sha256(payload).hexdigest(),
-             "bytes": len(payload), "pipeline": pipeline.name, "step": trained.step}
-            | fingerprints(pipeline, trained.params)
+             "bytes": len(payload), "pipeline": pipeline.name, "step": network.step}
+            | fingerprints(pipeline, network.params)
             | {"network": {"layer_sizes": list(layer_sizes(model)),
                            "activation": model.activation,
                            "output_activation": model.output_activation,
@@ -202,10 +201,10 @@ def _version(package: str) -> str:
         return "(not installed)"
 
 
-def _classify_function(trained: Trained) -> Callable[[jax.Array], jax.Array]:
+def _classify_function(network: Network) -> Callable[[jax.Array], jax.Array]:
     """classify with the checkpoint's parameters as constants: images -> probabilities."""
-    model, train = trained.pipeline.model, trained.pipeline.train
-    params = jax.tree_util.tree_map(np.asarray, jax.device_get(trained.params))
+    model, train = network.pipeline.model, network.pipeline.train
+    params = jax.tree_util.tree_map(np.asarray, jax.device_get(network.params))
     return lambda images: classify(params, images, model, train.num_models,
                                    precision=train.matmul_precision)
 
@@ -220,10 +219,10 @@ def _probe_images() -> np.ndarray:
     return np.random.default_rng(0).random((PROBE_IMAGES, NUM_PIXELS), dtype=np.float32)
 
 
-def _compare(trained: Trained, run: Callable[[np.ndarray], Any], by: str) -> dict[str, Any]:
+def _compare(network: Network, run: Callable[[np.ndarray], Any], by: str) -> dict[str, Any]:
     """The exported function against digitsjax's on probe images; a difference is a bug."""
     probe = _probe_images()
-    want = np.asarray(make_classify(trained.pipeline)(trained.params, probe))
+    want = network.probabilities(probe).astype(np.float32)  # classify computes float32
     got = np.asarray(run(probe))
     difference = float(np.max(np.abs(got - want))) if got.shape == want.shape else np.inf
     if not difference <= TOLERANCE:
@@ -234,8 +233,8 @@ def _compare(trained: Trained, run: Callable[[np.ndarray], Any], by: str) -> dic
             "max_abs_probability_difference": difference}
 
 
-def _encode_stablehlo(trained: Trained) -> tuple[bytes, dict[str, Any]]:
-    exported = jax.export.export(jax.jit(_classify_function(trained)),
+def _encode_stablehlo(network: Network) -> tuple[bytes, dict[str, Any]]:
+    exported = jax.export.export(jax.jit(_classify_function(network)),
                                  platforms=PLATFORMS)(_input_spec())
     return bytes(exported.serialize()), {
         "platforms": list(exported.platforms), "jax": jax.__version__,
@@ -243,14 +242,14 @@ def _encode_stablehlo(trained: Trained) -> tuple[bytes, dict[str, Any]]:
         "load": f"jax.export.deserialize(bytearray(data)).call({INPUT_NAME})"}
 
 
-def _check_stablehlo(payload: bytes, trained: Trained) -> dict[str, Any]:
+def _check_stablehlo(payload: bytes, network: Network) -> dict[str, Any]:
     exported = jax.export.deserialize(bytearray(payload))
-    return _compare(trained, exported.call, f"jax.export.deserialize, jax {jax.__version__}")
+    return _compare(network, exported.call, f"jax.export.deserialize, jax {jax.__version__}")
 
 
-def _encode_npz(trained: Trained) -> tuple[bytes, dict[str, Any]]:
+def _encode_npz(network: Network) -> tuple[bytes, dict[str, Any]]:
     arrays = {}
-    for i, layer in enumerate(jax.device_get(trained.params)):
+    for i, layer in enumerate(jax.device_get(network.params)):
         arrays[f"w{i}"] = np.asarray(layer["w"], np.float32)
         arrays[f"b{i}"] = np.asarray(layer["b"], np.float32)
     buffer = io.BytesIO()
@@ -261,14 +260,14 @@ def _encode_npz(trained: Trained) -> tuple[bytes, dict[str, Any]]:
         "load": "numpy.load(path)"}
 
 
-def _check_npz(payload: bytes, trained: Trained) -> dict[str, Any]:
+def _check_npz(payload: bytes, network: Network) -> dict[str, Any]:
     """The arrays read back hash to the checkpoint's params_sha256."""
     digest = hashlib.sha256()
     with np.load(io.BytesIO(payload)) as arrays:
-        for i in range(len(trained.params)):
+        for i in range(len(network.params)):
             for name in (f"b{i}", f"w{i}"):
                 digest.update(np.ascontiguousarray(arrays[name], np.float32).tobytes())
-    if digest.hexdigest() != params_sha256(trained.params):
+    if digest.hexdigest() != params_sha256(network.params):
         raise RuntimeError("the exported arrays do not hash to the checkpoint's params_sha256")
     return {"by": f"numpy.load, numpy {np.__version__}", "params_sha256": digest.hexdigest()}
 
@@ -286,14 +285,14 @@ def _refuse_onnx(pipeline: Pipeline) -> None:
                         "export it as stablehlo or npz")
 
 
-def _encode_onnx(trained: Trained) -> tuple[bytes, dict[str, Any]]:
+def _encode_onnx(network: Network) -> tuple[bytes, dict[str, Any]]:
     """Converts classify's primitives (its jaxpr), not classify itself: jax2onnx 0.12 swaps
     jnp.dot for its own while it traces, and that one's batching rule fails under jax 0.10
     (`vmap` batches the forward pass). The primitives are the same maths, symbolic N kept."""
     import jax2onnx
     from jax.extend.core import jaxpr_as_fun
 
-    replay = jaxpr_as_fun(jax.make_jaxpr(_classify_function(trained))(_input_spec()))
+    replay = jaxpr_as_fun(jax.make_jaxpr(_classify_function(network))(_input_spec()))
     with _quiet_converter():
         model = jax2onnx.to_onnx(lambda images: replay(images)[0], [(BATCH, NUM_PIXELS)],
                                  model_name="digitsjax", input_names=[INPUT_NAME],
@@ -323,11 +322,11 @@ def _quiet_converter() -> Iterator[None]:
         root.removeHandler(guard)
 
 
-def _check_onnx(payload: bytes, trained: Trained) -> dict[str, Any]:
+def _check_onnx(payload: bytes, network: Network) -> dict[str, Any]:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(payload, providers=["CPUExecutionProvider"])
-    return _compare(trained, lambda images: session.run(None, {INPUT_NAME: images})[0],
+    return _compare(network, lambda images: session.run(None, {INPUT_NAME: images})[0],
                     f"onnxruntime {onnxruntime.__version__}")
 
 

@@ -19,16 +19,15 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from digitsjax.apps.evaluate import confusion_matrix, predict_classes
+from digitsjax.apps.evaluate import confusion_matrix
 from digitsjax.core import augment
 from digitsjax.core.config import AugmentConfig, Pipeline
 from digitsjax.core.data import MNIST, NUM_CLASSES
 from digitsjax.core.train import epoch_permutation
 from digitsjax.files import write_atomic
 from digitsjax.run.records import EpochRecord
-from digitsjax.run.trained import Trained
+from digitsjax.run.trained import Network
 
-PLOTS_DIR = "plots"
 GRID_COLUMNS = 10
 GRID_ROWS = 6
 CELL_MARGIN, CELL_TITLE = 3, 10  # pixels of the mosaic around each digit and above it
@@ -38,30 +37,30 @@ AUGMENT_COUNT = 30  # three pairs of rows: 950 x 710 pixels, as the other digit 
 ORIGINAL, DISTORTED = "black", "#0969da"
 
 
-def write_plots(out: Path, trained: Trained, data: MNIST, records: Sequence[EpochRecord],
+def write_plots(out: Path, network: Network, data: MNIST, records: Sequence[EpochRecord],
                 title: str) -> list[Path]:
     """Every plot of one trained network into `out`, its curves (titled `title`) from
     `records`; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
-    predictions = predict_classes(trained, data.test_images)
+    predictions = network.classify(data.test_images)
     count = GRID_COLUMNS * GRID_ROWS
     paths = [
         plot_samples(data.train_images[:count], data.train_labels[:count],
                      out / "samples.png"),
         plot_predictions(data.test_images[:count], data.test_labels[:count],
                          predictions[:count], out / "predictions.png",
-                         title=f"The first {count} test images at step {trained.step}"),
+                         title=f"The first {count} test images at step {network.step}"),
         plot_mistakes(data.test_images, data.test_labels, predictions, out / "mistakes.png"),
         plot_confusion(confusion_matrix(data.test_labels, predictions), out / "confusion.png",
                        title=f"Confusion matrix, {len(predictions):,} test images, "
-                             f"step {trained.step}"),
+                             f"step {network.step}"),
     ]
     if records:
         paths.append(plot_curves(records, out / "curves.png", title=title))
-    if augment.active(trained.pipeline.augment):
-        before, after = augmentation_sample(trained.pipeline, data.train_images)
+    if augment.active(network.pipeline.augment):
+        before, after = augmentation_sample(network.pipeline, data.train_images)
         paths.append(plot_augmentation(before, after, out / "augmentation.png",
-                                       augmentation_title(trained.pipeline, len(before))))
+                                       augmentation_title(network.pipeline, len(before))))
     return paths
 
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from digitsjax.apps.evaluate import make_classify
 from digitsjax.apps.imaging import load_digit, load_digit_files
-from digitsjax.core.data import NUM_PIXELS
 from digitsjax.errors import LIBRARY, ImageError
-from digitsjax.run.trained import Trained, load_trained
+
+if TYPE_CHECKING:  # `serve` imports this module for its CLI defaults without loading JAX
+    from digitsjax.run.trained import Network
 
 
 @dataclass(frozen=True)
@@ -37,28 +37,17 @@ class Prediction:
                 "input": np.round(self.input, 4).tolist()}
 
 
-class Predictor:
-    """A restored network with its compiled classifier, ready for many requests."""
+def predictions(network: Network, digits: np.ndarray) -> list[Prediction]:
+    """(N, 28, 28) MNIST-normalised images -> one `Prediction` each, in one forward pass."""
+    probs = network.probabilities(digits)
+    return [Prediction(digit=int(p.argmax()), probabilities=p.tolist(), input=digit)
+            for p, digit in zip(probs, digits, strict=True)]
 
-    def __init__(self, trained: Trained):
-        self.trained = trained
-        self._classify = make_classify(trained.pipeline)
 
-    @classmethod
-    def from_workdir(cls, workdir: str | Path, which: str = "latest",
-                     model: int | None = None) -> Predictor:
-        return cls(load_trained(workdir, which, model))
-
-    def classify(self, digits: np.ndarray) -> list[Prediction]:
-        """(N, 28, 28) MNIST-normalised images -> one `Prediction` each."""
-        flat = np.asarray(digits, np.float32).reshape(len(digits), NUM_PIXELS)
-        probs = np.asarray(self._classify(self.trained.params, flat), np.float64)
-        return [Prediction(digit=int(p.argmax()), probabilities=p.tolist(), input=digit)
-                for p, digit in zip(probs, digits, strict=True)]
-
-    def predict_bytes(self, data: bytes, name: str = "image",
-                      max_pixels: int | None = None) -> Prediction:
-        return self.classify(load_digit(data, name, max_pixels)[None])[0]
+def predict_bytes(network: Network, data: bytes, name: str = "image",
+                  max_pixels: int | None = None) -> Prediction:
+    """One picture file's bytes (PNG, JPEG) -> its `Prediction`."""
+    return predictions(network, load_digit(data, name, max_pixels)[None])[0]
 
 
 @dataclass(frozen=True)
@@ -78,19 +67,20 @@ class FileAnswer:
                 "top3": [{"digit": d, "probability": q} for d, q in self.prediction.top(3)]}
 
 
-def predict_files(paths: Sequence[str | Path], load: Callable[[], Predictor]
-                  ) -> tuple[Predictor | None, list[FileAnswer]]:
-    """Each file's answer, in the order given, and the predictor (None when no file held a
+def predict_files(paths: Sequence[str | Path], load: Callable[[], Network]
+                  ) -> tuple[Network | None, list[FileAnswer]]:
+    """Each file's answer, in the order given, and the network (None when no file held a
     picture). Every file is read first, so a bad one costs the others nothing and the network,
     `load()`, is loaded only when there is something to classify; the pictures then go through
     one forward pass together."""
     digits = load_digit_files(paths)
     good = [digit for digit in digits if not isinstance(digit, ImageError)]
-    predictor = load() if good else None
-    predictions = iter(predictor.classify(np.stack(good)) if predictor else [])
-    return predictor, [FileAnswer(str(path), error=digit) if isinstance(digit, ImageError)
-                       else FileAnswer(str(path), prediction=next(predictions))
-                       for path, digit in zip(paths, digits, strict=True)]
+    network = load() if good else None
+    answers = iter(predictions(network, np.stack(good)) if network else [])
+    return network, [FileAnswer(str(path), error=digit) if isinstance(digit, ImageError)
+                     else FileAnswer(str(path), prediction=next(answers))
+                     for path, digit in zip(paths, digits, strict=True)]
+
 
 
 def prediction_line(answer: FileAnswer) -> str:
@@ -100,9 +90,9 @@ def prediction_line(answer: FileAnswer) -> str:
     return f"{answer.path}: {answer.prediction.digit}    ({top})"
 
 
-def answers_json(predictor: Predictor | None, answers: list[FileAnswer],
+def answers_json(network: Network | None, answers: list[FileAnswer],
                  spelling: Mapping[str, str] = LIBRARY) -> dict[str, Any]:
     """Every file's answer in one object, with the step of the checkpoint that gave them (None
     when no file held a picture); errors name their remedies in `spelling`."""
-    return {"step": predictor.trained.step if predictor else None,
+    return {"step": network.step if network else None,
             "predictions": [answer.to_json(spelling) for answer in answers]}

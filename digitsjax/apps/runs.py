@@ -25,7 +25,7 @@ from digitsjax.run.records import (
     last_evaluated,
     read_metrics,
 )
-from digitsjax.run.workdir import MANIFEST, PER_MODEL, read_manifest
+from digitsjax.run.workdir import MANIFEST, PER_MODEL, Workdir
 
 
 @dataclass(frozen=True)
@@ -44,19 +44,20 @@ class RunSummary:
     """Since the run last wrote a record (or its manifest)."""
 
 
-def find_workdirs(root: Path) -> list[Path]:
+def find_workdirs(root: Path) -> list[Workdir]:
     """`root` itself if it is a workdir, else the workdirs directly inside it, by name."""
     root = Path(root)
     if (root / MANIFEST).is_file():
-        return [root]
+        return [Workdir.open(root)]
     if not root.is_dir():
         raise CheckpointError(f"{root} is not a folder", "give the folder that holds the runs, "
                               "e.g. checkpoints")
-    return sorted(p for p in root.iterdir() if (p / MANIFEST).is_file())
+    return [Workdir.open(p) for p in sorted(p for p in root.iterdir()
+                                            if (p / MANIFEST).is_file())]
 
 
-def summarize(workdir: Path) -> RunSummary:
-    manifest, records = read_manifest(workdir), read_metrics(workdir)
+def summarize(run: Workdir) -> RunSummary:
+    workdir, manifest, records = run.path, run.manifest, read_metrics(run.path)
     total = manifest["pipeline"]["train"]["epochs"]
     done = records[-1]["epoch"] if records else 0
     holder = holder_of(workdir)
@@ -68,7 +69,7 @@ def summarize(workdir: Path) -> RunSummary:
                  if p.exists())
     return RunSummary(
         workdir=workdir, state=state, epochs=f"{done}/{total}", best_val=best_val, test=test,
-        params_sha256=manifest.get("result", {}).get("params_sha256", "-")[:12],
+        params_sha256=run.result.get("params_sha256", "-")[:12],
         age_seconds=time.time() - newest)
 
 
@@ -103,10 +104,9 @@ def runs_table(summaries: Sequence[RunSummary]) -> str:
     return _table(header, rows)
 
 
-def compare(workdirs: Sequence[Path], plot_path: Path) -> tuple[str, Path]:
+def compare(workdirs: Sequence[Workdir], plot_path: Path) -> tuple[str, Path]:
     """The pipeline keys that differ, the results side by side, and the curves in one plot."""
-    manifests = [read_manifest(w) for w in workdirs]
-    flat = [_flatten(m["pipeline"]) for m in manifests]
+    flat = [_flatten(w.manifest["pipeline"]) for w in workdirs]
     keys = sorted({key for f in flat for key in f if len({repr(g.get(key)) for g in flat}) > 1})
     summaries = [summarize(w) for w in workdirs]
     rows = [(key, *(_show(f.get(key)) for f in flat)) for key in keys if key != "name"]
@@ -114,9 +114,10 @@ def compare(workdirs: Sequence[Path], plot_path: Path) -> tuple[str, Path]:
              ("best validation", *(s.best_val for s in summaries)),
              ("test", *(s.test for s in summaries)),
              ("params_sha256", *(s.params_sha256 for s in summaries))]
-    names = [w.name for w in workdirs]
-    plot = plot_comparison({name: read_metrics(w) for name, w in zip(names, workdirs,
-                                                                    strict=True)}, plot_path)
+    names = [w.path.name for w in workdirs]
+    plot = plot_comparison({name: read_metrics(w.path) for name, w in zip(names, workdirs,
+                                                                         strict=True)},
+                           plot_path)
     return _table(("", *names), rows), plot
 
 

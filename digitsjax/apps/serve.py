@@ -2,7 +2,7 @@
 
 The standard library's threading HTTP server is enough for one page and one endpoint. The page
 (`static/index.html`, no external resources, so it works offline) posts the canvas as a PNG to
-`POST /api/predict`, which runs it through the same `Predictor` as `digitsjax predict`:
+`POST /api/predict`, which runs it through the same `Network` as `digitsjax predict`:
 
     request   {"image": "<PNG or JPEG, base64 or a data: URL>"}
     response  {"digit": d, "probabilities": [10 floats], "input": [28 rows of 28 floats]}
@@ -38,10 +38,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from digitsjax.apps.imaging import FIELD
+from digitsjax.apps.predict import predict_bytes
 from digitsjax.errors import ImageError, UserError
 
 if TYPE_CHECKING:  # the CLI reads `Limits` for its defaults without loading JAX
-    from digitsjax.apps.predict import Predictor
+    from digitsjax.run.trained import Network
 
 MAX_BODY_BYTES = 1024 * 1024
 """Room for the page's canvas many times over, and for a JPEG photo of three quarters of this
@@ -71,22 +72,21 @@ class Limits:
 
 
 class DigitServer(ThreadingHTTPServer):
-    """An HTTP server holding one `Predictor` (its compiled network) for all requests."""
+    """An HTTP server holding one `Network` (its classifier compiled) for all requests."""
 
     daemon_threads = True
     request_queue_size = 128
     """socketserver's listen backlog of 5 makes the kernel reset connections when more clients
     than that connect at once (tests/test_serve_limits.py sends such a burst)."""
 
-    def __init__(self, address: tuple[str, int], predictor: Predictor, limits: Limits):
+    def __init__(self, address: tuple[str, int], network: Network, limits: Limits):
         super().__init__(address, RequestHandler)
-        self.predictor = predictor
+        self.network = network
         self.limits = limits
         self.decoding = threading.BoundedSemaphore(limits.decoders)
         self.page = resources.files("digitsjax.apps").joinpath("static/index.html").read_bytes()
-        trained = predictor.trained
-        self.info = {"pipeline": trained.pipeline.name, "step": trained.step,
-                     "hidden": list(trained.pipeline.model.hidden)}
+        self.info = {"pipeline": network.pipeline.name, "step": network.step,
+                     "hidden": list(network.pipeline.model.hidden)}
 
 
     def handle_error(self, request: Any, client_address: tuple[str, int]) -> None:
@@ -134,8 +134,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         try:
             image = decode_request(self._read_json())
             with self.server.decoding:
-                prediction = self.server.predictor.predict_bytes(
-                    image, "the posted image", self.server.limits.max_pixels)
+                prediction = predict_bytes(self.server.network, image, "the posted image",
+                                           self.server.limits.max_pixels)
         except RequestError as e:
             self._send_error(e)
         except ImageError as e:
@@ -256,12 +256,12 @@ def decode_request(payload: Any) -> bytes:
         raise RequestError(HTTPStatus.BAD_REQUEST, "image is not valid base64") from None
 
 
-def make_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
+def make_server(network: Network, host: str = "127.0.0.1", port: int = 8000,
                 limits: Limits = Limits()) -> DigitServer:
     """Bind the server and compile the network (one warm-up image), ready to serve."""
-    predictor.classify(np.zeros((1, FIELD, FIELD), np.float32))
+    network.classify(np.zeros((1, FIELD, FIELD), np.float32))
     try:
-        return DigitServer((host, port), predictor, limits)
+        return DigitServer((host, port), network, limits)
     except OSError as e:
         fix = {errno.EADDRINUSE: "pass another --port",
                errno.EACCES: "ports below 1024 need root; pass --port 8000"}.get(

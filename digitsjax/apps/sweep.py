@@ -39,7 +39,7 @@ from digitsjax.errors import ConfigError, UserError
 from digitsjax.files import write_json_atomic, write_text_atomic
 from digitsjax.run.loop import train_program
 from digitsjax.run.records import last_evaluated, model_record, read_metrics
-from digitsjax.run.workdir import MANIFEST, read_manifest, recorded_per_model, recorded_pipeline
+from digitsjax.run.workdir import MANIFEST, Workdir
 
 SWEEP_JSON = "sweep.json"
 SUMMARY_CSV = "sweep.csv"
@@ -239,14 +239,14 @@ def is_sweep(directory: Path) -> bool:
     return (Path(directory) / SWEEP_JSON).is_file()
 
 
-def refuse_program(workdir: Path) -> None:
+def refuse_program(workdir: Workdir) -> None:
     """A program's folder holds grid points trained with different numbers: its K-model
     ensemble, what a plain workdir's plots would draw, is nobody's network."""
-    if recorded_per_model(workdir) is None:
+    if not workdir.program.is_sweep:
         return
-    parent = Path(workdir).parent
+    parent = workdir.path.parent
     sweep_dir = parent if is_sweep(parent) else "SWEEPDIR"
-    raise UserError(f"{workdir} is a program of a sweep: its models are grid points trained "
+    raise UserError(f"{workdir.path} is a program of a sweep: its models are grid points trained "
                     "with different numbers, and their ensemble is nobody's network",
                     f"run `digitsjax plots {sweep_dir}` for the sweep's charts, or "
                     f"`digitsjax plots {sweep_dir} --point N` for point N's network")
@@ -304,17 +304,19 @@ def _workdir_of(sweep_dir: Path, entry: dict[str, Any]) -> Path:
 class _TrainedRun:
     """What the summary reads from a workdir: its manifest, network and epoch records."""
 
-    manifest: dict[str, Any]
-    parameters: int
+    workdir: Workdir
     records: list[dict[str, Any]]
+
+    @property
+    def parameters(self) -> int:
+        return parameter_count(self.workdir.pipeline.model)
 
 
 def _read_run(workdir: Path) -> _TrainedRun | None:
     """A workdir's files, or None for a variant not trained yet."""
     if not (workdir / MANIFEST).is_file():
         return None
-    return _TrainedRun(read_manifest(workdir),
-                       parameter_count(recorded_pipeline(workdir).model), read_metrics(workdir))
+    return _TrainedRun(Workdir.open(workdir), read_metrics(workdir))
 
 
 def _results(run: _TrainedRun | None, model: int | None) -> dict[str, Any]:
@@ -327,7 +329,7 @@ def _results(run: _TrainedRun | None, model: int | None) -> dict[str, Any]:
         return row
     row |= {"epochs": final["epoch"],
             "train_seconds": sum(r["epoch_seconds"] for r in run.records)}
-    result = run.manifest.get("result", {})
+    result = run.workdir.result
     own = final if model is None else model_record(final, model)
     row |= {key: own[key] for key in RESULT_COLUMNS if key in own}
     row["params_sha256"] = result.get("params_sha256") if model is None else \

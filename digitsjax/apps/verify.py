@@ -11,16 +11,14 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from digitsjax.core.model import params_sha256
-from digitsjax.core.program import Program
 from digitsjax.errors import CheckpointError
 from digitsjax.run.loop import train_program
 from digitsjax.run.records import EpochRecord, read_metrics, without_timings
-from digitsjax.run.trained import load_trained
-from digitsjax.run.workdir import differences, read_manifest, recorded_per_model
+from digitsjax.run.trained import load_network
+from digitsjax.run.workdir import Workdir, differences
 
 # Manifest entries that describe the invocation rather than the computation.
 MANIFEST_INVOCATION = ("command", "created", "result.", "extensions")  # when, not what
@@ -47,25 +45,25 @@ class Verification:
                 "manifest_differences": self.manifest_differences}
 
 
-def verify_workdir(workdir: str | Path, *, mnist_dir: str | None = None,
+def verify_workdir(workdir: Workdir, *, mnist_dir: str | None = None,
                    echo: Callable[[str], None] = print) -> Verification:
-    """Re-run `workdir`'s pipeline into a temporary workdir and compare the final params."""
-    workdir = Path(workdir)
-    trained = load_trained(workdir, "latest")
-    manifest, recorded_metrics = read_manifest(workdir), read_metrics(workdir)  # before a replay
-    if trained.step != trained.pipeline.total_steps:
+    """Re-run `workdir`'s program into a temporary workdir and compare the final params."""
+    network = load_network(workdir, "latest")
+    manifest, recorded_metrics = workdir.manifest, read_metrics(workdir.path)  # before a replay
+    pipeline = network.pipeline
+    if network.step != pipeline.total_steps:
         raise CheckpointError(
-            f"{workdir} stopped at step {trained.step} of {trained.pipeline.total_steps}",
+            f"{workdir.path} stopped at step {network.step} of {pipeline.total_steps}",
             f"finish it first (re-running `{manifest.get('command', 'digitsjax train')}` "
             "continues it), then verify")
-    echo(f"replaying {workdir}'s pipeline {trained.pipeline.name!r} into a temporary workdir")
+    echo(f"replaying {workdir.path}'s pipeline {pipeline.name!r} into a temporary workdir")
     with tempfile.TemporaryDirectory(prefix="digitsjax-verify-") as replay_dir:
-        program = Program(trained.pipeline, recorded_per_model(workdir))
-        replayed = train_program(program, replay_dir, mnist_dir=mnist_dir, echo=echo)
-        replay_manifest, replay_metrics = read_manifest(replay_dir), read_metrics(replay_dir)
+        replayed = train_program(network.program, replay_dir, mnist_dir=mnist_dir, echo=echo)
+        replay = Workdir.open(replay_dir)
+        replay_manifest, replay_metrics = replay.manifest, read_metrics(replay.path)
     return Verification(
-        step=trained.step,
-        recorded_sha256=params_sha256(trained.params),
+        step=network.step,
+        recorded_sha256=params_sha256(network.params),
         replayed_sha256=replayed["params_sha256"],
         first_divergent_epoch=_first_divergent_epoch(recorded_metrics, replay_metrics),
         manifest_differences=differences(manifest, replay_manifest, ignore=MANIFEST_INVOCATION))

@@ -30,7 +30,7 @@ from digitsjax.core.hyper import known_zero
 from digitsjax.core.sums import pairwise_sum, spread
 
 if TYPE_CHECKING:
-    from digitsjax.core.config import ModelConfig
+    from digitsjax.core.config import ModelConfig, Pipeline
 
 Params = list[dict[str, jax.Array]]
 Initializer = Callable[[jax.Array, jax.Array, int, int], tuple[jax.Array, jax.Array]]
@@ -239,6 +239,20 @@ def classify(params: Params, images: jax.Array, config: ModelConfig, num_models:
     """
     outputs = apply(params, images, config, num_models, precision=precision)
     return ensemble_probabilities(outputs, config, num_models)
+
+
+def make_classify(pipeline: Pipeline) -> Callable[[Params, jax.Array], jax.Array]:
+    """A jitted `classify`: `(params, images (N, 784)) -> class probabilities (N, 10)`, without
+    dropout.
+
+    It compiles once per batch size, so a server that always sends one image compiles once.
+    The params of K models (`train.num_models`, the count the manifest's pipeline records)
+    classify as their ensemble: the models' probabilities averaged. The multiplies run at the
+    precision the network was trained with (`train.matmul_precision`).
+    """
+    model, train = pipeline.model, pipeline.train
+    return jax.jit(lambda params, images: classify(params, images, model, train.num_models,
+                                                   precision=train.matmul_precision))
 
 
 def params_sha256(params: Params) -> str:

@@ -239,11 +239,6 @@ def model_axes(state: TrainState) -> TrainState:
         .replace(step=None)
 
 
-def model_state(state: TrainState, k: int) -> TrainState:
-    """Model k's slice of a K-model state: what its single run holds (the shared step too)."""
-    return _per_model_map(lambda leaf: leaf[k], state)
-
-
 def split_models(state: TrainState, sizes: tuple[int, ...]) -> list[TrainState]:
     """A K-model state as consecutive groups of `sizes` models, each with its own copy of the
     shared step (a chunk consumes the state it is given)."""

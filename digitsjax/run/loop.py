@@ -37,7 +37,6 @@ from digitsjax.core.program import (
 )
 from digitsjax.core.train import TrainState, chunk_plan, make_evaluate
 from digitsjax.errors import RESTART, DivergenceError, setting
-from digitsjax.files import write_json_atomic
 from digitsjax.run import backend, checkpoint, cluster, process
 from digitsjax.run.mnist import load_mnist
 from digitsjax.run.preemption import Preempted, PreemptionGuard
@@ -56,13 +55,10 @@ from digitsjax.run.records import (
 from digitsjax.run.resources import check_memory
 from digitsjax.run.trained import fingerprints
 from digitsjax.run.workdir import (
-    MANIFEST,
+    Workdir,
     build_manifest,
     check_compatible,
     prepared_workdir,
-    record_extension,
-    record_result,
-    recorded_pipeline,
 )
 
 EpochSums = dict[str, Any]
@@ -100,14 +96,14 @@ def train_program(program: Program, workdir: str | Path, *, mnist_dir: str | Non
     with cluster.primary_first("MNIST loaded"):  # prepares a shared data dir only once
         data = load_mnist(pipeline.data, mnist_dir)
     with prepared_workdir(Path(workdir), restart, echo) as workdir, PreemptionGuard() as guard:
-        resuming = checkpoint.has_checkpoints(workdir)
+        resuming = checkpoint.has_checkpoints(workdir.path)
         # Every process must look before any creates the checkpoint folder (opening the
         # manager below does): one that looked after would open a manager more, and orbax's
         # barriers would no longer pair up across processes.
         cluster.sync("checkpoints looked for")
         if resuming:  # before anything in the workdir changes
-            check_compatible(workdir, pipeline, program.per_model)
-        manager = checkpoint.open_manager(workdir, pipeline.checkpoint)
+            check_compatible(workdir, program)
+        manager = checkpoint.open_manager(workdir.path, pipeline.checkpoint)
         try:
             run = _Run(program, workdir, manager, guard, mesh, echo, started)
             state, sums = _restore_or_init(run, data)
@@ -121,7 +117,8 @@ class _Run:
     """What every part of one training run shares (the mutable train state is passed apart)."""
 
     program: Program
-    workdir: Path
+    workdir: Workdir
+    """Replaced by the updated one whenever the run writes its manifest."""
     manager: Any
     guard: PreemptionGuard
     mesh: Mesh
@@ -141,13 +138,12 @@ def _restore_or_init(run: _Run, data: MNIST) -> tuple[TrainState, EpochSums]:
     resumed = checkpoint.restore_newest_intact(run.manager, state, warn=run.echo)
     if resumed is None:
         if run.primary:
-            write_json_atomic(run.workdir / MANIFEST,
-                              build_manifest(run.pipeline, data.checksums, run.program.per_model))
+            run.workdir = run.workdir.write_manifest(build_manifest(run.program, data.checksums))
         return state, _no_sums()
     step, state, meta = resumed
-    run.echo(f"resuming {run.workdir} from step {step} (epoch {meta['epoch']:.2f})")
-    if run.primary and recorded_pipeline(run.workdir).train.epochs != run.pipeline.train.epochs:
-        record_extension(run.workdir, run.pipeline, step)
+    run.echo(f"resuming {run.workdir.path} from step {step} (epoch {meta['epoch']:.2f})")
+    if run.primary and run.workdir.pipeline.train.epochs != run.pipeline.train.epochs:
+        run.workdir = run.workdir.record_extension(run.program, step)
         run.echo(f"extended to {run.pipeline.train.epochs} epochs")
     return state, meta["epoch_sums"]
 
@@ -157,11 +153,11 @@ def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
     """The chunk loop: dispatch, and at each sync point check, record, save or stop."""
     pipeline, start = run.pipeline, int(state.step)
     if start == pipeline.total_steps:
-        run.echo(f"{run.workdir} is already trained ({start} steps); "
+        run.echo(f"{run.workdir.path} is already trained ({start} steps); "
                  f"pass {RESTART} to train again")
     bar = tqdm(total=pipeline.total_steps, initial=start, unit="step", disable=not progress,
                dynamic_ncols=True, leave=False)
-    writer = RecordWriter(run.workdir, start, pipeline.train.epochs, run.primary,
+    writer = RecordWriter(run.workdir.path, start, pipeline.train.epochs, run.primary,
                           bar.write if progress else run.echo)
     with contextlib.closing(_Chunks(run, data)) as chunks:
         record: dict[str, Any] = {}
@@ -190,8 +186,9 @@ def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
     run.echo(f"done: step {int(state.step)}, params_sha256 {prints['params_sha256']}, "
              f"{time.perf_counter() - run.started:.1f} s")
     if run.primary:
-        record_result(run.workdir, int(state.step), prints["params_sha256"],
-                      prints.get("model_params_sha256") if run.program.is_sweep else None)
+        run.workdir = run.workdir.record_result(
+            int(state.step), prints["params_sha256"],
+            prints.get("model_params_sha256") if run.program.is_sweep else None)
     _echo_best(run)
     return record | prints | {"step": int(state.step)}
 
@@ -396,7 +393,7 @@ def _add_sums(total: EpochSums, chunks: list[dict[str, np.ndarray]]) -> EpochSum
 def _echo_best(run: _Run) -> None:
     """The best epoch by validation beside the last: what `checkpoint.keep_best` kept (not for
     a sweep's program: the sweep names its best point)."""
-    records = read_metrics(run.workdir) if run.primary and not run.program.is_sweep else []
+    records = read_metrics(run.workdir.path) if run.primary and not run.program.is_sweep else []
     best, last = best_evaluated(records), last_evaluated(records)
     if best is not None and last is not None and "val_accuracy" in last:
         run.echo(format_best(best, last, run.pipeline.checkpoint.keep_best))

@@ -1,85 +1,116 @@
 """A trained network read back from its workdir: what every use of one starts from.
 
-Loading needs the manifest (the pipeline, and so the model and the model count) and one
-checkpoint; none of the training machinery.
+Loading needs the manifest (the program: the pipeline, and so the model and the model count,
+and a sweep's per-model values) and one checkpoint; none of the training machinery. Evaluation,
+prediction, serving, export, plots and the Python API all apply the same `Network`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from digitsjax.core.config import Pipeline
-from digitsjax.core.hyper import PerModel
-from digitsjax.core.model import params_sha256
-from digitsjax.core.program import Program, init_state, model_state
-from digitsjax.core.train import TrainState, model_params
-from digitsjax.errors import CHECKPOINT, RESTART, CheckpointError
+from digitsjax.core.data import NUM_PIXELS
+from digitsjax.core.model import make_classify, params_sha256
+from digitsjax.core.program import Program, init_state
+from digitsjax.core.train import model_params
+from digitsjax.errors import CHECKPOINT, RESTART, CheckpointError, ImageError
 from digitsjax.run import backend, checkpoint
-from digitsjax.run.workdir import recorded_per_model, recorded_pipeline
+from digitsjax.run.workdir import Workdir
 
 
-@dataclass
-class Trained:
-    """A restored workdir: its pipeline, the restored train state and checkpoint meta."""
+@dataclass(frozen=True)
+class Network:
+    """A restored network: its program, the checkpoint's parameters, step and meta, and its
+    classifier, compiled once per batch size (a server that always sends one image compiles
+    once)."""
 
-    pipeline: Pipeline
-    state: TrainState
-    meta: dict[str, Any]
+    program: Program
+    params: Any
+    """A list of layers {"w", "b"}, with a leading model axis if the program has K > 1."""
     step: int
+    meta: dict[str, Any]
+    """The checkpoint's own record (its epoch, and a mid-epoch checkpoint's sums)."""
+    _classify: Callable[[Any, np.ndarray], jax.Array] = field(init=False, repr=False,
+                                                              compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_classify", make_classify(self.pipeline))
 
     @property
-    def params(self) -> Any:
-        return self.state.params
+    def pipeline(self) -> Pipeline:
+        return self.program.pipeline
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, 28, 28) or (N, 784) images in [0, 1], as MNIST's -> (N, 10) probabilities; K
+        models' are their ensemble's, the models' probabilities averaged."""
+        return np.asarray(self._classify(self.params, _flat(images)), np.float64)
+
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """(N, 28, 28) or (N, 784) images in [0, 1], as MNIST's -> (N,) predicted digits."""
+        return self.probabilities(images).argmax(axis=-1)
 
 
-def load_trained(workdir: str | Path, which: str = "latest", model: int | None = None) -> Trained:
-    """Restore a workdir's checkpoint (`latest`, `best` or a step) with its pipeline; with
+def _flat(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images, np.float32)
+    if images.ndim == 3 and images.shape[1:] == (28, 28):
+        return images.reshape(len(images), NUM_PIXELS)
+    if images.ndim == 2 and images.shape[1] == NUM_PIXELS:
+        return images
+    raise ImageError(f"images must be an array (N, 28, 28) or (N, {NUM_PIXELS}), got shape "
+                     f"{images.shape}", "add a leading axis for one image: images[None]")
+
+
+def load_network(workdir: Workdir | str | Path, which: str = "latest",
+                 model: int | None = None) -> Network:
+    """Restore a workdir's checkpoint (`latest`, `best` or a step) with its program; with
     `model`, only that model of a K-model run (or of a sweep's program), as its single run.
 
     A run training in the workdir meanwhile may delete the checkpoint being read (it keeps only
     `checkpoint.keep`); then the newest complete one is read instead, a few times at most.
     """
-    workdir = Path(workdir)
-    pipeline = recorded_pipeline(workdir)
-    backend.request_determinism(pipeline.train.deterministic)  # before JAX starts its backend
+    if not isinstance(workdir, Workdir):
+        workdir = Workdir.open(workdir)
+    program = workdir.program
+    backend.request_determinism(program.pipeline.train.deterministic)  # before JAX's backend
     for attempt in range(READ_ATTEMPTS):
-        manager = checkpoint.open_manager(workdir, pipeline.checkpoint, read_only=True)
+        manager = checkpoint.open_manager(workdir.path, program.pipeline.checkpoint,
+                                          read_only=True)
         try:
             step = checkpoint.resolve_step(manager, which)
             try:
-                template = init_state(Program(pipeline, recorded_per_model(workdir)))
+                template = init_state(program)
                 state, meta = checkpoint.restore(manager, step, template)
             except CheckpointError as e:
-                if _deleted_meanwhile(workdir, step) and attempt + 1 < READ_ATTEMPTS:
+                if _deleted_meanwhile(workdir.path, step) and attempt + 1 < READ_ATTEMPTS:
                     continue
                 raise CheckpointError(e.problem, _other_checkpoint(manager, step)) from None
         finally:
             manager.close()
-        trained = Trained(pipeline=pipeline, state=state, meta=meta, step=step)
-        return trained if model is None else one_model(trained, model,
-                                                       recorded_per_model(workdir))
+        network = Network(program, state.params, step, meta)
+        return network if model is None else one_model(network, model)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def one_model(trained: Trained, k: int, per_model: PerModel | None) -> Trained:
-    """Model k of a K-model run as the single run it equals: its own pipeline (seed, and a
-    sweep point's values) and its slice of the state."""
-    pipeline, count = trained.pipeline, trained.pipeline.train.num_models
+def one_model(network: Network, k: int) -> Network:
+    """Model k of a K-model run as the single run it equals: its own program (seed, and a
+    sweep point's values) and its slice of the parameters."""
+    count = network.program.num_models
     if not 0 <= k < count:
         raise CheckpointError(f"the run has {count} model{'s' if count > 1 else ''}, so there "
                               f"is no model {k}", f"choose one from 0 to {count - 1}")
     if count == 1:
-        return trained
-    program = Program(pipeline, per_model)
-    state = model_state(trained.state, k).replace(hyper=None, diverged_at=None)
-    return dataclasses.replace(trained, pipeline=program.model(k), state=state)
+        return network
+    return Network(Program(network.program.model(k)), model_params(network.params, k),
+                   network.step, network.meta)
 
 
 READ_ATTEMPTS = 3
@@ -97,7 +128,7 @@ def _other_checkpoint(manager: Any, step: int) -> str:
 
 def fingerprints(pipeline: Pipeline, params: Any) -> dict[str, Any]:
     """The run's params_sha256; for K models also each model's own, hashed on every core at
-    once (hashlib releases the GIL): a sweep's 1,024 `mnist_mlp` models hold 450 MB."""
+    once (hashlib releases the GIL: a large sweep's parameters are hundreds of megabytes)."""
     host = jax.device_get(params)  # one transfer, not one per model and leaf
     k = pipeline.train.num_models
     if k == 1:

@@ -3,10 +3,16 @@
 The manifest records everything needed to judge whether two runs should agree bit for bit:
 the resolved pipeline and its sha256, package versions, platform, devices and the dataset's
 checksums. Only the primary process writes the workdir's files other than checkpoints.
+
+A command opens a workdir once, as a `Workdir`: its path and the manifest read then, from which
+the pipeline, the program and the result are taken. Whatever needs a piece of the workdir
+receives that value rather than its path, and what records into the manifest writes it from
+the copy in hand and returns the updated `Workdir`.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import platform
 import re
@@ -15,6 +21,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,15 +30,15 @@ from typing import Any
 import jax
 
 from digitsjax.core.config import Pipeline, pipeline_from_dict, pipeline_sha256, pipeline_to_dict
-from digitsjax.core.hyper import PerModel
 from digitsjax.core.optim import SCHEDULES
+from digitsjax.core.program import Program, recorded_program
 from digitsjax.errors import RESTART, WORKDIR, CheckpointError
 from digitsjax.files import write_json_atomic
 from digitsjax.run import checkpoint, cluster
 from digitsjax.run.backend import xla_flags
 from digitsjax.run.lock import LOCK, workdir_lock
 from digitsjax.run.records import METRICS
-from digitsjax.run.tensorboard import remove_event_files
+from digitsjax.run.tensorboard import EVENT_FILES, remove_event_files
 
 MANIFEST = "manifest.json"
 # Pipeline keys that do not change what a run computes: a workdir may be resumed with them
@@ -38,6 +46,28 @@ MANIFEST = "manifest.json"
 RESULT_NEUTRAL = ("name", "data.mnist_dir", "data.tfds_data_dir", "checkpoint.")
 PACKAGES = ("digitsjax", "jax", "jaxlib", "optax", "orbax-checkpoint", "tensorflow-datasets",
             "tensorflow-cpu", "tensorflow", "numpy")
+
+
+PLOTS_DIR, EXPORT_DIR = "plots", "export"
+WRITE_PROBE = ".write-test"
+WORKDIR_ENTRIES: dict[str, str] = {
+    MANIFEST: "what the run is: its pipeline, versions, platform, data and result",
+    METRICS: "one record per epoch (run.records)",
+    EVENT_FILES: "the same records for TensorBoard (run.tensorboard)",
+    checkpoint.CHECKPOINT_DIR: "the checkpoints (run.checkpoint)",
+    checkpoint.UNREADABLE_DIR: "damaged checkpoints, moved aside, never deleted",
+    LOCK: "who is training the workdir now (run.lock)",
+    WRITE_PROBE: "an empty file that proves the folder writable, removed at once",
+    PLOTS_DIR: "`digitsjax plots`' pictures",
+    EXPORT_DIR: "`digitsjax export`'s files, unless told another place",
+}
+"""Every file or folder digitsjax writes in a workdir (names, or patterns of names), and what
+it is: `Workdir.output` hands out paths for these names alone."""
+
+
+def owned(name: str) -> bool:
+    """Whether `name`, an entry of a workdir, is one that digitsjax writes there."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in WORKDIR_ENTRIES)
 
 
 def package_versions() -> dict[str, str]:
@@ -63,12 +93,14 @@ def platform_info() -> dict[str, Any]:
     }
 
 
-def build_manifest(pipeline: Pipeline, dataset_checksums: dict[str, Any],
-                   per_model: PerModel | None = None) -> dict[str, Any]:
+def build_manifest(program: Program, dataset_checksums: dict[str, Any]) -> dict[str, Any]:
+    """A new run's manifest: its program (the pipeline, and a sweep's per-model values) and
+    where it runs."""
+    pipeline = program.pipeline
     return {
         "pipeline": pipeline_to_dict(pipeline),
         "pipeline_sha256": pipeline_sha256(pipeline),
-        **({PER_MODEL: per_model.to_json()} if per_model is not None else {}),
+        **({PER_MODEL: program.to_json()} if program.is_sweep else {}),
         "versions": package_versions(),
         "platform": platform_info(),
         "dataset": dataset_checksums,
@@ -77,52 +109,119 @@ def build_manifest(pipeline: Pipeline, dataset_checksums: dict[str, Any],
     }
 
 
-def read_manifest(workdir: Path) -> dict[str, Any]:
-    path = Path(workdir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (FileNotFoundError, NotADirectoryError):
-        raise CheckpointError(f"{workdir} is not a digitsjax workdir (no {MANIFEST})",
-                              "train into it first with `digitsjax train`") from None
-    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
-        raise CheckpointError(f"{path} is unreadable ({e})",
-                              f"restore it or retrain with {RESTART}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("pipeline"), dict):
-        raise CheckpointError(f"{path} is not a digitsjax manifest (it has no pipeline table)",
-                              f"restore it or retrain with {RESTART}")
-    return manifest
-
-
-def recorded_pipeline(workdir: Path) -> Pipeline:
-    """The pipeline a workdir was trained with, as its manifest records it."""
-    return pipeline_from_dict(read_manifest(workdir)["pipeline"], source=str(workdir))
-
-
 PER_MODEL = "per_model"
 """The manifest's record of a sweep program's per-model values (absent for other runs)."""
 
 
-def recorded_per_model(workdir: Path) -> PerModel | None:
-    """A sweep program's per-model values, as its manifest records them; None for a run."""
-    values = read_manifest(workdir).get(PER_MODEL)
-    return PerModel({key: tuple(v) for key, v in values.items()}) if values else None
+@dataclass(frozen=True)
+class Workdir:
+    """A workdir as one command sees it: its path and its manifest, read once.
+
+    The pipeline and the program are parsed from the manifest when first asked for (a listing
+    of runs reads manifests whose pipeline it never parses), and then kept.
+    """
+
+    path: Path
+    manifest: dict[str, Any] | None
+    """None in a new (or restarted) workdir until its run writes one (`write_manifest`)."""
+
+    @classmethod
+    def open(cls, path: str | Path) -> Workdir:
+        """The workdir at `path`; a CheckpointError if it has no readable digitsjax manifest."""
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            raise CheckpointError(f"{path} is not a digitsjax workdir (no {MANIFEST})",
+                                  "train into it first with `digitsjax train`") from None
+        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+            raise CheckpointError(f"{manifest_path} is unreadable ({e})",
+                                  f"restore it or retrain with {RESTART}") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("pipeline"), dict):
+            raise CheckpointError(f"{manifest_path} is not a digitsjax manifest (it has no "
+                                  "pipeline table)", f"restore it or retrain with {RESTART}")
+        return cls(path, manifest)
+
+    @cached_property
+    def pipeline(self) -> Pipeline:
+        """The pipeline the workdir was trained with, as its manifest records it."""
+        return pipeline_from_dict(self.manifest["pipeline"], source=str(self.path))
+
+    @cached_property
+    def program(self) -> Program:
+        """The recorded pipeline and, for a sweep's program, its recorded per-model values."""
+        return recorded_program(self.pipeline, self.manifest.get(PER_MODEL))
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """The finished run's fingerprints (`record_result`); {} before it finishes."""
+        return self.manifest.get("result", {})
+
+    def record_result(self, step: int, params_sha256: str,
+                      model_params_sha256: list[str] | None = None) -> Workdir:
+        """The finished run's fingerprint in its manifest (and each model's, for a sweep's
+        program), so listing runs and summarising sweeps need no checkpoint.
+
+        Written once: re-running a finished workdir changes nothing in it.
+        """
+        if self.result.get("params_sha256") == params_sha256:
+            return self
+        return self.write_manifest(self.manifest | {"result": {
+            "step": step, "params_sha256": params_sha256,
+            **({"model_params_sha256": model_params_sha256} if model_params_sha256 else {}),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}})
+
+    def record_extension(self, program: Program, step: int) -> Workdir:
+        """The manifest of a continued run: its new pipeline, and when it was extended from
+        what."""
+        pipeline = program.pipeline
+        extension = {"from_epochs": self.manifest["pipeline"]["train"]["epochs"],
+                     "to_epochs": pipeline.train.epochs, "at_step": step,
+                     "command": " ".join(sys.argv),
+                     "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return self.write_manifest(self.manifest | {
+            "extensions": [*self.manifest.get("extensions", []), extension],
+            "pipeline": pipeline_to_dict(pipeline), "pipeline_sha256": pipeline_sha256(pipeline)})
+
+    def write_manifest(self, manifest: dict[str, Any]) -> Workdir:
+        """This workdir with `manifest` written (atomically) and held."""
+        write_json_atomic(self.output(MANIFEST), manifest)
+        return Workdir(self.path, manifest)
+
+    def output(self, name: str) -> Path:
+        """Where digitsjax writes its file or folder `name` here: one of `WORKDIR_ENTRIES`,
+        so that what a workdir may hold is listed in one place."""
+        if not owned(name):
+            raise ValueError(f"{name!r} is not among the files digitsjax writes in a workdir")
+        return self.path / name
 
 
 @contextmanager
-def prepared_workdir(workdir: Path, restart: bool,
-                     notice: Callable[[str], None]) -> Iterator[Path]:
-    """`workdir` created and locked for this run (by process 0), and with `restart` emptied of a
-    previous run's files, for as long as the `with` block lasts."""
+def prepared_workdir(path: Path, restart: bool,
+                     notice: Callable[[str], None]) -> Iterator[Workdir]:
+    """The workdir at `path`, created and locked for this run (by process 0), and with
+    `restart` emptied of a previous run's files, for as long as the `with` block lasts. Its
+    manifest is read once, here (None in a new or restarted workdir)."""
     primary = cluster.is_primary()
+    existing = _existing(path)
     if primary:
-        _make_workdir(workdir)
-        _check_ours(workdir, restart)  # before writing anything there, even the lock
-        _check_writable(workdir)
-    with workdir_lock(workdir, notice) if primary else nullcontext():
+        _make_workdir(path)
+        _check_ours(path, existing is not None, restart)  # before writing anything, even the lock
+        _check_writable(path)
+    with workdir_lock(path, notice) if primary else nullcontext():
         if primary and restart:
-            _remove_run_files(workdir)
+            _remove_run_files(path)
         cluster.sync("workdir prepared")
-        yield workdir
+        yield existing if existing is not None and not restart else Workdir(path, None)
+
+
+def _existing(path: Path) -> Workdir | None:
+    """The digitsjax workdir at `path`, or None where there is none (yet)."""
+    try:
+        return Workdir.open(path)
+    except CheckpointError:
+        return None
 
 
 def _make_workdir(workdir: Path) -> None:
@@ -138,7 +237,7 @@ def _make_workdir(workdir: Path) -> None:
 
 def _check_writable(workdir: Path) -> None:
     try:
-        probe = workdir / ".write-test"
+        probe = workdir / WRITE_PROBE
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -151,7 +250,7 @@ def _check_writable(workdir: Path) -> None:
 _RUN_ENTRIES = re.compile(r"\d+(\.orbax-checkpoint-tmp-\d+)?|\d+-\d{8}T\d{6}")
 
 
-def _check_ours(workdir: Path, restart: bool) -> None:
+def _check_ours(workdir: Path, ours: bool, restart: bool) -> None:
     """Refuse a folder digitsjax did not make, and a `restart` that would delete a stranger.
 
     A run writes only into a new or empty folder or its own workdir, and `restart` deletes only
@@ -159,7 +258,7 @@ def _check_ours(workdir: Path, restart: bool) -> None:
     """
     folders = [checkpoint.checkpoint_dir(workdir), checkpoint.unreadable_dir(workdir)]
     entries = [entry for folder in folders if folder.is_dir() for entry in folder.iterdir()]
-    if not _is_digitsjax_workdir(workdir):
+    if not ours:
         others = sorted(p.name for p in workdir.iterdir()
                         if p.name not in (LOCK, *(f.name for f in folders)))
         if others or entries:
@@ -175,14 +274,6 @@ def _check_ours(workdir: Path, restart: bool) -> None:
             f"with {WORKDIR}")
 
 
-def _is_digitsjax_workdir(workdir: Path) -> bool:
-    try:
-        read_manifest(workdir)
-    except CheckpointError:
-        return False
-    return True
-
-
 def _remove_run_files(workdir: Path) -> None:
     for folder in (checkpoint.checkpoint_dir(workdir), checkpoint.unreadable_dir(workdir)):
         shutil.rmtree(folder, ignore_errors=True)
@@ -191,35 +282,32 @@ def _remove_run_files(workdir: Path) -> None:
     remove_event_files(workdir)
 
 
-def check_compatible(workdir: Path, pipeline: Pipeline,
-                     per_model: PerModel | None = None) -> None:
+def check_compatible(workdir: Workdir, program: Program) -> None:
     """Refuse to continue a workdir whose checkpoints come from a different pipeline (or, for a
     sweep's program, different per-model values).
 
     One change is a continuation, not another pipeline: more `train.epochs` under a schedule
     that does not depend on the run's length, since then the first epochs are the same run.
     """
-    recorded = recorded_pipeline(workdir)
+    recorded, pipeline = workdir.program, program.pipeline
     # Round-tripped so that keys added since the manifest was written compare as defaults.
-    diffs = differences(pipeline_to_dict(recorded), pipeline_to_dict(pipeline),
+    diffs = differences(pipeline_to_dict(recorded.pipeline), pipeline_to_dict(pipeline),
                         ignore=(*RESULT_NEUTRAL, EPOCHS))
-    recorded_models = recorded_per_model(workdir)
-    if recorded_models != per_model:
-        diffs.append(f"{PER_MODEL}: {_json_or_none(recorded_models)} -> "
-                     f"{_json_or_none(per_model)}")
+    if recorded.per_model != program.per_model:
+        diffs.append(f"{PER_MODEL}: {_json_or_none(recorded)} -> {_json_or_none(program)}")
     if diffs:
         raise CheckpointError(
-            f"{workdir} holds checkpoints of a different pipeline ({'; '.join(diffs)})",
+            f"{workdir.path} holds checkpoints of a different pipeline ({'; '.join(diffs)})",
             f"pass {RESTART} to start over there, or choose another {WORKDIR}")
-    if pipeline.train.epochs != recorded.train.epochs:
-        _check_extension(workdir, recorded.train.epochs, pipeline)
+    if pipeline.train.epochs != recorded.pipeline.train.epochs:
+        _check_extension(workdir.path, recorded.pipeline.train.epochs, pipeline)
 
 
 EPOCHS = "train.epochs"
 
 
-def _json_or_none(per_model: PerModel | None) -> str:
-    return json.dumps(per_model.to_json()) if per_model is not None else "none"
+def _json_or_none(program: Program) -> str:
+    return json.dumps(program.to_json()) if program.is_sweep else "none"
 
 
 def _check_extension(workdir: Path, trained: int, pipeline: Pipeline) -> None:
@@ -234,35 +322,6 @@ def _check_extension(workdir: Path, trained: int, pipeline: Pipeline) -> None:
             f"{workdir} cannot be extended from {trained} to {wanted} epochs: its {schedule} "
             "schedule is defined over the run's total steps, so the longer run differs from "
             "its first step", start_over)
-
-
-def record_result(workdir: Path, step: int, params_sha256: str,
-                  model_params_sha256: list[str] | None = None) -> None:
-    """The finished run's fingerprint in its manifest (and each model's, for a sweep's program),
-    so listing runs and summarising sweeps need no checkpoint.
-
-    Written once: re-running a finished workdir changes nothing in it.
-    """
-    manifest = read_manifest(workdir)
-    if manifest.get("result", {}).get("params_sha256") == params_sha256:
-        return
-    manifest["result"] = {"step": step, "params_sha256": params_sha256,
-                          **({"model_params_sha256": model_params_sha256}
-                             if model_params_sha256 else {}),
-                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json_atomic(workdir / MANIFEST, manifest)
-
-
-def record_extension(workdir: Path, pipeline: Pipeline, step: int) -> None:
-    """The manifest of a continued run: its new pipeline, and when it was extended from what."""
-    manifest = read_manifest(workdir)
-    old_epochs = manifest["pipeline"]["train"]["epochs"]
-    manifest["extensions"] = [*manifest.get("extensions", []), {
-        "from_epochs": old_epochs, "to_epochs": pipeline.train.epochs, "at_step": step,
-        "command": " ".join(sys.argv), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
-    manifest |= {"pipeline": pipeline_to_dict(pipeline),
-                 "pipeline_sha256": pipeline_sha256(pipeline)}
-    write_json_atomic(workdir / MANIFEST, manifest)
 
 
 def differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = (),

@@ -306,14 +306,15 @@ def cmd_plots(args: argparse.Namespace) -> int:
 def _plot_network(args: argparse.Namespace) -> list[Path]:
     """A workdir's plots into DIR/plots/; a sweep point's, its own network and curves, into
     SWEEPDIR/plots/point-N/."""
-    from digitsjax.apps.plots import PLOTS_DIR, write_plots
-    from digitsjax.apps.sweep import point_name, refuse_program
+    from digitsjax.apps.plots import write_plots
+    from digitsjax.apps.sweep import point_name, refuse_program, sweep_output
     from digitsjax.run.records import model_record, read_metrics
+    from digitsjax.run.workdir import PLOTS_DIR
 
     workdir = arguments.named_workdir(args)
     out, title = workdir.output(PLOTS_DIR), None
     if args.point is not None:
-        out = args.sweep_dir / PLOTS_DIR / f"point-{args.point}"
+        out = sweep_output(args.sweep_dir, PLOTS_DIR) / f"point-{args.point}"
         name = point_name(args.sweep_dir, args.point)
         title = f"{args.sweep_dir.name}, point {args.point}: {name}"
     if args.model is None:

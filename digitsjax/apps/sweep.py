@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import fnmatch
 import itertools
 import json
 from collections.abc import Callable, Iterable
@@ -39,7 +40,7 @@ from digitsjax.errors import ConfigError, UserError
 from digitsjax.files import write_json_atomic, write_text_atomic
 from digitsjax.run.loop import train_program
 from digitsjax.run.records import last_evaluated, model_record, read_metrics
-from digitsjax.run.workdir import MANIFEST, Workdir
+from digitsjax.run.workdir import MANIFEST, PLOTS_DIR, Workdir
 
 SWEEP_JSON = "sweep.json"
 SUMMARY_CSV = "sweep.csv"
@@ -49,6 +50,14 @@ CHART = "sweep.png"
 RESULT_COLUMNS = ("parameters", "epochs", "train_loss", "train_accuracy", "val_accuracy",
                   "test_loss", "test_accuracy", "train_seconds", "diverged_at", "params_sha256")
 PROGRAM_DIR = "program-{}"
+SWEEP_ENTRIES: dict[str, str] = {
+    SWEEP_JSON: "the grid, and which workdir and model holds each point",
+    SUMMARY_CSV: "one row per point", SUMMARY_MARKDOWN: "the same table to read",
+    RESULTS_JSON: "the same rows, and the best point", PLOTS_DIR: "the sweep's charts",
+    PROGRAM_DIR.format("*"): "a program's workdir: the points that train together",
+}
+"""What a sweep writes in its folder besides its points' own workdirs (each named in
+sweep.json, and a `run.workdir.Workdir` of its own)."""
 
 Grid = dict[str, list[Any]]
 
@@ -165,6 +174,13 @@ def _label(value: Any) -> str:
     return str(value)
 
 
+def sweep_output(sweep_dir: Path, name: str) -> Path:
+    """Where a sweep writes its file `name` (one of `SWEEP_ENTRIES`) in `sweep_dir`."""
+    if not any(fnmatch.fnmatchcase(name, pattern) for pattern in SWEEP_ENTRIES):
+        raise ValueError(f"{name!r} is not among the files a sweep writes in its folder")
+    return Path(sweep_dir) / name
+
+
 def plan_programs(variants: list[Variant], max_models: Callable[[Pipeline, int], int],
                   separate: bool = False) -> list[SweepProgram]:
     """Group the variants by program, in grid order, each group cut into runs of at most
@@ -194,7 +210,7 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
     variants = make_variants(base, grid)
     programs = plan_programs(variants, max_models or (lambda _, wanted: wanted), separate)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(sweep_dir / SWEEP_JSON, {
+    write_json_atomic(sweep_output(sweep_dir, SWEEP_JSON), {
         "pipeline": pipeline_to_dict(base), "grid": grid,
         "variants": [_variant_entry(v, p, k) for p in programs
                      for k, v in enumerate(p.variants)]})
@@ -344,14 +360,14 @@ def write_summary(sweep_dir: Path, plots: bool = False) -> list[Path]:
     sweep, rows = summarize(sweep_dir)
     keys = list(sweep["grid"])
     columns = ["variant", *keys, *RESULT_COLUMNS]
-    csv_path = Path(sweep_dir) / SUMMARY_CSV
+    csv_path = sweep_output(sweep_dir, SUMMARY_CSV)
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows({c: _csv_value(row[c]) for c in columns} for row in rows)
-    markdown_path = Path(sweep_dir) / SUMMARY_MARKDOWN
+    markdown_path = sweep_output(sweep_dir, SUMMARY_MARKDOWN)
     write_text_atomic(markdown_path, _markdown_table(rows, keys))
-    json_path = Path(sweep_dir) / RESULTS_JSON
+    json_path = sweep_output(sweep_dir, RESULTS_JSON)
     write_json_atomic(json_path, {"grid": sweep["grid"], "points": rows,
                                   "best": (best_point(rows) or {}).get("variant")})
     charts = _write_plots(Path(sweep_dir), sweep, rows) if plots else []
@@ -362,14 +378,13 @@ def _write_plots(sweep_dir: Path, sweep: dict[str, Any], rows: list[dict[str, An
     """Accuracy by variant; against each numeric key (and a heat map of the first two); the
     learning curves of the best points."""
     from digitsjax.apps.plots import (
-        PLOTS_DIR,
         plot_sweep,
         plot_sweep_curves,
         plot_sweep_heatmap,
         plot_sweep_key,
     )
 
-    plots, name = sweep_dir / PLOTS_DIR, sweep["pipeline"]["name"]
+    plots, name = sweep_output(sweep_dir, PLOTS_DIR), sweep["pipeline"]["name"]
     plots.mkdir(exist_ok=True)
     trained = _finished(rows)  # a diverged point is in the table, not on the charts
     keys = list(sweep["grid"])

@@ -14,6 +14,7 @@ import numpy as np
 from digitsjax.core.data import MNIST, NUM_CLASSES
 from digitsjax.core.train import make_evaluate
 from digitsjax.run import backend
+from digitsjax.run.records import TEST_MODEL_ACCURACIES, TEST_MODEL_LOSSES, format_spread
 from digitsjax.run.trained import Network, fingerprints
 
 
@@ -49,19 +50,16 @@ def evaluate_trained(network: Network, data: MNIST) -> dict[str, Any]:
             | backend.describe(pipeline))
 
 
-
 def report_lines(result: dict[str, Any], seed: int) -> list[str]:
     """`evaluate_trained`'s result as a person reads it: the totals, each of K models (model k
     trained from `seed + k`), accuracy per digit, the confusion matrix, where it was computed."""
-    from digitsjax.run.records import format_spread
-
-    ensemble = (f" {format_spread(result, 'test')}" if "test_model_accuracies" in result
+    ensemble = (f" {format_spread(result, 'test')}" if TEST_MODEL_ACCURACIES in result
                 else "")
     lines = [f"step {result['step']}  test_loss {result['test_loss']:.4f}  "
              f"test_accuracy {100 * result['test_accuracy']:.2f}%{ensemble}  "
              f"params_sha256 {result['params_sha256']}"]
-    lines += [f"  model {k} (seed {seed + k})  test_loss {result['test_model_losses'][k]:.4f}  "
-              f"test_accuracy {100 * result['test_model_accuracies'][k]:.2f}%  params_sha256 {sha}"
+    lines += [f"  model {k} (seed {seed + k})  test_loss {result[TEST_MODEL_LOSSES][k]:.4f}  "
+              f"test_accuracy {100 * result[TEST_MODEL_ACCURACIES][k]:.2f}%  params_sha256 {sha}"
               for k, sha in enumerate(result.get("model_params_sha256", []))]
     lines.append("accuracy per digit:  " + "  ".join(
         f"{digit}: {100 * accuracy:.1f}%"

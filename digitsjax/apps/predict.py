@@ -82,7 +82,6 @@ def predict_files(paths: Sequence[str | Path], load: Callable[[], Network]
                      for path, digit in zip(paths, digits, strict=True)]
 
 
-
 def prediction_line(answer: FileAnswer) -> str:
     """A classified file as `PATH: DIGIT    (D: P%  D: P%  D: P%)`, its three likeliest digits."""
     assert answer.prediction is not None

@@ -31,7 +31,6 @@ last finite state (`_sweep_chunk`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import json
@@ -207,13 +206,12 @@ def init_state(program: Program) -> TrainState:
     seeds = program.seeds()
     if len(seeds) == 1:
         return init_single_state(program.pipeline, jax.random.PRNGKey(seeds[0]))
-    stacked = dataclasses.replace(_stacked_initial_states(program.pipeline, seeds),
-                                  step=jnp.zeros((), jnp.int32))
+    stacked = _stacked_initial_states(program.pipeline, seeds).replace(
+        step=jnp.zeros((), jnp.int32))
     if program.per_model is None:
         return stacked
-    return dataclasses.replace(
-        stacked, hyper=jax.tree.map(jnp.asarray, program.per_model.state_values()),
-        diverged_at=jnp.full((len(seeds),), -1, jnp.int32))
+    return stacked.replace(hyper=jax.tree.map(jnp.asarray, program.per_model.state_values()),
+                           diverged_at=jnp.full((len(seeds),), -1, jnp.int32))
 
 
 def _stacked_initial_states(pipeline: Pipeline, seeds: list[int]) -> TrainState:
@@ -235,8 +233,7 @@ def _compiled_inits(pipeline: Pipeline, keys: jax.Array) -> TrainState:
 def model_axes(state: TrainState) -> TrainState:
     """The `in_axes`/`out_axes` of a K-model state: the model axis leads every part but the
     one step that all K models share (and advance)."""
-    return jax.tree.map(lambda _: 0, dataclasses.replace(state, step=None)) \
-        .replace(step=None)
+    return jax.tree.map(lambda _: 0, state.replace(step=None))
 
 
 def split_models(state: TrainState, sizes: tuple[int, ...]) -> list[TrainState]:
@@ -249,13 +246,12 @@ def split_models(state: TrainState, sizes: tuple[int, ...]) -> list[TrainState]:
 
 def join_models(parts: list[TrainState]) -> TrainState:
     """`split_models` undone: the groups' states as one."""
-    models = jax.tree.map(lambda *leaves: jnp.concatenate(leaves),
-                          *(part.replace(step=None) for part in parts))
-    return models.replace(step=parts[0].step)
+    return join_sums([part.replace(step=None) for part in parts]).replace(step=parts[0].step)
 
 
-def join_sums(parts: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
-    """The groups' per-model metric sums as one program's."""
+def join_sums(parts: list[Any]) -> Any:
+    """The groups' per-model values (their metric sums, or states less the shared step) as one
+    program's, model after model."""
     return jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
 
 

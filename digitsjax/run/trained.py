@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,10 @@ class Network:
     step: int
     meta: dict[str, Any]
     """The checkpoint's own record (its epoch, and a mid-epoch checkpoint's sums)."""
-    _classify: Callable[[Any, np.ndarray], jax.Array] = field(init=False, repr=False,
-                                                              compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_classify", make_classify(self.pipeline))
+    @cached_property
+    def _classify(self) -> Callable[[Any, np.ndarray], jax.Array]:
+        return make_classify(self.pipeline)
 
     @property
     def pipeline(self) -> Pipeline:

@@ -97,5 +97,10 @@ class DivergenceError(UserError):
     """Training produced a NaN or infinite loss (usually a learning rate that is too high)."""
 
 
+class FileError(UserError):
+    """A file digitsjax would write cannot be: it is someone else's, a link, outside its folder,
+    or the filesystem refuses (full, read-only, a name too long)."""
+
+
 class ResourceError(UserError):
     """A run would need more memory than the machine has (refused before allocating)."""

@@ -7,7 +7,7 @@ Two rules hold for every write, in a workdir, a sweep folder or a path a user na
   a full disk leaves the old file, or none, never a half-written one.
 - **Only what digitsjax wrote is replaced or deleted.** An `OwnedFolder` keeps a ledger, a file
   in the folder listing every entry digitsjax wrote there. A write refuses to replace an entry
-  the ledger does not list, and deletion (`--restart`) deletes exactly the listed ones. An entry
+  the ledger does not list, and deletion (a restart) deletes exactly the listed ones. An entry
   is listed before its bytes are written, so that a crash between the two leaves nothing
   digitsjax wrote unlisted. Ownership is a record, never a guess from names.
 

@@ -33,7 +33,7 @@ from digitsjax.core.config import Pipeline, pipeline_from_dict, pipeline_sha256,
 from digitsjax.core.optim import SCHEDULES
 from digitsjax.core.program import Program, recorded_program
 from digitsjax.errors import RESTART, WORKDIR, CheckpointError
-from digitsjax.files import write_json_atomic
+from digitsjax.files import OwnedFolder, write_json_atomic
 from digitsjax.run import checkpoint, cluster
 from digitsjax.run.backend import xla_flags
 from digitsjax.run.lock import LOCK, workdir_lock
@@ -188,6 +188,11 @@ class Workdir:
         """This workdir with `manifest` written (atomically) and held."""
         write_json_atomic(self.output(MANIFEST), manifest)
         return Workdir(self.path, manifest)
+
+    @property
+    def files(self) -> OwnedFolder:
+        """The workdir as a folder with a ledger: every write into it goes through this."""
+        return OwnedFolder(self.path)
 
     def output(self, name: str) -> Path:
         """Where digitsjax writes its file or folder `name` here: one of `WORKDIR_ENTRIES`,

@@ -23,7 +23,7 @@ from digitsjax.core.data import NUM_PIXELS
 from digitsjax.core.model import make_classify, params_sha256
 from digitsjax.core.program import Program, init_state
 from digitsjax.core.train import model_params
-from digitsjax.errors import CHECKPOINT, RESTART, CheckpointError, ImageError
+from digitsjax.errors import CHECKPOINT, POINT, RESTART, CheckpointError, ImageError
 from digitsjax.run import backend, checkpoint
 from digitsjax.run.lock import holder_of
 from digitsjax.run.workdir import Workdir
@@ -142,6 +142,21 @@ def _being_trained(workdir: Path, problem: str) -> CheckpointError | None:
     return CheckpointError(f"{problem}: {workdir} is being trained by {holder}, which writes "
                            "its checkpoints and deletes old ones meanwhile",
                            f"try again, or choose another with {CHECKPOINT}")
+
+
+def refuse_points_ensemble(workdir: Workdir) -> None:
+    """Refuse a sweep's program folder as one network: its K models are grid points trained
+    with different numbers, so their ensemble, what loading it whole gives, is nobody's.
+
+    For whatever hands a user a network without a chosen model (a command, the Python API);
+    readers of the program as trained (verify, a sweep's summary) load it whole.
+    """
+    if workdir.program.is_sweep:
+        raise CheckpointError(
+            f"{workdir.path} is a program of a sweep: its {workdir.program.num_models} models "
+            "are grid points trained with different numbers, and their ensemble is nobody's "
+            "network", f"choose one of its points: the sweep's folder {workdir.path.parent} "
+            f"with {POINT} (row N of its sweep.csv)")
 
 
 def one_model(network: Network, k: int) -> Network:

@@ -112,6 +112,7 @@ def test_an_unreadable_checkpoint_of_an_idle_workdir_is_still_reported_as_damage
     assert "is damaged" in error.value.problem and RESTART in error.value.fix
 
 
+@pytest.mark.slow
 def test_reads_in_a_loop_while_a_real_run_saves_and_deletes_every_other_step(tmp_path):
     """The race as it happens: a `keep = 1` run saving every 2 steps, read back for a few
     seconds; every read returns a network, none reports damage."""

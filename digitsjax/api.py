@@ -21,11 +21,13 @@ from typing import Any
 
 from digitsjax.apps.evaluate import evaluate_trained
 from digitsjax.apps.predict import FileAnswer, predict_files
+from digitsjax.apps.sweep import locate_point
 from digitsjax.core.config import Pipeline, load_pipeline
 from digitsjax.files import DEFAULT_WORKDIR_ROOT
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.mnist import load_mnist
-from digitsjax.run.trained import Network, load_network
+from digitsjax.run.trained import Network, load_network, refuse_points_ensemble
+from digitsjax.run.workdir import Workdir
 
 
 def train(pipeline: str | Path | Pipeline, workdir: str | Path | None = None,
@@ -45,12 +47,21 @@ def train(pipeline: str | Path | Pipeline, workdir: str | Path | None = None,
     return train_pipeline(pipeline, workdir, mnist_dir=mnist_dir, restart=restart, echo=echo)
 
 
-def load(workdir: str | Path, checkpoint: str = "latest") -> Network:
+def load(workdir: str | Path, checkpoint: str = "latest", *,
+         point: int | None = None) -> Network:
     """A trained network from `workdir`: its `latest` or `best` checkpoint, or a step ("858").
+    With `point`, `workdir` is a sweep's folder and the network its point N (row N of its
+    sweep.csv); a sweep's program folder, whose models are different points, is refused.
 
     It has `classify` and `probabilities` for arrays, and its `pipeline`, `params` and `step`.
     """
-    return load_network(workdir, str(checkpoint))
+    model = None
+    if point is not None:
+        workdir, model = locate_point(Path(workdir), point)
+    opened = Workdir.open(workdir)
+    if model is None:
+        refuse_points_ensemble(opened)
+    return load_network(opened, str(checkpoint), model)
 
 
 def classify_files(network: Network, paths: Sequence[str | Path]) -> list[FileAnswer]:

@@ -96,10 +96,13 @@ def named_workdir(args: argparse.Namespace) -> Workdir:
 
 
 def named_network(args: argparse.Namespace, workdir: Workdir | None = None) -> Network:
-    """The network a command's workdir, point and checkpoint arguments name, JAX started first."""
-    from digitsjax.run.trained import load_network
+    """The network a command's workdir, point and checkpoint arguments name, JAX started first;
+    a sweep's program folder without a point is refused."""
+    from digitsjax.run.trained import load_network, refuse_points_ensemble
 
     workdir = workdir or named_workdir(args)
+    if args.model is None:
+        refuse_points_ensemble(workdir)
     start_backend_for(workdir)
     return load_network(workdir, args.checkpoint, args.model)
 

@@ -22,8 +22,10 @@ CHECKPOINT = "⟨checkpoint⟩"
 """Which checkpoint to load: latest, best or a step."""
 MNIST_DIR = "⟨mnist_dir⟩"
 """The folder holding the four MNIST IDX files."""
+POINT = "⟨point⟩"
+"""One point N of a sweep, given with the sweep's folder."""
 
-_MARKER = re.compile(r"⟨(restart|workdir|checkpoint|mnist_dir|set ([^=⟩]+)=([^⟩]*))⟩")
+_MARKER = re.compile(r"⟨(restart|workdir|checkpoint|mnist_dir|point|set ([^=⟩]+)=([^⟩]*))⟩")
 
 
 def setting(key: str, value: object) -> str:
@@ -37,6 +39,7 @@ LIBRARY: Mapping[str, str] = {
     "workdir": "the workdir argument",
     "checkpoint": "the checkpoint argument (latest, best or a step)",
     "mnist_dir": "mnist_dir=DIR (or $DIGITSJAX_MNIST_DIR=DIR)",
+    "point": "point=N",
     "set": "pipeline key {key} = {value}",
 }
 COMMAND_LINE: Mapping[str, str] = {
@@ -44,6 +47,7 @@ COMMAND_LINE: Mapping[str, str] = {
     "workdir": "--workdir",
     "checkpoint": "--checkpoint",
     "mnist_dir": "--mnist-dir DIR (or $DIGITSJAX_MNIST_DIR=DIR)",
+    "point": "--point N",
     "set": "--set {key}={value}",
 }
 

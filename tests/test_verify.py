@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -14,7 +18,7 @@ from digitsjax.main import main
 from digitsjax.run import checkpoint
 from digitsjax.run.workdir import MANIFEST, Workdir
 
-from .conftest import run_cli
+from .conftest import REPO, run_cli
 
 
 @pytest.mark.slow
@@ -56,3 +60,26 @@ def test_an_unfinished_run_must_be_finished_before_it_can_be_verified(tmp_path, 
     with pytest.raises(CheckpointError, match=f"stopped at step {before_last} of {last}; "
                                               "finish it first"):
         verify_workdir(Workdir.open(workdir))
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_replay_says_nothing_was_kept(tmp_path, small_run):
+    """The replay's checkpoints are in a temporary folder that goes with it: unlike a training
+    run's, a stopped verify leaves nothing to continue from, and says so. (Stopped after its
+    first epoch, the replay has a second one to go: the signal lands in it.)"""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "digitsjax", "verify", str(small_run)],
+                               cwd=REPO, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                                            "TMPDIR": str(temporary)})
+    for line in process.stdout:  # the replay's first epoch: it is training
+        if line.startswith("epoch"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "digitsjax: verify stopped by SIGINT; its replay was " \
+        "discarded, nothing was kept", stderr
+    assert "checkpointed" not in stderr
+    assert not list(temporary.glob("digitsjax-verify-*"))

@@ -8,6 +8,7 @@ the first epoch whose metrics differ say where to look.
 
 from __future__ import annotations
 
+import signal
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 from digitsjax.core.model import params_sha256
 from digitsjax.errors import CheckpointError
 from digitsjax.run.loop import train_program
+from digitsjax.run.preemption import Preempted
 from digitsjax.run.records import EpochRecord, read_metrics, without_timings
 from digitsjax.run.trained import load_network
 from digitsjax.run.workdir import Workdir, differences
@@ -58,7 +60,10 @@ def verify_workdir(workdir: Workdir, *, mnist_dir: str | None = None,
             "continues it), then verify")
     echo(f"replaying {workdir.path}'s pipeline {pipeline.name!r} into a temporary workdir")
     with tempfile.TemporaryDirectory(prefix="digitsjax-verify-") as replay_dir:
-        replayed = train_program(network.program, replay_dir, mnist_dir=mnist_dir, echo=echo)
+        try:
+            replayed = train_program(network.program, replay_dir, mnist_dir=mnist_dir, echo=echo)
+        except Preempted as e:  # its checkpoint is in the folder about to be removed
+            raise ReplayStopped(e.signum, e.step) from None
         replay = Workdir.open(replay_dir)
         replay_manifest, replay_metrics = replay.manifest, read_metrics(replay.path)
     return Verification(
@@ -67,6 +72,15 @@ def verify_workdir(workdir: Workdir, *, mnist_dir: str | None = None,
         replayed_sha256=replayed["params_sha256"],
         first_divergent_epoch=_first_divergent_epoch(recorded_metrics, replay_metrics),
         manifest_differences=differences(manifest, replay_manifest, ignore=MANIFEST_INVOCATION))
+
+
+class ReplayStopped(Preempted):
+    """The replay stopped on a signal. What it checkpointed was in its temporary folder, gone
+    with it: unlike a stopped training, nothing is kept to continue from."""
+
+    def __str__(self) -> str:
+        return (f"verify stopped by {signal.Signals(self.signum).name}; its replay was "
+                "discarded, nothing was kept")
 
 
 def _first_divergent_epoch(recorded: list[EpochRecord],

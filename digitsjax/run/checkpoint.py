@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -235,8 +236,8 @@ def _quiet_abandoned_io() -> None:
     closes its event loop while its other reads or writes are still under way, and each of
     those fails on its own, later: tensorstore posts its result to the closed loop
     ("RuntimeError: Event loop is closed"), orbax's abandoned coroutines raise as they are
-    finalised, and asyncio logs their tasks' unretrieved exceptions. Python prints each
-    as a traceback, at any moment up to exit: hundreds of lines under the one-line error the
+    finalised, and asyncio logs their tasks' and futures' unretrieved exceptions. Python prints
+    each as a traceback, at any moment up to exit: hundreds of lines under the one-line error the
     user got, or under a run that fell back to an older checkpoint and is fine. None of them
     reaches a caller; only these are hidden, any other such message still shows.
     """
@@ -250,11 +251,21 @@ def _quiet_abandoned_io() -> None:
 
     def unretrieved_by_orbax(record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Task exception was never retrieved") and
-                    _ORBAX_SOURCE in message)
+        error = record.exc_info[1] if record.exc_info else None
+        return not (message.partition("\n")[0].endswith("exception was never retrieved") and
+                    (_ORBAX_SOURCE in message or _from_orbax(error)))
 
     sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(unretrieved_by_orbax)
+
+
+def _from_orbax(error: BaseException | None) -> bool:
+    """An error of orbax's reads or writes: raised in its code, or tensorstore's about the
+    OCDBT files that orbax keeps arrays in (a read's futures that orbax no longer awaits)."""
+    if error is None:
+        return False
+    frames = traceback.extract_tb(error.__traceback__)
+    return any(_ORBAX_SOURCE in frame.filename for frame in frames) or "OCDBT" in str(error)
 
 
 def restore_newest_intact(manager: ocp.CheckpointManager, like_state: TrainState,

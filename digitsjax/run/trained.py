@@ -23,8 +23,9 @@ from digitsjax.core.data import NUM_PIXELS
 from digitsjax.core.model import make_classify, params_sha256
 from digitsjax.core.program import Program, init_state
 from digitsjax.core.train import model_params
-from digitsjax.errors import CHECKPOINT, RESTART, CheckpointError, ImageError
+from digitsjax.errors import CHECKPOINT, POINT, RESTART, CheckpointError, ImageError
 from digitsjax.run import backend, checkpoint
+from digitsjax.run.lock import holder_of
 from digitsjax.run.workdir import Workdir
 
 
@@ -74,30 +75,88 @@ def load_network(workdir: Workdir | str | Path, which: str = "latest",
     """Restore a workdir's checkpoint (`latest`, `best` or a step) with its program; with
     `model`, only that model of a K-model run (or of a sweep's program), as its single run.
 
-    A run training in the workdir meanwhile may delete the checkpoint being read (it keeps only
-    `checkpoint.keep`); then the newest complete one is read instead, a few times at most.
+    A run training in the workdir meanwhile saves checkpoints and deletes the oldest (it keeps
+    only `checkpoint.keep`), also while they are being listed or read. A checkpoint that changed
+    under the reader is read again, from a new listing, a few times at most; a read that still
+    fails while a run holds the workdir says so rather than call that run's checkpoint damaged.
     """
     if not isinstance(workdir, Workdir):
         workdir = Workdir.open(workdir)
     program = workdir.program
     backend.request_determinism(program.pipeline.train.deterministic)  # before JAX's backend
     for attempt in range(READ_ATTEMPTS):
-        manager = checkpoint.open_manager(workdir.path, program.pipeline.checkpoint,
-                                          read_only=True)
-        try:
-            step = checkpoint.resolve_step(manager, which)
-            try:
-                template = init_state(program)
-                state, meta = checkpoint.restore(manager, step, template)
-            except CheckpointError as e:
-                if _deleted_meanwhile(workdir.path, step) and attempt + 1 < READ_ATTEMPTS:
-                    continue
-                raise CheckpointError(e.problem, _other_checkpoint(manager, step)) from None
-        finally:
-            manager.close()
-        network = Network(program, state.params, step, meta)
-        return network if model is None else one_model(network, model)
+        read = _read(workdir.path, program, which, last=attempt + 1 == READ_ATTEMPTS)
+        if read is not None:
+            network = Network(program, *read)
+            return network if model is None else one_model(network, model)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+READ_ATTEMPTS = 4
+
+
+def _read(workdir: Path, program: Program, which: str,
+          last: bool) -> tuple[Any, int, dict[str, Any]] | None:
+    """(params, step, meta) of the checkpoint `which` names; None when it changed while it was
+    read and this is not the `last` attempt."""
+    where = checkpoint.checkpoint_dir(workdir)
+    try:
+        manager = checkpoint.open_manager(workdir, program.pipeline.checkpoint, read_only=True)
+    except FileNotFoundError as e:  # orbax listed a step, then found it gone: a deletion
+        if not last:
+            return None
+        problem = f"a checkpoint in {where} vanished while it was listed ({e.filename})"
+        raise _being_trained(workdir, problem) or CheckpointError(problem, "try again") from None
+    try:
+        listed = sorted(manager.all_steps())
+        step = checkpoint.resolve_step(manager, which)
+        try:
+            state, meta = checkpoint.restore(manager, step, init_state(program))
+        except CheckpointError as e:
+            now = _steps_on_disk(workdir)
+            if not last and now != listed:  # saved, deleted or both since it was listed
+                return None
+            busy = _being_trained(workdir, f"checkpoint {step} in {where} could not be read")
+            raise busy or CheckpointError(e.problem, _other_checkpoint(now, step)) from None
+    finally:
+        manager.close()
+    return state.params, step, meta
+
+
+def _steps_on_disk(workdir: Path) -> list[int]:
+    """The complete checkpoints' steps as the folder holds them now (orbax writes a step under
+    another name and renames it when complete)."""
+    try:
+        return sorted(int(p.name) for p in checkpoint.checkpoint_dir(workdir).iterdir()
+                      if p.name.isdigit())
+    except OSError:
+        return []
+
+
+def _being_trained(workdir: Path, problem: str) -> CheckpointError | None:
+    """A failed read of a workdir that a run holds: what failed may be that run's work in
+    progress, not damage, so the fix is to read again, never to start the run over."""
+    holder = holder_of(workdir)
+    if holder is None:
+        return None
+    return CheckpointError(f"{problem}: {workdir} is being trained by {holder}, which writes "
+                           "its checkpoints and deletes old ones meanwhile",
+                           f"try again, or choose another with {CHECKPOINT}")
+
+
+def refuse_points_ensemble(workdir: Workdir) -> None:
+    """Refuse a sweep's program folder as one network: its K models are grid points trained
+    with different numbers, so their ensemble, what loading it whole gives, is nobody's.
+
+    For whatever hands a user a network without a chosen model (a command, the Python API);
+    readers of the program as trained (verify, a sweep's summary) load it whole.
+    """
+    if workdir.program.is_sweep:
+        raise CheckpointError(
+            f"{workdir.path} is a program of a sweep: its {workdir.program.num_models} models "
+            "are grid points trained with different numbers, and their ensemble is nobody's "
+            "network", f"choose one of its points: the sweep's folder {workdir.path.parent} "
+            f"with {POINT} (row N of its sweep.csv)")
 
 
 def one_model(network: Network, k: int) -> Network:
@@ -113,15 +172,8 @@ def one_model(network: Network, k: int) -> Network:
                    network.step, network.meta)
 
 
-READ_ATTEMPTS = 3
-
-
-def _deleted_meanwhile(workdir: Path, step: int) -> bool:
-    return not (checkpoint.checkpoint_dir(workdir) / str(step)).exists()
-
-
-def _other_checkpoint(manager: Any, step: int) -> str:
-    others = sorted(set(manager.all_steps()) - {step})
+def _other_checkpoint(steps: list[int], step: int) -> str:
+    others = sorted(set(steps) - {step})
     return (f"choose another with {CHECKPOINT} (saved steps: {others})" if others
             else f"retrain with {RESTART}")
 

@@ -27,6 +27,7 @@ from digitsjax.run.lock import LOCK, workdir_lock
 
 from . import conftest
 from .conftest import REPO, run_cli
+from .filesystem import files
 
 PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
 SETS = (*conftest.TINY, "train.epochs=1")
@@ -41,11 +42,6 @@ def sweep_cli(folder, *grid: str):
     return run_cli("sweep", str(PIPELINE), "--workdir", str(folder),
                    *(f"--grid={g}" for g in (grid or ("seed=[0]",))),
                    *(f"--set={s}" for s in SETS))
-
-
-def files(folder) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
 
 
 def a_sweep_record(grid=None) -> dict:

@@ -23,6 +23,7 @@ from digitsjax.apps.sweep import (
 from digitsjax.core.config import load_pipeline, pipeline_to_dict
 from digitsjax.errors import CheckpointError, FileError
 from digitsjax.files import LEDGER, OwnedFolder
+from digitsjax.main import main
 from digitsjax.run.lock import LOCK, workdir_lock
 
 from . import conftest
@@ -143,3 +144,12 @@ def test_a_sweep_json_that_is_no_sweeps_record_adopts_nothing(tmp_path, record):
     (tmp_path / "sweep.md").write_text("mine")
     assert sweep_folder(tmp_path).written() == frozenset()
     assert not (tmp_path / LEDGER).exists()
+
+
+def test_plots_of_a_folder_whose_sweep_json_is_the_users_is_one_line(tmp_path, capsys):
+    (tmp_path / SWEEP_JSON).write_text('{"mine": true}')
+    assert main(["plots", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"digitsjax: error: {tmp_path / SWEEP_JSON} is not a sweep's record (its pipeline, grid "
+        "and points); run `digitsjax sweep` into a new folder\n")
+    assert os.listdir(tmp_path) == [SWEEP_JSON]

@@ -362,10 +362,26 @@ def summarize(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 def _read_sweep(sweep_dir: Path) -> dict[str, Any]:
     """sweep.json: the base pipeline, the grid, and where each variant's results live."""
     try:
-        return json.loads((Path(sweep_dir) / SWEEP_JSON).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        record = json.loads((Path(sweep_dir) / SWEEP_JSON).read_text())
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
         raise UserError(f"{sweep_dir} is not a readable sweep ({e}); "
                         "run `digitsjax sweep` into it") from None
+    if not _is_sweep_record(record):
+        raise UserError(f"{Path(sweep_dir) / SWEEP_JSON} is not a sweep's record (its pipeline, "
+                        "grid and points)", "run `digitsjax sweep` into a new folder")
+    return record
+
+
+def _is_sweep_record(record: Any) -> bool:
+    """Whether `record` holds what digitsjax writes in a sweep.json: its pipeline, grid and
+    points, each point named, with its values of the grid's keys."""
+    if not (isinstance(record, dict) and isinstance(record.get("pipeline"), dict)
+            and isinstance(record.get("grid"), dict)
+            and isinstance(record.get("variants"), list) and record["variants"]):
+        return False
+    return all(isinstance(v, dict) and isinstance(v.get("name"), str)
+               and isinstance(v.get("values"), dict) and set(v["values"]) == set(record["grid"])
+               and isinstance(v.get("workdir", ""), str) for v in record["variants"])
 
 
 def sweep_folder(sweep_dir: Path) -> OwnedFolder:
@@ -419,19 +435,11 @@ def _plain_entries(path: Path, prefix: str) -> list[str]:
 
 
 def _earlier_sweep(sweep_dir: Path) -> bool:
-    """Whether `sweep_dir`'s sweep.json is a sweep's record as digitsjax writes it: exactly its
-    pipeline, grid and points, each point named, with its values of the grid's keys."""
+    """Whether `sweep_dir`'s sweep.json is a sweep's record exactly as digitsjax writes it."""
     try:
-        record = json.loads((Path(sweep_dir) / SWEEP_JSON).read_text())
-    except (OSError, ValueError):
+        return set(_read_sweep(sweep_dir)) == {"pipeline", "grid", "variants"}
+    except UserError:
         return False
-    if not (isinstance(record, dict) and set(record) == {"pipeline", "grid", "variants"}
-            and isinstance(record["pipeline"], dict) and isinstance(record["grid"], dict)
-            and isinstance(record["variants"], list) and record["variants"]):
-        return False
-    return all(isinstance(v, dict) and isinstance(v.get("name"), str)
-               and isinstance(v.get("values"), dict) and set(v["values"]) == set(record["grid"])
-               and isinstance(v.get("workdir", ""), str) for v in record["variants"])
 
 
 def _workdir_of(sweep_dir: Path, entry: dict[str, Any]) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from digitsjax import arguments
-from digitsjax.errors import COMMAND_LINE, UserError
+from digitsjax.errors import COMMAND_LINE
 from digitsjax.files import DEFAULT_WORKDIR_ROOT
 
 if TYPE_CHECKING:  # the commands import the library lazily, to start fast
@@ -222,10 +222,7 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
     start_backend(pipeline.train.deterministic)
     data = load_mnist(pipeline.data, args.mnist_dir)
     before, after = augmentation_sample(pipeline, data.train_images, args.count)
-    try:
-        plot_augmentation(before, after, out, augmentation_title(pipeline, len(before)))
-    except OSError as e:
-        raise UserError(f"cannot write {out} ({e.strerror})", "choose another --out") from None
+    plot_augmentation(before, after, out, augmentation_title(pipeline, len(before)))
     if not augment.active(pipeline.augment):
         print(f"digitsjax: [augment] is off in {args.pipeline} (every strength is 0): the "
               "lower rows repeat the upper ones; turn it on with e.g. "
@@ -245,8 +242,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from digitsjax.apps.runs import compare
     from digitsjax.run.workdir import Workdir
 
-    plot = args.output or args.workdirs[0] / "plots" / "compare.png"
-    table, path = compare([Workdir.open(workdir) for workdir in args.workdirs], plot)
+    table, path = compare([Workdir.open(workdir) for workdir in args.workdirs], args.output)
     print(table)
     print(path)
     return 0
@@ -307,14 +303,16 @@ def _plot_network(args: argparse.Namespace) -> list[Path]:
     """A workdir's plots into DIR/plots/; a sweep point's, its own network and curves, into
     SWEEPDIR/plots/point-N/."""
     from digitsjax.apps.plots import write_plots
-    from digitsjax.apps.sweep import point_name, refuse_program, sweep_output
+    from digitsjax.apps.sweep import point_name, refuse_program, sweep_folder
     from digitsjax.run.records import model_record, read_metrics
     from digitsjax.run.workdir import PLOTS_DIR
 
     workdir = arguments.named_workdir(args)
-    out, title = workdir.output(PLOTS_DIR), None
+    folder, title = workdir.files, None
+    out = folder.path / PLOTS_DIR
     if args.point is not None:
-        out = sweep_output(args.sweep_dir, PLOTS_DIR) / f"point-{args.point}"
+        folder = sweep_folder(args.sweep_dir)
+        out = folder.path / PLOTS_DIR / f"point-{args.point}"
         name = point_name(args.sweep_dir, args.point)
         title = f"{args.sweep_dir.name}, point {args.point}: {name}"
     if args.model is None:
@@ -324,17 +322,16 @@ def _plot_network(args: argparse.Namespace) -> list[Path]:
     if args.model is not None:
         records = [model_record(r, args.model) for r in records]
     return write_plots(out, network, _load_data(network, args.mnist_dir), records,
-                       title or network.pipeline.name)
+                       title or network.pipeline.name, folder)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from digitsjax.apps.export import default_output, export_trained, summary_lines
+    from digitsjax.apps.export import export_trained, summary_lines
 
     workdir = arguments.named_workdir(args)
     network = arguments.named_network(args, workdir)
     name = "model" if args.point is None else f"point-{args.point}"
-    done = export_trained(network, args.format,
-                          args.output or default_output(workdir, args.format, name))
+    done = export_trained(network, args.format, args.output, workdir=workdir, name=name)
     _print_lines(summary_lines(done))
     return 0
 

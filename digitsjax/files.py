@@ -75,6 +75,40 @@ def cannot_write(path: Path, error: OSError, fix: str = _WRITE_FIX) -> FileError
     return FileError(f"cannot write {path} ({reason})", fix)
 
 
+def check_new_file(path: Path) -> Path:
+    """`path`, a file a user named outside any folder of digitsjax's (`--output`), checked
+    before anything is done: nothing may be there (with no ledger beside it, digitsjax cannot
+    tell a file it wrote from the user's, so it replaces neither), and no file may stand where
+    one of its folders would."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileError(f"{path} is a folder", "give the path of a file to write")
+    if os.path.lexists(path):
+        raise FileError(f"{path} exists", "move it away, or choose another place")
+    check_folders_of(path)
+    return path
+
+
+def check_folders_of(path: Path) -> None:
+    """Refuse `path` where a file stands in the place of one of its folders."""
+    for folder in Path(path).parents:  # the nearest first: the first that exists decides
+        if os.path.lexists(folder):
+            if not folder.is_dir():
+                raise FileError(f"cannot write {path}: the file {folder} is in the way",
+                                "move it away, or choose another place")
+            return
+
+
+def make_folders_of(path: Path) -> Path:
+    """Create the missing folders of `path` (a file a user named); returns `path`."""
+    check_folders_of(path)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write(path, e) from None
+    return Path(path)
+
+
 def _remove_quietly(path: Path) -> None:
     try:
         if path.is_symlink() or path.is_file():
@@ -119,12 +153,24 @@ class OwnedFolder:
         """The path of the entry `name`, checked and listed, for a writer that writes it itself
         (orbax, TensorBoard, matplotlib): inside the folder, no link on the way, and not an
         entry of someone else's (`replace=False`: not an existing entry at all)."""
+        path = self.checked(name, replace=replace)
+        self.record(name)
+        return path
+
+    def checked(self, name: str, *, replace: bool = True) -> Path:
+        """`target`'s checks alone: the path of the entry `name`, nothing listed or written."""
         path = self.inside(name)
         if os.path.lexists(path) and not (replace and self.owns(name)):
             whose = "digitsjax did not write it" if replace else "it would be replaced"
             raise FileError(f"{path} exists and {whose}", "move it away, or choose another place")
-        self.record(name)
         return path
+
+    def targets(self, *names: str) -> list[Path]:
+        """`target` for entries written together (a command's pictures): every one is checked
+        before any is listed, so that one refused leaves the folder and its ledger as they were."""
+        paths = [self.checked(name) for name in names]
+        self.record(*names)
+        return paths
 
     def inside(self, name: str) -> Path:
         """`name` resolved in this folder, refused if it leaves it or passes a link."""

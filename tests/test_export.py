@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,10 +24,12 @@ from digitsjax.apps.export import FORMATS, export_trained
 from digitsjax.cli import EXPORT_FORMATS
 from digitsjax.core.program import Program
 from digitsjax.errors import UserError
+from digitsjax.files import LEDGER, OwnedFolder
 from digitsjax.main import main
 from digitsjax.run.trained import load_network
 
 from .conftest import TINY, run_cli, train_mnist_mlp
+from .filesystem import refusing_writes_of
 
 ONNX_MISSING = [name for name in ("jax2onnx", "onnxruntime")
                 if importlib.util.find_spec(name) is None]
@@ -212,3 +215,52 @@ def test_onnx_refuses_bfloat16_multiplies_that_onnx_runtime_cannot_run(trained_w
 
 def test_the_command_line_offers_exactly_the_librarys_formats():
     assert tuple(FORMATS) == EXPORT_FORMATS
+
+
+def test_an_export_the_filesystem_refuses_is_one_line_and_leaves_nothing(
+        trained_workdir, tmp_path, capsys, monkeypatch):
+    """As `--output` into a read-only folder: no half-written file, no temporary left."""
+    monkeypatch.setattr(os, "replace", refusing_writes_of(".npz"))
+    output = tmp_path / "model.npz"
+    assert main(["export", str(trained_workdir), "--format", "npz", "--output",
+                 str(output)]) == 2
+    assert capsys.readouterr().err == (
+        f"digitsjax: error: cannot write {output} (Read-only file system); free space or make "
+        "it writable, or choose another place\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_under_a_file_is_refused_naming_the_file_in_the_way(
+        trained_workdir, tmp_path, capsys):
+    (tmp_path / "somefile").write_text("mine")
+    output = tmp_path / "somefile" / "model.npz"
+    assert main(["export", str(trained_workdir), "--format", "npz", "--output",
+                 str(output)]) == 2
+    assert capsys.readouterr().err == (
+        f"digitsjax: error: cannot write {output}: the file {tmp_path / 'somefile'} is in the "
+        "way; move it away, or choose another place\n")
+    assert (tmp_path / "somefile").read_text() == "mine"
+
+
+def test_the_default_export_is_listed_in_the_workdirs_ledger_and_adopts_an_earlier_one(
+        trained_workdir, tmp_path):
+    workdir = shutil.copytree(trained_workdir, tmp_path / "run")
+    assert main(["export", str(workdir), "--format", "npz"]) == 0
+    listed = {"export/", "export/model.npz", "export/model.npz.json"}
+    assert listed <= OwnedFolder(workdir).written()
+    (workdir / LEDGER).unlink()  # as an export written before workdirs kept a ledger
+    assert main(["export", str(workdir), "--format", "npz"]) == 0  # unchanged: replaced
+    assert {"export/model.npz", "export/model.npz.json"} <= OwnedFolder(workdir).written()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_an_export_into_a_read_only_folder_is_one_line(trained_workdir, tmp_path, capsys):
+    tmp_path.chmod(0o555)
+    try:
+        assert main(["export", str(trained_workdir), "--format", "npz", "--output",
+                     str(tmp_path / "model.npz")]) == 2
+    finally:
+        tmp_path.chmod(0o755)
+    err = capsys.readouterr().err
+    assert err.startswith("digitsjax: error: cannot write ") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []

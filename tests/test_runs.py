@@ -3,13 +3,16 @@ runs write as they go (no checkpoint is read)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 
+from digitsjax.apps import runs
 from digitsjax.apps.runs import compare, find_workdirs, runs_table, summarize
 from digitsjax.core.config import load_pipeline
 from digitsjax.errors import CheckpointError
+from digitsjax.files import LEDGER, OwnedFolder
 from digitsjax.main import main
 from digitsjax.run.lock import workdir_lock
 from digitsjax.run.loop import train_pipeline
@@ -18,6 +21,7 @@ from digitsjax.run.workdir import Workdir
 
 from . import conftest
 from .conftest import REPO
+from .filesystem import refusing_writes_of
 
 PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
 TINY = (*conftest.TINY, "train.epochs=2")
@@ -73,3 +77,54 @@ def test_compare_shows_only_the_keys_that_differ_and_draws_the_curves(runs_root,
 def test_a_folder_that_is_no_folder_is_one_clear_error(tmp_path):
     with pytest.raises(CheckpointError):
         find_workdirs(tmp_path / "missing")
+
+
+def compare_cli(runs_root, *options: str) -> int:
+    return main(["compare", str(runs_root / "a"), str(runs_root / "b"), *options])
+
+
+def test_compare_never_replaces_a_file_at_the_output_path(runs_root, tmp_path, capsys):
+    """No ledger beside a path the user named: whatever is there is the user's."""
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"mine")
+    assert compare_cli(runs_root, "--output", str(mine)) == 2
+    assert capsys.readouterr().err == (f"digitsjax: error: {mine} exists; move it away, or "
+                                       "choose another place\n")
+    assert mine.read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize(("output", "problem"), [
+    ("x.txt", "{tmp}/x.txt does not end in .png; the plot is a PNG: give a path such as "
+              "compare.png"),
+    ("somefile/x.png", "cannot write {tmp}/somefile/x.png: the file {tmp}/somefile is in the "
+                       "way; move it away, or choose another place"),
+])
+def test_an_output_compare_cannot_write_is_one_line_before_any_run_is_read(
+        runs_root, tmp_path, capsys, monkeypatch, output, problem):
+    (tmp_path / "somefile").write_text("mine")
+    monkeypatch.setattr(runs, "read_metrics", None)  # reading a run would fail loudly
+    assert compare_cli(runs_root, "--output", str(tmp_path / output)) == 2
+    assert capsys.readouterr().err == f"digitsjax: error: {problem.format(tmp=tmp_path)}\n"
+    assert sorted(os.listdir(tmp_path)) == ["somefile"]
+
+
+def test_compares_plot_in_the_first_workdir_is_listed_and_never_a_users(runs_root, tmp_path,
+                                                                        capsys):
+    first = shutil.copytree(runs_root / "a", tmp_path / "a")
+    assert main(["compare", str(first), str(runs_root / "b")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == str(first / "plots" / "compare.png")
+    assert {"plots/", "plots/compare.png"} <= OwnedFolder(first).written()
+    (first / LEDGER).unlink()  # the picture is now nobody's that digitsjax knows of
+    assert main(["compare", str(first), str(runs_root / "b")]) == 2
+    assert "plots/compare.png exists and digitsjax did not write it" in capsys.readouterr().err
+
+
+def test_a_comparison_the_filesystem_refuses_is_one_line_and_leaves_nothing(
+        runs_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "replace", refusing_writes_of(".png"))
+    output = tmp_path / "compare.png"
+    assert compare_cli(runs_root, "--output", str(output)) == 2
+    assert capsys.readouterr().err == (
+        f"digitsjax: error: cannot write {output} (Read-only file system); free space or make "
+        "it writable, or choose another place\n")
+    assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,9 @@ Beside each file, `FILE.json` describes it: the network, how outputs become prob
 checkpoint (step, params_sha256), the file's own sha256, and the check made before writing
 (the file's probabilities against digitsjax's on probe images, or the arrays' fingerprint).
 An existing file is replaced only if it is an earlier export, unchanged since (its JSON
-records its sha256); anything else is refused, so a user's file is never overwritten.
+records its sha256); anything else is refused, so a user's file is never overwritten. The
+default place, WORKDIR/export/, is the workdir's: what is written there is listed in its ledger
+(`files.OwnedFolder`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +42,13 @@ from digitsjax.core.config import Pipeline
 from digitsjax.core.data import NUM_CLASSES, NUM_PIXELS
 from digitsjax.core.model import classify, layer_sizes, params_sha256
 from digitsjax.errors import UserError
-from digitsjax.files import write_atomic, write_json_atomic
+from digitsjax.files import (
+    OwnedFolder,
+    check_folders_of,
+    make_folders_of,
+    write_atomic,
+    write_json_atomic,
+)
 from digitsjax.run.trained import Network, fingerprints
 from digitsjax.run.workdir import EXPORT_DIR, Workdir
 
@@ -78,29 +87,42 @@ class Exported:
     check: dict[str, Any]
 
 
-def default_output(workdir: Workdir, format_name: str, name: str = "model") -> Path:
-    """Where an export goes unless told: WORKDIR/export/NAME.FORMAT."""
-    return workdir.output(EXPORT_DIR) / f"{name}.{format_name}"
-
-
 def sidecar_path(output: Path) -> Path:
     """The JSON that describes `output`: `output` with `.json` appended."""
     return output.with_name(output.name + ".json")
 
 
-def export_trained(network: Network, format_name: str, output: str | Path) -> Exported:
-    """Write `network` to `output` in `format_name` (a key of FORMATS), and its
-    description beside it; both are written whole or not at all."""
+def export_trained(network: Network, format_name: str, output: str | Path | None = None, *,
+                   workdir: Workdir | None = None, name: str = "model") -> Exported:
+    """Write `network` in `format_name` (a key of FORMATS), and its description beside it,
+    each whole or not at all: to `output`, or without one into its `workdir`, as
+    WORKDIR/export/NAME.FORMAT, listed in the workdir's ledger.
+
+    Refused before anything is computed or written: a file there other than an unchanged
+    earlier export, a link on the way into the workdir, a file where a folder would be.
+    """
     if format_name not in FORMATS:
         raise UserError(f"there is no export format {format_name!r}",
                         f"choose one of {', '.join(FORMATS)}")
-    how, output = FORMATS[format_name], Path(output)
+    how = FORMATS[format_name]
     how.refuse(network.pipeline)
+    names = [f"{EXPORT_DIR}/{name}.{format_name}", f"{EXPORT_DIR}/{name}.{format_name}.json"]
+    folder = None
+    if output is None:
+        if workdir is None:
+            raise TypeError("export_trained needs an output path or the network's workdir")
+        folder = workdir.files
+        output, _ = folder.inside(names[0]), folder.inside(names[1])
+    output = Path(output)
     _check_replaceable(output)
+    check_folders_of(output)
     payload, details = how.encode(network)
     check = how.check(payload, network)
     description = describe(network, format_name, output, payload) | details | {"check": check}
-    _make_folder(output.parent)
+    if folder is not None:
+        _list_in(folder, names)
+    else:
+        make_folders_of(output)
     write_atomic(output, lambda f: f.write(payload))
     write_json_atomic(sidecar_path(output), description)
     return Exported(format=format_name, path=output, sidecar=sidecar_path(output),
@@ -108,12 +130,13 @@ def export_trained(network: Network, format_name: str, output: str | Path) -> Ex
                     params_sha256=description["params_sha256"], check=check)
 
 
-def _make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UserError(f"cannot write into {folder}: a file is in the way",
-                        "choose another output path") from None
+def _list_in(folder: OwnedFolder, names: list[str]) -> None:
+    """List an export and its description in the workdir's ledger and make export/: an
+    unchanged earlier export there (`_check_replaceable`), one written before workdirs kept
+    a ledger included."""
+    folder.record(*(name for name in names if os.path.lexists(folder.inside(name))))
+    folder.targets(*names)
+    folder.folder(EXPORT_DIR)
 
 
 def _check_replaceable(output: Path) -> None:

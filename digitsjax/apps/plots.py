@@ -1,5 +1,8 @@
 """The pictures of a trained workdir, written as PNGs into `WORKDIR/plots/`.
 
+Every picture is written whole or not at all, at a path its folder's ledger lists
+(`files.OwnedFolder`), or at a new path a user named: never over a file digitsjax did not write.
+
 Figures are built with matplotlib's object API (`Figure`, saved through the Agg canvas), never
 pyplot: no display is needed, and no global figure state leaks between calls or threads.
 """
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jax
@@ -24,7 +27,7 @@ from digitsjax.core import augment
 from digitsjax.core.config import AugmentConfig, Pipeline
 from digitsjax.core.data import MNIST, NUM_CLASSES
 from digitsjax.core.train import epoch_permutation
-from digitsjax.files import write_atomic
+from digitsjax.files import OwnedFolder, write_atomic
 from digitsjax.run.records import EpochRecord
 from digitsjax.run.trained import Network
 
@@ -38,40 +41,57 @@ ORIGINAL, DISTORTED = "black", "#0969da"
 
 
 def write_plots(out: Path, network: Network, data: MNIST, records: Sequence[EpochRecord],
-                title: str) -> list[Path]:
+                title: str, folder: OwnedFolder | None = None) -> list[Path]:
     """Every plot of one trained network into `out`, its curves (titled `title`) from
-    `records`; returns the files written."""
-    out.mkdir(parents=True, exist_ok=True)
+    `records`; returns the files written. `folder` is the folder `out` lies in whose ledger
+    lists them (by default `out`'s parent: a workdir, for its `plots/`); a file of the same
+    name that digitsjax did not write refuses them all, before any is drawn."""
+    folder = folder or OwnedFolder(out.parent)
+    names = [*PICTURES, *(["curves.png"] if records else []),
+             *(["augmentation.png"] if augment.active(network.pipeline.augment) else [])]
+    paths = dict(zip(names, figure_paths(folder, out.relative_to(folder.path).as_posix(), names),
+                     strict=True))
     predictions = network.classify(data.test_images)
     count = GRID_COLUMNS * GRID_ROWS
-    paths = [
+    written = [
         plot_samples(data.train_images[:count], data.train_labels[:count],
-                     out / "samples.png"),
+                     paths["samples.png"]),
         plot_predictions(data.test_images[:count], data.test_labels[:count],
-                         predictions[:count], out / "predictions.png",
+                         predictions[:count], paths["predictions.png"],
                          title=f"The first {count} test images at step {network.step}"),
-        plot_mistakes(data.test_images, data.test_labels, predictions, out / "mistakes.png"),
-        plot_confusion(confusion_matrix(data.test_labels, predictions), out / "confusion.png",
+        plot_mistakes(data.test_images, data.test_labels, predictions, paths["mistakes.png"]),
+        plot_confusion(confusion_matrix(data.test_labels, predictions), paths["confusion.png"],
                        title=f"Confusion matrix, {len(predictions):,} test images, "
                              f"step {network.step}"),
     ]
-    if records:
-        paths.append(plot_curves(records, out / "curves.png", title=title))
-    if augment.active(network.pipeline.augment):
+    if "curves.png" in paths:
+        written.append(plot_curves(records, paths["curves.png"], title=title))
+    if "augmentation.png" in paths:
         before, after = augmentation_sample(network.pipeline, data.train_images)
-        paths.append(plot_augmentation(before, after, out / "augmentation.png",
-                                       augmentation_title(network.pipeline, len(before))))
+        written.append(plot_augmentation(before, after, paths["augmentation.png"],
+                                         augmentation_title(network.pipeline, len(before))))
+    return written
+
+
+PICTURES = ("samples.png", "predictions.png", "mistakes.png", "confusion.png")
+"""The pictures of every trained network (`write_plots`); its curves and augmentation grid
+join them when it has records and [augment] on."""
+
+
+def figure_paths(folder: OwnedFolder, subfolder: str, names: Sequence[str]) -> list[Path]:
+    """The paths of the pictures `names` in `folder`'s `subfolder` (e.g. `plots`), checked and
+    listed together, and the subfolder made: a file there that digitsjax did not write refuses
+    them all before anything is written (`OwnedFolder.targets`)."""
+    paths = folder.targets(*(f"{subfolder}/{name}" for name in names))
+    parts = PurePosixPath(subfolder).parts
+    for depth in range(1, len(parts) + 1):
+        folder.folder("/".join(parts[:depth]))
     return paths
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=100)
-    return path
-
-
-def _save_atomic(figure: Figure, path: Path) -> Path:
-    """`_save` for a path a user chose: a PNG written whole or not at all."""
+    """The figure as a PNG at `path`, written whole or not at all (`files.write_atomic`): a
+    failure is one `FileError`, and no half-written picture is left."""
     FigureCanvasAgg(figure)
     write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=100))
     return path
@@ -189,7 +209,7 @@ def plot_augmentation(before: np.ndarray, after: np.ndarray, path: Path, title: 
             cells += chunk + [None] * blank
             titles += [label] * len(chunk) + [""] * blank
     colors = [ORIGINAL if label == "original" else DISTORTED for label in titles]
-    return _save_atomic(_digit_grid(cells, titles, colors, title), path)
+    return _save(_digit_grid(cells, titles, colors, title), path)
 
 
 def plot_curves(records: Sequence[EpochRecord], path: Path, title: str) -> Path:
@@ -342,5 +362,4 @@ def plot_comparison(records: dict[str, list[EpochRecord]], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
     return _save(figure, path)

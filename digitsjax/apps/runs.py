@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from digitsjax.apps.plots import plot_comparison
-from digitsjax.errors import CheckpointError
+from digitsjax.apps.plots import figure_paths, plot_comparison
+from digitsjax.errors import CheckpointError, FileError
+from digitsjax.files import check_new_file, make_folders_of
 from digitsjax.run.lock import holder_of
 from digitsjax.run.records import (
     METRICS,
@@ -25,7 +26,7 @@ from digitsjax.run.records import (
     last_evaluated,
     read_metrics,
 )
-from digitsjax.run.workdir import MANIFEST, PER_MODEL, Workdir
+from digitsjax.run.workdir import MANIFEST, PER_MODEL, PLOTS_DIR, Workdir
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,11 @@ def runs_table(summaries: Sequence[RunSummary]) -> str:
     return _table(header, rows)
 
 
-def compare(workdirs: Sequence[Workdir], plot_path: Path) -> tuple[str, Path]:
-    """The pipeline keys that differ, the results side by side, and the curves in one plot."""
+def compare(workdirs: Sequence[Workdir], plot_path: Path | None = None) -> tuple[str, Path]:
+    """The pipeline keys that differ, the results side by side, and the curves in one plot:
+    FIRST_WORKDIR/plots/compare.png (listed in its ledger), or `plot_path`, a new PNG file.
+    A place the plot cannot go is refused before any run is read."""
+    _check_plot_path(workdirs[0], plot_path)
     flat = [_flatten(w.manifest["pipeline"]) for w in workdirs]
     keys = sorted({key for f in flat for key in f if len({repr(g.get(key)) for g in flat}) > 1})
     summaries = [summarize(w) for w in workdirs]
@@ -115,10 +119,26 @@ def compare(workdirs: Sequence[Workdir], plot_path: Path) -> tuple[str, Path]:
              ("test", *(s.test for s in summaries)),
              ("params_sha256", *(s.params_sha256 for s in summaries))]
     names = [w.path.name for w in workdirs]
-    plot = plot_comparison({name: read_metrics(w.path) for name, w in zip(names, workdirs,
-                                                                         strict=True)},
-                           plot_path)
-    return _table(("", *names), rows), plot
+    records = {name: read_metrics(w.path) for name, w in zip(names, workdirs, strict=True)}
+    target = (figure_paths(workdirs[0].files, PLOTS_DIR, [COMPARE_PLOT])[0] if plot_path is None
+              else make_folders_of(plot_path))
+    return _table(("", *names), rows), plot_comparison(records, target)
+
+
+COMPARE_PLOT = "compare.png"
+
+
+def _check_plot_path(first: Workdir, plot_path: Path | None) -> None:
+    """Refuse where the comparison cannot be drawn: a name that is no .png, anything already at
+    a path the user named (`files.check_new_file`), a file of the user's in the first
+    workdir's plots/."""
+    if plot_path is None:
+        first.files.checked(f"{PLOTS_DIR}/{COMPARE_PLOT}")
+        return
+    if Path(plot_path).suffix.lower() != ".png":
+        raise FileError(f"{plot_path} does not end in .png",
+                        "the plot is a PNG: give a path such as compare.png")
+    check_new_file(plot_path)
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -18,8 +18,11 @@ from __future__ import annotations
 import copy
 import csv
 import fnmatch
+import functools
+import io
 import itertools
 import json
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +39,9 @@ from digitsjax.core.config import (
 )
 from digitsjax.core.model import parameter_count
 from digitsjax.core.program import Program, program_key, sweep_program
-from digitsjax.errors import ConfigError, UserError
-from digitsjax.files import write_json_atomic, write_text_atomic
+from digitsjax.errors import WORKDIR, ConfigError, FileError, UserError
+from digitsjax.files import LEDGER, OwnedFolder, cannot_write
+from digitsjax.run.lock import LOCK, workdir_lock
 from digitsjax.run.loop import train_program
 from digitsjax.run.records import last_evaluated, model_record, read_metrics
 from digitsjax.run.workdir import MANIFEST, PLOTS_DIR, Workdir
@@ -55,9 +59,12 @@ SWEEP_ENTRIES: dict[str, str] = {
     SUMMARY_CSV: "one row per point", SUMMARY_MARKDOWN: "the same table to read",
     RESULTS_JSON: "the same rows, and the best point", PLOTS_DIR: "the sweep's charts",
     PROGRAM_DIR.format("*"): "a program's workdir: the points that train together",
+    LOCK: "who is running the sweep now (run.lock): a sweep folder is locked as a whole",
+    LEDGER: "what digitsjax wrote here (files.OwnedFolder): what it may replace",
 }
 """What a sweep writes in its folder besides its points' own workdirs (each named in
 sweep.json, and a `run.workdir.Workdir` of its own)."""
+SUMMARY = (SUMMARY_CSV, SUMMARY_MARKDOWN, RESULTS_JSON)
 
 Grid = dict[str, list[Any]]
 
@@ -176,9 +183,13 @@ def _label(value: Any) -> str:
 
 def sweep_output(sweep_dir: Path, name: str) -> Path:
     """Where a sweep writes its file `name` (one of `SWEEP_ENTRIES`) in `sweep_dir`."""
-    if not any(fnmatch.fnmatchcase(name, pattern) for pattern in SWEEP_ENTRIES):
+    if not _listed(name):
         raise ValueError(f"{name!r} is not among the files a sweep writes in its folder")
     return Path(sweep_dir) / name
+
+
+def _listed(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in SWEEP_ENTRIES)
 
 
 def plan_programs(variants: list[Variant], max_models: Callable[[Pipeline, int], int],
@@ -206,27 +217,73 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
               max_models: Callable[[Pipeline, int], int] | None = None,
               separate: bool = False) -> list[Path]:
     """Train every variant, the variants of one program together; write and return the
-    summary files. `max_models(pipeline, wanted)` caps the models per program (default: all)."""
+    summary files. `max_models(pipeline, wanted)` caps the models per program (default: all).
+
+    The sweep holds its folder's lock throughout (a sweep folder is locked as a whole, and its
+    points' workdirs each by their own), and writes there only through the folder's ledger: a
+    folder that is neither new, empty nor a sweep's, and a file of the user's with the name of
+    one a sweep writes, are refused before anything is written.
+    """
     variants = make_variants(base, grid)
     programs = plan_programs(variants, max_models or (lambda _, wanted: wanted), separate)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(sweep_output(sweep_dir, SWEEP_JSON), {
-        "pipeline": pipeline_to_dict(base), "grid": grid,
-        "variants": [_variant_entry(v, p, k) for p in programs
-                     for k, v in enumerate(p.variants)]})
-    echo(f"sweep: {len(variants)} points in {len(programs)} program(s)"
-         f"{'' if separate else ' (points that differ only in per-model keys train together)'}")
-    for i, planned in enumerate(programs, 1):
-        names = ", ".join(v.name for v in planned.variants)
-        echo(f"sweep program {i}/{len(programs)}: {planned.workdir} ({names})")
-        train_program(planned.program, sweep_dir / planned.workdir, mnist_dir=mnist_dir,
-                      restart=restart, progress=progress, echo=echo)
-    paths = write_summary(sweep_dir)
-    best = best_point(summarize(sweep_dir)[1])
+    folder = _prepare_sweep_folder(Path(sweep_dir), programs)
+    with workdir_lock(folder.path, echo):
+        folder.record(LOCK)
+        _adopt_earlier_sweep(folder)
+        folder.write_json(SWEEP_JSON, {
+            "pipeline": pipeline_to_dict(base), "grid": grid,
+            "variants": [_variant_entry(v, p, k) for p in programs
+                         for k, v in enumerate(p.variants)]})
+        echo(f"sweep: {len(variants)} points in {len(programs)} program(s)"
+             f"{'' if separate else ' (points that differ only in per-model keys train together)'}")
+        for i, planned in enumerate(programs, 1):
+            names = ", ".join(v.name for v in planned.variants)
+            echo(f"sweep program {i}/{len(programs)}: {planned.workdir} ({names})")
+            train_program(planned.program, _point_workdir(folder, planned.workdir),
+                          mnist_dir=mnist_dir, restart=restart, progress=progress, echo=echo)
+        paths = write_summary(folder.path)
+    best = best_point(summarize(folder.path)[1])
     if best is not None:
         echo(f"best point by validation accuracy: {best['variant']} "
              f"({100 * best['val_accuracy']:.2f}%, test {100 * best['test_accuracy']:.2f}%)")
     return paths
+
+
+def _prepare_sweep_folder(sweep_dir: Path, programs: list[SweepProgram]) -> OwnedFolder:
+    """The sweep's folder, made: refused, before anything is written, if it is a file, if it
+    holds files and is no sweep's, if it holds a file of the user's named as a sweep's summary,
+    or if a point's folder name (made of grid values) would leave it or pass a link
+    (`OwnedFolder.inside`)."""
+    folder = OwnedFolder(sweep_dir)
+    for planned in programs:
+        folder.inside(planned.workdir)
+    if os.path.lexists(sweep_dir) and not sweep_dir.is_dir():
+        raise FileError(f"{sweep_dir} is a file, not a folder",
+                        f"choose a folder for the sweep with {WORKDIR}")
+    earlier = not folder.owns(SWEEP_JSON) and _earlier_sweep(sweep_dir)
+    if sweep_dir.is_dir() and not (folder.owns(SWEEP_JSON) or earlier):
+        others = sorted(set(os.listdir(sweep_dir)) - {LOCK, LEDGER})
+        if others:
+            raise FileError(f"{sweep_dir} is not a sweep folder (it has no {SWEEP_JSON} that "
+                            f"digitsjax wrote) and holds files ({', '.join(others[:3])}"
+                            f"{', ...' if len(others) > 3 else ''})",
+                            f"sweep into a new or empty folder: choose one with {WORKDIR}")
+    check = folder.inside if earlier else folder.checked  # an earlier sweep's: adopted, locked
+    for name in (SWEEP_JSON, *SUMMARY):
+        check(name)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write(sweep_dir, e) from None
+    return folder
+
+
+def _point_workdir(folder: OwnedFolder, name: str) -> Path:
+    """A program's workdir in the sweep folder, listed there when the sweep makes it."""
+    path = folder.inside(name)
+    if not os.path.lexists(path):
+        folder.record(f"{name}/")
+    return path
 
 
 def _variant_entry(variant: Variant, program: SweepProgram, model: int) -> dict[str, Any]:
@@ -305,10 +362,84 @@ def summarize(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 def _read_sweep(sweep_dir: Path) -> dict[str, Any]:
     """sweep.json: the base pipeline, the grid, and where each variant's results live."""
     try:
-        return json.loads((Path(sweep_dir) / SWEEP_JSON).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        record = json.loads((Path(sweep_dir) / SWEEP_JSON).read_text())
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
         raise UserError(f"{sweep_dir} is not a readable sweep ({e}); "
                         "run `digitsjax sweep` into it") from None
+    if not _is_sweep_record(record):
+        raise UserError(f"{Path(sweep_dir) / SWEEP_JSON} is not a sweep's record (its pipeline, "
+                        "grid and points)", "run `digitsjax sweep` into a new folder")
+    return record
+
+
+def _is_sweep_record(record: Any) -> bool:
+    """Whether `record` holds what digitsjax writes in a sweep.json: its pipeline, grid and
+    points, each point named, with its values of the grid's keys."""
+    if not (isinstance(record, dict) and isinstance(record.get("pipeline"), dict)
+            and isinstance(record.get("grid"), dict)
+            and isinstance(record.get("variants"), list) and record["variants"]):
+        return False
+    return all(isinstance(v, dict) and isinstance(v.get("name"), str)
+               and isinstance(v.get("values"), dict) and set(v["values"]) == set(record["grid"])
+               and isinstance(v.get("workdir", ""), str) for v in record["variants"])
+
+
+def sweep_folder(sweep_dir: Path) -> OwnedFolder:
+    """The sweep's folder with its ledger, through which every file of the sweep is written;
+    one written by an earlier version, without a ledger, is adopted first."""
+    folder = OwnedFolder(Path(sweep_dir))
+    _adopt_earlier_sweep(folder)
+    return folder
+
+
+def _adopt_earlier_sweep(folder: OwnedFolder) -> None:
+    """List, once, what a sweep of an earlier version (without a ledger) wrote in its folder.
+
+    Judged conservatively: only where sweep.json is not listed yet and is a sweep's record as
+    digitsjax writes it (`_earlier_sweep`), and then only the entries a sweep writes
+    (`SWEEP_ENTRIES`: its summary files, `plots/` and what is in it, its programs' folders)
+    and the points' workdirs that sweep.json names, none of them a link. Anything else in the
+    folder stays the user's, never replaced.
+    """
+    if folder.owns(SWEEP_JSON) or not _earlier_sweep(folder.path):
+        return
+    workdirs = {entry.get("workdir", entry["name"]) for entry in
+                _read_sweep(folder.path)["variants"]}
+    names = [f"{name}/" for name in sorted(workdirs) if _point_folder(folder, name)]
+    for entry in sorted(set(os.listdir(folder.path)) - {LOCK, LEDGER}):
+        path = folder.path / entry
+        if not _listed(entry) or path.is_symlink():
+            continue
+        names.append(f"{entry}/" if path.is_dir() else entry)
+        if entry == PLOTS_DIR and path.is_dir():
+            names += _plain_entries(path, PLOTS_DIR)
+    folder.record(*names)
+
+
+def _point_folder(folder: OwnedFolder, name: str) -> bool:
+    """Whether the point's workdir `name` is a workdir inside `folder`, reached by no link."""
+    try:
+        return (folder.inside(name) / MANIFEST).is_file()
+    except FileError:
+        return False
+
+
+def _plain_entries(path: Path, prefix: str) -> list[str]:
+    """The files and folders under `path` (named from `prefix`), links left out."""
+    found = []
+    for root, folders, files in os.walk(path):  # os.walk follows no link to a folder
+        where = f"{prefix}/{Path(root).relative_to(path).as_posix()}".removesuffix("/.")
+        found += [f"{where}/{name}/" for name in folders if not Path(root, name).is_symlink()]
+        found += [f"{where}/{name}" for name in files if not Path(root, name).is_symlink()]
+    return found
+
+
+def _earlier_sweep(sweep_dir: Path) -> bool:
+    """Whether `sweep_dir`'s sweep.json is a sweep's record exactly as digitsjax writes it."""
+    try:
+        return set(_read_sweep(sweep_dir)) == {"pipeline", "grid", "variants"}
+    except UserError:
+        return False
 
 
 def _workdir_of(sweep_dir: Path, entry: dict[str, Any]) -> Path:
@@ -356,55 +487,67 @@ def _results(run: _TrainedRun | None, model: int | None) -> dict[str, Any]:
 def write_summary(sweep_dir: Path, plots: bool = False) -> list[Path]:
     """sweep.csv, sweep.md and sweep-results.json from the variants' results; with `plots`,
     also the charts in plots/ (`digitsjax plots SWEEPDIR`: loading matplotlib and drawing
-    cost more than a sweep of small networks should spend again at every run)."""
-    sweep, rows = summarize(sweep_dir)
+    cost more than a sweep of small networks should spend again at every run). Each is
+    written whole, through the folder's ledger: a file of the user's with one of their names
+    refuses them all, before any is written."""
+    folder = sweep_folder(sweep_dir)
+    sweep, rows = summarize(folder.path)
     keys = list(sweep["grid"])
     columns = ["variant", *keys, *RESULT_COLUMNS]
-    csv_path = sweep_output(sweep_dir, SUMMARY_CSV)
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({c: _csv_value(row[c]) for c in columns} for row in rows)
-    markdown_path = sweep_output(sweep_dir, SUMMARY_MARKDOWN)
-    write_text_atomic(markdown_path, _markdown_table(rows, keys))
-    json_path = sweep_output(sweep_dir, RESULTS_JSON)
-    write_json_atomic(json_path, {"grid": sweep["grid"], "points": rows,
-                                  "best": (best_point(rows) or {}).get("variant")})
-    charts = _write_plots(Path(sweep_dir), sweep, rows) if plots else []
-    return [csv_path, markdown_path, json_path, *charts]
+    texts = {SUMMARY_CSV: _csv_text(rows, columns),
+             SUMMARY_MARKDOWN: _markdown_table(rows, keys),
+             RESULTS_JSON: json.dumps({"grid": sweep["grid"], "points": rows,
+                                       "best": (best_point(rows) or {}).get("variant")},
+                                      indent=2) + "\n"}
+    for name in texts:
+        folder.checked(name)
+    charts = _plan_charts(folder, sweep, rows) if plots else []
+    paths = [folder.write_text(name, text) for name, text in texts.items()]
+    return paths + [draw(path) for draw, path in charts]
 
 
-def _write_plots(sweep_dir: Path, sweep: dict[str, Any], rows: list[dict[str, Any]]) -> list[Path]:
-    """Accuracy by variant; against each numeric key (and a heat map of the first two); the
-    learning curves of the best points."""
+def _csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows({c: _csv_value(row[c]) for c in columns} for row in rows)
+    return buffer.getvalue()
+
+
+def _plan_charts(folder: OwnedFolder, sweep: dict[str, Any],
+                 rows: list[dict[str, Any]]) -> list[tuple[Callable[[Path], Path], Path]]:
+    """The sweep's charts in plots/, each a drawing and its path (checked and listed, nothing
+    drawn yet): accuracy by variant; against each numeric key (and a heat map of the first
+    two); the learning curves of the best points."""
     from digitsjax.apps.plots import (
+        figure_paths,
         plot_sweep,
         plot_sweep_curves,
         plot_sweep_heatmap,
         plot_sweep_key,
     )
 
-    plots, name = sweep_output(sweep_dir, PLOTS_DIR), sweep["pipeline"]["name"]
-    plots.mkdir(exist_ok=True)
+    name = sweep["pipeline"]["name"]
     trained = _finished(rows)  # a diverged point is in the table, not on the charts
     keys = list(sweep["grid"])
-    paths = [plot_sweep([r for r in rows if r["parameters"] is not None], plots / CHART,
-                        title=f"{name}: accuracy by {', '.join(keys)}")]
+    charts = {CHART: functools.partial(plot_sweep, [r for r in rows if r["parameters"] is not None],
+                                       title=f"{name}: accuracy by {', '.join(keys)}")}
     numeric = [k for k in keys if all(isinstance(v, int | float) and not isinstance(v, bool)
                                       for v in sweep["grid"][k])]
     if trained:
         for key in numeric:
-            paths.append(plot_sweep_key(trained, key, plots / f"sweep-{key}.png",
-                                        title=f"{name}: accuracy by {key}"))
+            charts[f"sweep-{key}.png"] = functools.partial(
+                plot_sweep_key, trained, key, title=f"{name}: accuracy by {key}")
         if len(numeric) >= 2:
-            paths.append(plot_sweep_heatmap(trained, (numeric[0], numeric[1]),
-                                            plots / "sweep-heatmap.png", title=name))
+            charts["sweep-heatmap.png"] = functools.partial(
+                plot_sweep_heatmap, trained, (numeric[0], numeric[1]), title=name)
         best = sorted(trained, key=lambda r: r["val_accuracy"], reverse=True)[:BEST_CURVES]
         entries = {v["name"]: v for v in sweep["variants"]}
-        curves = {r["variant"]: _curve(sweep_dir, entries[r["variant"]]) for r in best}
-        paths.append(plot_sweep_curves(curves, plots / "sweep-curves.png",
-                                       title=f"{name}: the {len(curves)} best points"))
-    return paths
+        curves = {r["variant"]: _curve(folder.path, entries[r["variant"]]) for r in best}
+        charts["sweep-curves.png"] = functools.partial(
+            plot_sweep_curves, curves, title=f"{name}: the {len(curves)} best points")
+    paths = figure_paths(folder, PLOTS_DIR, list(charts))
+    return list(zip(charts.values(), paths, strict=True))
 
 
 BEST_CURVES = 5

@@ -33,7 +33,7 @@ from digitsjax.core.config import Pipeline, pipeline_from_dict, pipeline_sha256,
 from digitsjax.core.optim import SCHEDULES
 from digitsjax.core.program import Program, recorded_program
 from digitsjax.errors import RESTART, WORKDIR, CheckpointError
-from digitsjax.files import OwnedFolder, write_json_atomic
+from digitsjax.files import LEDGER, OwnedFolder, write_json_atomic
 from digitsjax.run import checkpoint, cluster
 from digitsjax.run.backend import xla_flags
 from digitsjax.run.lock import LOCK, workdir_lock
@@ -60,6 +60,7 @@ WORKDIR_ENTRIES: dict[str, str] = {
     WRITE_PROBE: "an empty file that proves the folder writable, removed at once",
     PLOTS_DIR: "`digitsjax plots`' pictures",
     EXPORT_DIR: "`digitsjax export`'s files, unless told another place",
+    LEDGER: "what digitsjax wrote here (files.OwnedFolder): what it may replace or delete",
 }
 """Every file or folder digitsjax writes in a workdir (names, or patterns of names), and what
 it is: `Workdir.output` hands out paths for these names alone."""

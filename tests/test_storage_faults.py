@@ -119,3 +119,57 @@ def test_checkpoints_turned_read_only_while_training_stop_cleanly(mounts, tmp_pa
     out = run_cli(*TRAIN, "--workdir", str(workdir))
     assert out.returncode == 0, out.stderr
     assert fingerprint(workdir, SMALL_STEPS) == fingerprint(small_run, SMALL_STEPS)
+
+
+def test_a_full_disk_when_the_lock_names_its_holder_is_one_line(mounts):
+    from digitsjax.errors import UserError
+    from digitsjax.files import OwnedFolder
+    from digitsjax.run.lock import LOCK, workdir_lock
+
+    workdir = mounts.tmpfs(64) / "run"
+    workdir.mkdir()
+    OwnedFolder(workdir).record(LOCK)
+    (workdir / LOCK).touch()
+    _fill(workdir.parent)
+    with pytest.raises(UserError, match=r"No space left on device"), \
+            workdir_lock(workdir, notice=print):
+        pass
+
+
+def _fill(folder: Path) -> None:
+    """Write into `folder` until its filesystem is full."""
+    with open(folder / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass
+
+
+def test_a_full_disk_during_the_final_checkpoint_is_one_error_and_the_earlier_ones_stand(
+        mounts, monkeypatch, mnist_dir):
+    """The disk fills up (as by another process) once the last save's room was checked:
+    tensorstore fails writing it, and the run's final wait reports that as one error."""
+    from digitsjax.errors import CheckpointError
+    from digitsjax.run import checkpoint
+    from digitsjax.run.loop import train_pipeline
+
+    from .conftest import TINY
+
+    workdir = mounts.tmpfs(2048) / "run"
+    pipeline = load_pipeline(PIPELINE, [*TINY, "train.epochs=2"])
+    check_room = checkpoint._check_room
+
+    def fill_before_the_last(manager, state):
+        check_room(manager, state)
+        if int(state["step"]) == pipeline.total_steps:
+            _fill(workdir.parent)
+
+    monkeypatch.setattr(checkpoint, "_check_room", fill_before_the_last)
+    with pytest.raises(CheckpointError) as error:
+        train_pipeline(pipeline, workdir, mnist_dir=str(mnist_dir), echo=lambda _: None)
+    assert error.value.problem == (
+        f"could not write a checkpoint in {workdir / 'checkpoints'} (No space left on device); "
+        "the checkpoints [10] are intact")
+    assert saved_steps(workdir) == [10]

@@ -138,13 +138,14 @@ def test_a_full_disk_when_the_lock_names_its_holder_is_one_line(mounts):
 
 def _fill(folder: Path) -> None:
     """Write into `folder` until its filesystem is full."""
-    with open(folder / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-        except OSError:
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
             pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def test_a_full_disk_during_the_final_checkpoint_is_one_error_and_the_earlier_ones_stand(
@@ -164,6 +165,7 @@ def test_a_full_disk_during_the_final_checkpoint_is_one_error_and_the_earlier_on
     def fill_before_the_last(manager, state):
         check_room(manager, state)
         if int(state["step"]) == pipeline.total_steps:
+            manager.wait_until_finished()  # the save before is complete
             _fill(workdir.parent)
 
     monkeypatch.setattr(checkpoint, "_check_room", fill_before_the_last)

@@ -151,9 +151,17 @@ def test_a_workdir_name_too_long_for_the_filesystem_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["../outside", "/tmp/outside", "a/b", "..", ".", ""])
-def test_a_default_workdir_never_leaves_the_checkpoints_folder(name):
+def test_a_default_workdir_never_leaves_the_checkpoints_folder(name, tmp_path, monkeypatch):
+    """As the Python API given a `Pipeline` whose name no pipeline file checked."""
+    import dataclasses
+
+    from digitsjax import api
+
+    monkeypatch.chdir(tmp_path)
+    pipeline = dataclasses.replace(load_pipeline(PIPELINE, TINY), name=name)
     with pytest.raises(UserError, match="is not a plain folder name"):
-        default_workdir(name)
+        api.train(pipeline, echo=lambda _: None)
+    assert os.listdir(tmp_path) == []
     assert default_workdir("mnist_mlp") == DEFAULT_WORKDIR_ROOT / "mnist_mlp"
 
 

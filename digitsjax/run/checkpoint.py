@@ -117,7 +117,7 @@ def close(manager: ocp.CheckpointManager) -> None:
         try:
             manager.wait_until_finished()
             if cluster.is_primary():
-                with contextlib.suppress(FileError):  # the next run lists them (record_saved)
+                with contextlib.suppress(FileError, OSError):  # the next run lists them
                     record_saved(Path(manager.directory).parent)
         finally:
             manager.close()

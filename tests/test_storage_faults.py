@@ -175,3 +175,31 @@ def test_a_full_disk_during_the_final_checkpoint_is_one_error_and_the_earlier_on
         f"could not write a checkpoint in {workdir / 'checkpoints'} (No space left on device); "
         "the checkpoints [10] are intact")
     assert saved_steps(workdir) == [10]
+
+
+def test_a_failed_last_save_reported_by_the_final_wait_is_one_error(monkeypatch, mnist_dir,
+                                                                    tmp_path):
+    """Orbax reports a failed async save at the next wait: for the last save, the run's final
+    one, in tensorstore's words (RESOURCE_EXHAUSTED, without an OS error code)."""
+    import orbax.checkpoint as ocp
+
+    from digitsjax.errors import CheckpointError
+    from digitsjax.run.loop import train_pipeline
+
+    from .conftest import TINY
+
+    pipeline = load_pipeline(PIPELINE, [*TINY, "train.epochs=1"])
+    real_wait, reported = ocp.CheckpointManager.wait_until_finished, []
+
+    def wait_reporting_once(manager):
+        real_wait(manager)
+        if manager.latest_step() == pipeline.total_steps and not reported:
+            reported.append(True)  # orbax reports a failure once
+            raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "d/1f2e": No space '
+                             'left on device')
+
+    monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", wait_reporting_once)
+    with pytest.raises(CheckpointError) as error:
+        train_pipeline(pipeline, tmp_path / "run", mnist_dir=str(mnist_dir), echo=lambda _: None)
+    assert "could not write a checkpoint in " in error.value.problem
+    assert "(No space left on device)" in error.value.problem

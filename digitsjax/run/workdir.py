@@ -283,8 +283,8 @@ def _unlisted(files: OwnedFolder) -> tuple[list[str], list[str]]:
     written = set(files.written())
     if (files.path / MANIFEST).is_file() and MANIFEST not in written:
         written |= {entry for entry in unlisted if _named_by_runs(entry)}
-    ours = [e for e in unlisted if e in written or checkpoint.written_by_orbax(e, written)]
-    return ours, [e for e in unlisted if e not in set(ours)]
+    ours = {e for e in unlisted if e in written or checkpoint.written_by_orbax(e, written)}
+    return [e for e in unlisted if e in ours], [e for e in unlisted if e not in ours]
 
 
 def _named_by_runs(entry: str) -> bool:

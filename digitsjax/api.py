@@ -23,7 +23,7 @@ from digitsjax.apps.evaluate import evaluate_trained
 from digitsjax.apps.predict import FileAnswer, predict_files
 from digitsjax.apps.sweep import locate_point
 from digitsjax.core.config import Pipeline, load_pipeline
-from digitsjax.files import DEFAULT_WORKDIR_ROOT
+from digitsjax.files import default_workdir
 from digitsjax.run.loop import train_pipeline
 from digitsjax.run.mnist import load_mnist
 from digitsjax.run.trained import Network, load_network, refuse_points_ensemble
@@ -43,7 +43,7 @@ def train(pipeline: str | Path | Pipeline, workdir: str | Path | None = None,
     elif overrides:
         raise TypeError("overrides apply to a pipeline file; change a Pipeline with "
                         "dataclasses.replace")
-    workdir = Path(workdir) if workdir is not None else DEFAULT_WORKDIR_ROOT / pipeline.name
+    workdir = Path(workdir) if workdir is not None else default_workdir(pipeline.name)
     return train_pipeline(pipeline, workdir, mnist_dir=mnist_dir, restart=restart, echo=echo)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from digitsjax.errors import ConfigError, UserError
-from digitsjax.files import DEFAULT_WORKDIR_ROOT
+from digitsjax.files import default_workdir
 
 if TYPE_CHECKING:
     from digitsjax.core.config import Pipeline
@@ -123,7 +123,7 @@ def pipeline_and_workdir(args: argparse.Namespace) -> tuple[Pipeline, Path]:
         return (override_pipeline(recorded, args.overrides, str(args.pipeline)),
                 args.workdir or args.pipeline)
     pipeline = load_pipeline(args.pipeline, args.overrides)
-    return pipeline, args.workdir or DEFAULT_WORKDIR_ROOT / pipeline.name
+    return pipeline, args.workdir or default_workdir(pipeline.name)
 
 
 def check_new_png(out: Path) -> None:

@@ -145,7 +145,9 @@ class OwnedFolder:
 
     def record(self, *names: str) -> None:
         """List `names` in the ledger (before writing them: see the module's docstring)."""
-        new = [n for n in names if not self.owns(n)]
+        written = self.written()  # read once: `names` may be a whole checkpoint's files
+        new = [n for n in dict.fromkeys(names)
+               if n not in written and f"{n.rstrip('/')}/" not in written]
         if new:
             self._append(LEDGER, "".join(json.dumps(n) + "\n" for n in new), record=False)
 
@@ -230,6 +232,12 @@ class OwnedFolder:
             found += [n for n in _walk(self.path, name) if n not in written]
         return sorted(found)
 
+    def prune(self) -> None:
+        """Drop from the ledger the entries that are gone (after a `remove`), so that a name the
+        user later gives a file or folder of theirs is not taken for one of digitsjax's."""
+        kept = [name for name in sorted(self.written()) if os.path.lexists(self.path / name)]
+        write_text_atomic(self.inside(LEDGER), "".join(json.dumps(n) + "\n" for n in kept))
+
     def remove(self, names: Iterable[str]) -> None:
         """Delete the entries at or under `names` that the ledger lists, and nothing else: a
         listed folder is removed only once empty."""
@@ -274,3 +282,13 @@ def _walk(root: Path, name: str) -> list[str]:
 DEFAULT_WORKDIR_ROOT = Path("checkpoints")
 """Where a run goes when no workdir is given: DEFAULT_WORKDIR_ROOT / <pipeline name>, for the
 command line and the Python API alike."""
+
+
+def default_workdir(name: str) -> Path:
+    """DEFAULT_WORKDIR_ROOT / `name`, refused unless `name` is one plain folder there (a name
+    spelled `../x`, `/x` or `a/b` would put a run outside it or inside another's)."""
+    if name in ("", ".", "..") or "/" in name or os.sep in name or "\0" in name:
+        raise FileError(f"{name!r} is not a plain folder name, so it cannot name the workdir "
+                        f"{DEFAULT_WORKDIR_ROOT}/<name>", "give the pipeline a plain name, such "
+                        "as mnist_mlp, or choose the workdir")
+    return DEFAULT_WORKDIR_ROOT / name

@@ -119,3 +119,87 @@ def test_checkpoints_turned_read_only_while_training_stop_cleanly(mounts, tmp_pa
     out = run_cli(*TRAIN, "--workdir", str(workdir))
     assert out.returncode == 0, out.stderr
     assert fingerprint(workdir, SMALL_STEPS) == fingerprint(small_run, SMALL_STEPS)
+
+
+def test_a_full_disk_when_the_lock_names_its_holder_is_one_line(mounts):
+    from digitsjax.errors import UserError
+    from digitsjax.files import OwnedFolder
+    from digitsjax.run.lock import LOCK, workdir_lock
+
+    workdir = mounts.tmpfs(64) / "run"
+    workdir.mkdir()
+    OwnedFolder(workdir).record(LOCK)
+    (workdir / LOCK).touch()
+    _fill(workdir.parent)
+    with pytest.raises(UserError, match=r"No space left on device"), \
+            workdir_lock(workdir, notice=print):
+        pass
+
+
+def _fill(folder: Path) -> None:
+    """Write into `folder` until its filesystem is full."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_during_the_final_checkpoint_is_one_error_and_the_earlier_ones_stand(
+        mounts, monkeypatch, mnist_dir):
+    """The disk fills up (as by another process) once the last save's room was checked:
+    tensorstore fails writing it, and the run's final wait reports that as one error."""
+    from digitsjax.errors import CheckpointError
+    from digitsjax.run import checkpoint
+    from digitsjax.run.loop import train_pipeline
+
+    from .conftest import TINY
+
+    workdir = mounts.tmpfs(2048) / "run"
+    pipeline = load_pipeline(PIPELINE, [*TINY, "train.epochs=2"])
+    check_room = checkpoint._check_room
+
+    def fill_before_the_last(manager, state):
+        check_room(manager, state)
+        if int(state["step"]) == pipeline.total_steps:
+            manager.wait_until_finished()  # the save before is complete
+            _fill(workdir.parent)
+
+    monkeypatch.setattr(checkpoint, "_check_room", fill_before_the_last)
+    with pytest.raises(CheckpointError) as error:
+        train_pipeline(pipeline, workdir, mnist_dir=str(mnist_dir), echo=lambda _: None)
+    assert error.value.problem == (
+        f"could not write a checkpoint in {workdir / 'checkpoints'} (No space left on device); "
+        "the checkpoints [10] are intact")
+    assert saved_steps(workdir) == [10]
+
+
+def test_a_failed_last_save_reported_by_the_final_wait_is_one_error(monkeypatch, mnist_dir,
+                                                                    tmp_path):
+    """Orbax reports a failed async save at the next wait: for the last save, the run's final
+    one, in tensorstore's words (RESOURCE_EXHAUSTED, without an OS error code)."""
+    import orbax.checkpoint as ocp
+
+    from digitsjax.errors import CheckpointError
+    from digitsjax.run.loop import train_pipeline
+
+    from .conftest import TINY
+
+    pipeline = load_pipeline(PIPELINE, [*TINY, "train.epochs=1"])
+    real_wait, reported = ocp.CheckpointManager.wait_until_finished, []
+
+    def wait_reporting_once(manager):
+        real_wait(manager)
+        if manager.latest_step() == pipeline.total_steps and not reported:
+            reported.append(True)  # orbax reports a failure once
+            raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "d/1f2e": No space '
+                             'left on device')
+
+    monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", wait_reporting_once)
+    with pytest.raises(CheckpointError) as error:
+        train_pipeline(pipeline, tmp_path / "run", mnist_dir=str(mnist_dir), echo=lambda _: None)
+    assert "could not write a checkpoint in " in error.value.problem
+    assert "(No space left on device)" in error.value.problem

@@ -17,6 +17,7 @@ from digitsjax.core.config import load_pipeline
 from digitsjax.core.footprint import footprint, peak_bytes
 from digitsjax.core.program import model_groups
 from digitsjax.errors import CheckpointError
+from digitsjax.files import LEDGER
 from digitsjax.run import checkpoint
 from digitsjax.run.lock import LOCK, workdir_lock
 from digitsjax.run.records import read_metrics
@@ -49,7 +50,7 @@ def test_a_second_training_of_a_busy_workdir_is_refused_naming_the_holder(tmp_pa
         f"digitsjax: error: {workdir} is being trained by pid {os.getpid()} on "
         f"{socket.gethostname()} since ")
     assert "wait for it to finish, or choose another with --workdir" in refused.stderr
-    assert sorted(p.name for p in workdir.iterdir()) == [LOCK]  # nothing written
+    assert sorted(p.name for p in workdir.iterdir()) == [LEDGER, LOCK]  # nothing written
     assert train(workdir).returncode == 0  # released: the next run goes ahead
 
 

@@ -6,6 +6,11 @@ and a sha256 checksum of the state's bytes). Orbax writes each step into a tempo
 renames it when complete, so a killed save leaves only debris that the next writable manager
 removes. A finished checkpoint can still be damaged later (a truncated copy, a disk that lost
 its cache): the checksum catches that, and a resume falls back to the newest intact one.
+
+Orbax writes the files of a checkpoint itself; what it writes is listed in the workdir's ledger
+(`files.OwnedFolder`, by process 0): `checkpoints/` before the manager creates it, each step's
+folder before its save starts, and the step's files once the save is finished (`record_saved`,
+at the next save and at the end), so that a restart deletes what orbax wrote and nothing else.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -32,7 +38,8 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from digitsjax.core.config import CheckpointConfig
 from digitsjax.core.model import params_sha256
 from digitsjax.core.train import TrainState
-from digitsjax.errors import CHECKPOINT, RESTART, WORKDIR, CheckpointError
+from digitsjax.errors import CHECKPOINT, RESTART, WORKDIR, CheckpointError, FileError
+from digitsjax.files import OwnedFolder
 from digitsjax.run import cluster
 
 CHECKPOINT_DIR = "checkpoints"
@@ -98,13 +105,57 @@ def has_checkpoints(workdir: Path) -> bool:
         manager.close()
 
 
+def wait(manager: ocp.CheckpointManager) -> None:
+    """Wait for the save in flight; a failure to write it (a full disk) is one CheckpointError."""
+    with _storage_errors(manager):
+        manager.wait_until_finished()
+
+
 def close(manager: ocp.CheckpointManager) -> None:
-    """Wait for the save in flight (on every exit path, errors included), then release."""
+    """Wait for the save in flight (on every exit path, errors included), list its files, and
+    release."""
     with _storage_errors(manager):
         try:
             manager.wait_until_finished()
+            if cluster.is_primary():
+                with contextlib.suppress(FileError, OSError):  # the next run lists them
+                    record_saved(Path(manager.directory).parent)
         finally:
             manager.close()
+
+
+STEP_TMP = re.compile(r"(\d+)\.orbax-checkpoint-tmp(-\d+)?")
+"""The folder of a save under way: orbax renames it to the bare step once it is complete."""
+_ITEMS = "(state|meta|metrics)"  # the items of a checkpoint: save's two, and orbax's metrics
+_ITEM_FILES = (r"_[A-Za-z_]+", r"commit_success\.txt", "metadata", "metrics",
+               r"manifest\.ocdbt", r"(ocdbt\.process_\d+/)?d/([0-9a-f]+)?",
+               r"ocdbt\.process_\d+/(manifest\.ocdbt)?", r"descriptor/([\w.-]+)?",
+               r"array_metadatas/(process_\d+)?")
+_ORBAX_FILES = re.compile(rf"_[A-Z_]+|commit_success\.txt|{_ITEMS}/({'|'.join(_ITEM_FILES)})?")
+"""What orbax writes in a step's folder (relative to it; a folder's name ends in "/")."""
+
+
+def written_by_orbax(entry: str, written: frozenset[str] | set[str]) -> bool:
+    """Whether `entry` of a workdir (as its ledger spells names) is orbax's, given the ledger's
+    `written` entries: a file of orbax's layout in a listed step folder, or an unfinished
+    save's folder (and anything in it) of a listed step."""
+    top, step, rest = [*entry.split("/", 2), "", ""][:3]
+    if top not in (CHECKPOINT_DIR, UNREADABLE_DIR) or not step:
+        return False
+    unfinished = STEP_TMP.fullmatch(step)
+    if unfinished and top == CHECKPOINT_DIR:
+        return f"{top}/{step}/" in written or f"{top}/{unfinished[1]}/" in written
+    return bool(rest) and f"{top}/{step}/" in written and bool(_ORBAX_FILES.fullmatch(rest))
+
+
+def record_saved(workdir: Path) -> None:
+    """List the files orbax wrote in the workdir's listed step folders (finished saves, and
+    steps moved aside) that its ledger does not list yet; a file of anyone else's in them
+    stays unlisted."""
+    files = OwnedFolder(Path(workdir))
+    written = files.written()
+    files.record(*(entry for entry in files.strangers([CHECKPOINT_DIR, UNREADABLE_DIR])
+                   if written_by_orbax(entry, written)))
 
 
 @contextlib.contextmanager
@@ -119,7 +170,8 @@ def _storage_errors(manager: ocp.CheckpointManager) -> Iterator[None]:
         yield
     except (OSError, ValueError) as e:
         text = str(e)
-        if not isinstance(e, OSError) and "os_error_code" not in text:
+        if not isinstance(e, OSError) and not any(
+                mark in text for mark in ("os_error_code", "RESOURCE_EXHAUSTED")):
             raise  # not the filesystem: a bug, which should stay loud
         reason = next((r for r in _STORAGE_REASONS if r in text), text.splitlines()[0][:200])
         raise _cannot_write(manager, reason) from None
@@ -176,6 +228,10 @@ def open_manager(workdir: Path, config: CheckpointConfig | None = None,
         read_only=read_only,
         create=not read_only,
     )
+    if not read_only and cluster.is_primary():  # the manager creates the folder
+        files = OwnedFolder(Path(workdir))
+        files.inside(CHECKPOINT_DIR)  # not a link
+        files.record(f"{CHECKPOINT_DIR}/")
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -195,6 +251,11 @@ def save(manager: ocp.CheckpointManager, state: TrainState, meta: dict[str, Any]
     _check_room(manager, state)
     _quiet_abandoned_io()
     with _storage_errors(manager):
+        manager.wait_until_finished()  # the save before: finished, its files are listed now
+        if cluster.is_primary():
+            workdir = Path(manager.directory).parent
+            record_saved(workdir)
+            OwnedFolder(workdir).target(f"{CHECKPOINT_DIR}/{step}/")  # never a user's folder
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                    meta=ocp.args.JsonSave(meta)),
                      metrics=metrics, force=True)
@@ -300,9 +361,12 @@ def restore_newest_intact(manager: ocp.CheckpointManager, like_state: TrainState
 
 def _move_aside(manager: ocp.CheckpointManager, step: int) -> Path:
     source = Path(manager.directory) / str(step)  # orbax's default step names: the bare number
-    target = unreadable_dir(source.parent.parent) / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
-    target.parent.mkdir(exist_ok=True)
+    files = OwnedFolder(source.parent.parent)
+    files.folder(UNREADABLE_DIR)
+    target = files.target(f"{UNREADABLE_DIR}/{step}-{time.strftime('%Y%m%dT%H%M%S')}/",
+                          replace=False)
     shutil.move(source, target)
+    record_saved(files.path)  # orbax's files, moved with their folder
     return target
 
 

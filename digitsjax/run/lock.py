@@ -5,10 +5,14 @@ checkpoints. The lock is `flock` on `WORKDIR/.digitsjax.lock`: the kernel releas
 process ends, however it ends (SIGKILL, a crash, a reboot), so a lock can never outlive its
 holder. The file also says who holds it (pid, host, since when), for the one-line refusal; a
 file left by a holder that is gone is taken over with a notice.
+
+The lock file is listed in the workdir's ledger (`files.OwnedFolder`) and opened without
+following a link: a `.digitsjax.lock` that points elsewhere is refused, never written through.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -19,20 +23,29 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from digitsjax.errors import WORKDIR, CheckpointError
+from digitsjax.files import OwnedFolder, cannot_write
 
 LOCK = ".digitsjax.lock"
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 @contextmanager
 def workdir_lock(workdir: Path, notice: Callable[[str], None]) -> Iterator[None]:
-    """Hold `workdir`'s lock for the duration, or raise `CheckpointError` naming its holder."""
-    fd = _acquire(Path(workdir) / LOCK, workdir)
+    """Hold `workdir`'s lock for the duration, or raise `CheckpointError` naming its holder
+    (a `FileError` where the lock cannot be written: a link, a full or read-only disk)."""
+    files = OwnedFolder(Path(workdir))
+    path = files.inside(LOCK)  # refuses a link before anything is written
+    files.record(LOCK)
+    fd = _acquire(path, workdir)
     try:
         left = _read_holder(fd)
         if left:
             notice(f"notice: {workdir} was last trained by {left}, which ended without "
                    "releasing it; taking it over")
-        _write_holder(fd)
+        try:
+            _write_holder(fd)
+        except OSError as e:  # a full disk: the run could write nothing else either
+            raise cannot_write(path, e) from None
         yield
     finally:
         os.ftruncate(fd, 0)  # released cleanly: no notice for the next holder
@@ -42,7 +55,12 @@ def workdir_lock(workdir: Path, notice: Callable[[str], None]) -> Iterator[None]
 def _acquire(path: Path, workdir: Path) -> int:
     """An open descriptor holding the lock on the file that is at `path` now."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # a link put there since `inside` looked
+                OwnedFolder(path.parent).inside(path.name)
+            raise cannot_write(path, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -80,7 +98,7 @@ def _write_holder(fd: int) -> None:
 def holder_of(workdir: Path) -> str | None:
     """Who is training `workdir` now (`pid 123 on host since ...`), or None: a read, no lock."""
     try:
-        fd = os.open(Path(workdir) / LOCK, os.O_RDONLY)
+        fd = os.open(Path(workdir) / LOCK, os.O_RDONLY | _NO_FOLLOW)
     except OSError:
         return None
     try:

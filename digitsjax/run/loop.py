@@ -181,7 +181,7 @@ def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
                 raise Preempted(run.guard.signum or signal.SIGTERM, end)  # or another process's
     bar.close()
     writer.close()
-    run.manager.wait_until_finished()
+    checkpoint.wait(run.manager)  # the last save: its failure is one error too
     prints = fingerprints(pipeline, state.params)
     run.echo(f"done: step {int(state.step)}, params_sha256 {prints['params_sha256']}, "
              f"{time.perf_counter() - run.started:.1f} s")

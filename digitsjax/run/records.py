@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 from digitsjax.errors import RESTART, CheckpointError
-from digitsjax.files import write_text_atomic
+from digitsjax.files import OwnedFolder
 from digitsjax.run.tensorboard import ScalarWriter
 
 METRICS = "metrics.jsonl"
@@ -156,14 +156,14 @@ def _parse_record(line: str) -> EpochRecord | None:
 
 
 def append_metrics(workdir: Path, record: EpochRecord) -> None:
-    with open(Path(workdir) / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """One more line in the workdir's metrics.jsonl (listed in its ledger, no link followed)."""
+    OwnedFolder(Path(workdir)).append(METRICS, json.dumps(record) + "\n")
 
 
 def truncate_metrics(workdir: Path, last_step: int) -> None:
     """Drop records written after `last_step`: a resumed run re-creates them identically."""
     kept = [r for r in read_metrics(workdir) if r["step"] <= last_step]
-    write_text_atomic(Path(workdir) / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+    OwnedFolder(Path(workdir)).write_text(METRICS, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def format_record(record: EpochRecord, epochs: int) -> str:

@@ -4,15 +4,22 @@ The files sit in the workdir itself, so `tensorboard --logdir checkpoints` lists
 every sweep variant) by its folder name. tensorboardX writes them, which keeps TensorFlow out of
 training. A resumed run starts its file with TensorBoard's purge marker at the resumed step, so
 the events a killed run wrote past its last checkpoint are dropped (they are replayed exactly).
+
+tensorboardX names and opens its event file itself; it opens it here instead, through its hook
+for other storage (`register_writer_factory`): the name is listed in the workdir's ledger first,
+and the file is created new, never through a link or over an existing file.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
+
+from digitsjax.files import OwnedFolder, cannot_write
 
 if TYPE_CHECKING:
     from tensorboardX import SummaryWriter
@@ -33,8 +40,32 @@ def _import_summary_writer() -> type[SummaryWriter]:
         finally:
             del sys.modules["torch"]
     import tensorboardX
+    from tensorboardX.record_writer import register_writer_factory
 
+    register_writer_factory(_OWNED, _OwnedEventFiles())
     return tensorboardX.SummaryWriter
+
+
+_OWNED = "digitsjax-owned"
+"""The prefix (`PREFIX:path`) by which tensorboardX hands its files to `_OwnedEventFiles`."""
+
+
+class _OwnedEventFiles:
+    """tensorboardX's writer factory for `digitsjax-owned:` paths: the event file is listed in
+    its folder's ledger, then created exclusively, without following a link."""
+
+    def directory_check(self, path: str) -> None:
+        """The workdir exists already: the run made it."""
+
+    def open(self, path: str) -> IO[bytes]:
+        file = Path(path.split(":", 1)[1])
+        target = OwnedFolder(file.parent).target(file.name, replace=False)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                         getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise cannot_write(target, e) from None
+        return open(fd, "wb")
 
 EVENT_FILES = "events.out.tfevents.*"
 # metrics.jsonl key -> TensorBoard tag; the section before "/" groups the charts.
@@ -59,7 +90,8 @@ class ScalarWriter:
     def write(self, record: Mapping[str, Any]) -> None:
         if self._writer is None:
             self._writer = _import_summary_writer()(
-                str(self._workdir), purge_step=self._start_step + 1 if self._start_step else None,
+                f"{_OWNED}:{self._workdir}",
+                purge_step=self._start_step + 1 if self._start_step else None,
                 # Event files are named by the second, and TensorBoard reads them in name
                 # order: a nanosecond suffix keeps a resume within the same second after the
                 # file whose steps its purge marker must drop.
@@ -72,8 +104,3 @@ class ScalarWriter:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-
-
-def remove_event_files(workdir: Path) -> None:
-    for path in Path(workdir).glob(EVENT_FILES):
-        path.unlink()

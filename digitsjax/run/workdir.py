@@ -4,6 +4,10 @@ The manifest records everything needed to judge whether two runs should agree bi
 the resolved pipeline and its sha256, package versions, platform, devices and the dataset's
 checksums. Only the primary process writes the workdir's files other than checkpoints.
 
+Every entry a run writes is listed in the workdir's ledger (`Workdir.files`) before it is
+written, and a restart deletes exactly the listed entries: a file of the user's, whatever its
+name, is never deleted, and a restart that would leave one among the run's files is refused.
+
 A command opens a workdir once, as a `Workdir`: its path and the manifest read then, from which
 the pipeline, the program and the result are taken. Whatever needs a piece of the workdir
 receives that value rather than its path, and what records into the manifest writes it from
@@ -14,10 +18,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import platform
 import re
-import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -33,12 +38,12 @@ from digitsjax.core.config import Pipeline, pipeline_from_dict, pipeline_sha256,
 from digitsjax.core.optim import SCHEDULES
 from digitsjax.core.program import Program, recorded_program
 from digitsjax.errors import RESTART, WORKDIR, CheckpointError
-from digitsjax.files import LEDGER, OwnedFolder, write_json_atomic
+from digitsjax.files import LEDGER, OwnedFolder
 from digitsjax.run import checkpoint, cluster
 from digitsjax.run.backend import xla_flags
 from digitsjax.run.lock import LOCK, workdir_lock
 from digitsjax.run.records import METRICS
-from digitsjax.run.tensorboard import EVENT_FILES, remove_event_files
+from digitsjax.run.tensorboard import EVENT_FILES
 
 MANIFEST = "manifest.json"
 # Pipeline keys that do not change what a run computes: a workdir may be resumed with them
@@ -57,10 +62,10 @@ WORKDIR_ENTRIES: dict[str, str] = {
     checkpoint.CHECKPOINT_DIR: "the checkpoints (run.checkpoint)",
     checkpoint.UNREADABLE_DIR: "damaged checkpoints, moved aside, never deleted",
     LOCK: "who is training the workdir now (run.lock)",
-    WRITE_PROBE: "an empty file that proves the folder writable, removed at once",
+    LEDGER: "every entry digitsjax wrote here: what a restart deletes (files.OwnedFolder)",
+    f"{WRITE_PROBE}*": "an empty file that proves the folder writable, removed at once",
     PLOTS_DIR: "`digitsjax plots`' pictures",
     EXPORT_DIR: "`digitsjax export`'s files, unless told another place",
-    LEDGER: "what digitsjax wrote here (files.OwnedFolder): what it may replace or delete",
 }
 """Every file or folder digitsjax writes in a workdir (names, or patterns of names), and what
 it is: `Workdir.output` hands out paths for these names alone."""
@@ -187,7 +192,7 @@ class Workdir:
 
     def write_manifest(self, manifest: dict[str, Any]) -> Workdir:
         """This workdir with `manifest` written (atomically) and held."""
-        write_json_atomic(self.output(MANIFEST), manifest)
+        self.files.write_json(MANIFEST, manifest)
         return Workdir(self.path, manifest)
 
     @property
@@ -216,8 +221,12 @@ def prepared_workdir(path: Path, restart: bool,
         _check_ours(path, existing is not None, restart)  # before writing anything, even the lock
         _check_writable(path)
     with workdir_lock(path, notice) if primary else nullcontext():
-        if primary and restart:
-            _remove_run_files(path)
+        if primary:
+            files = OwnedFolder(path)
+            files.record(*_unlisted(files)[0])  # what runs wrote before it was listed
+            if restart:
+                files.remove(_run_files(path))
+                files.prune()
         cluster.sync("workdir prepared")
         yield existing if existing is not None and not restart else Workdir(path, None)
 
@@ -231,10 +240,10 @@ def _existing(path: Path) -> Workdir | None:
 
 
 def _make_workdir(workdir: Path) -> None:
-    if workdir.exists() and not workdir.is_dir():
-        raise CheckpointError(f"workdir {workdir} is a file, not a folder",
-                              f"choose another with {WORKDIR}")
     try:
+        if workdir.exists() and not workdir.is_dir():
+            raise CheckpointError(f"workdir {workdir} is a file, not a folder",
+                                  f"choose another with {WORKDIR}")
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CheckpointError(f"workdir {workdir} is not writable ({e.strerror})",
@@ -242,50 +251,82 @@ def _make_workdir(workdir: Path) -> None:
 
 
 def _check_writable(workdir: Path) -> None:
-    try:
-        probe = workdir / WRITE_PROBE
-        probe.write_text("")
-        probe.unlink()
+    try:  # a new name of its own: never a link or a file that is there
+        fd, probe = tempfile.mkstemp(prefix=WRITE_PROBE, dir=workdir)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise CheckpointError(f"workdir {workdir} is not writable ({e.strerror})",
                               f"choose another with {WORKDIR}") from None
 
 
-# What runs write into a workdir's checkpoint folders: orbax's step folders (and their
-# unfinished `STEP.orbax-checkpoint-tmp-N`), and damaged steps set aside as `STEP-TIMESTAMP`.
-_RUN_ENTRIES = re.compile(r"\d+(\.orbax-checkpoint-tmp-\d+)?|\d+-\d{8}T\d{6}")
+# What runs wrote into a workdir's checkpoint folders before the ledger: orbax's step folders
+# (and their unfinished `STEP.orbax-checkpoint-tmp[-N]`), damaged steps set aside as
+# `STEP-TIMESTAMP`.
+_RUN_ENTRIES = re.compile(r"\d+(\.orbax-checkpoint-tmp(-\d+)?)?|\d+-\d{8}T\d{6}")
+
+
+def _run_files(workdir: Path) -> list[str]:
+    """The entries of a run that a restart deletes (those its ledger lists, in these)."""
+    return [MANIFEST, METRICS, checkpoint.CHECKPOINT_DIR, checkpoint.UNREADABLE_DIR,
+            *sorted(p.name for p in Path(workdir).glob(EVENT_FILES))]
+
+
+def _unlisted(files: OwnedFolder) -> tuple[list[str], list[str]]:
+    """The run's entries the ledger does not list: (those runs wrote, the strangers).
+
+    Runs wrote what orbax writes in a listed step (listed once its save is finished, so a run
+    killed before that left them unlisted), and, in a workdir trained before the ledger existed
+    (a manifest it does not list), the run's entries by their names and orbax's layout.
+    """
+    unlisted = files.strangers(_run_files(files.path))
+    written = set(files.written())
+    if (files.path / MANIFEST).is_file() and MANIFEST not in written:
+        written |= {entry for entry in unlisted if _named_by_runs(entry)}
+    ours = {e for e in unlisted if e in written or checkpoint.written_by_orbax(e, written)}
+    return [e for e in unlisted if e in ours], [e for e in unlisted if e not in ours]
+
+
+def _named_by_runs(entry: str) -> bool:
+    """Whether a run before the ledger would have written `entry` (a ledger's name for it)."""
+    folders = (checkpoint.CHECKPOINT_DIR, checkpoint.UNREADABLE_DIR)
+    top, step, rest = [*entry.split("/", 2), "", ""][:3]
+    if not step:
+        return entry in (MANIFEST, METRICS, *(f"{folder}/" for folder in folders)) or \
+            fnmatch.fnmatchcase(entry, EVENT_FILES)
+    return top in folders and entry.endswith("/") and not rest and \
+        _RUN_ENTRIES.fullmatch(step) is not None
 
 
 def _check_ours(workdir: Path, ours: bool, restart: bool) -> None:
-    """Refuse a folder digitsjax did not make, and a `restart` that would delete a stranger.
+    """Refuse a folder digitsjax did not make, and a `restart` that would leave a stranger.
 
     A run writes only into a new or empty folder or its own workdir, and `restart` deletes only
-    what runs wrote: a folder without a digitsjax manifest is never emptied.
+    what runs wrote: a folder without a digitsjax manifest is never emptied, and a user's file
+    among the run's (which a restart would leave in orbax's way) is moved away first.
     """
-    folders = [checkpoint.checkpoint_dir(workdir), checkpoint.unreadable_dir(workdir)]
-    entries = [entry for folder in folders if folder.is_dir() for entry in folder.iterdir()]
+    folders = (checkpoint.CHECKPOINT_DIR, checkpoint.UNREADABLE_DIR)
     if not ours:
-        others = sorted(p.name for p in workdir.iterdir()
-                        if p.name not in (LOCK, *(f.name for f in folders)))
+        others = sorted(p.name for p in workdir.iterdir() if p.name not in (LOCK, LEDGER, *folders))
+        entries = [f"{folder}/{entry}" for folder in folders if (workdir / folder).is_dir()
+                   for entry in sorted(os.listdir(workdir / folder))]
         if others or entries:
             raise CheckpointError(
                 f"{workdir} is not a digitsjax workdir (it has no {MANIFEST}) and holds files "
-                f"({', '.join(others + [str(e.relative_to(workdir)) for e in entries][:3])})",
+                f"({_some(others + entries)})",
                 f"train into a new or empty folder: choose one with {WORKDIR}")
-    strangers = [e for e in entries if not _RUN_ENTRIES.fullmatch(e.name)]
-    if restart and strangers:
+    strangers = _unlisted(OwnedFolder(workdir))[1] if restart else []
+    if strangers:
+        named = [entry for entry in strangers if not entry.endswith("/")] or strangers
         raise CheckpointError(
-            f"{workdir} holds files that no run wrote ({strangers[0].relative_to(workdir)}), "
-            f"which a restart would delete", f"move them away first, or choose another "
-            f"with {WORKDIR}")
+            f"{workdir} holds files that no run wrote ({_some(named)}), which a restart would "
+            f"delete", f"move them away first, or choose another with {WORKDIR}")
 
 
-def _remove_run_files(workdir: Path) -> None:
-    for folder in (checkpoint.checkpoint_dir(workdir), checkpoint.unreadable_dir(workdir)):
-        shutil.rmtree(folder, ignore_errors=True)
-    for name in (MANIFEST, METRICS):
-        (workdir / name).unlink(missing_ok=True)
-    remove_event_files(workdir)
+def _some(names: list[str], shown: int = 3) -> str:
+    """The first `shown` names, and how many more: a folder may hold thousands."""
+    more = f" and {len(names) - shown:,} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def check_compatible(workdir: Workdir, program: Program) -> None:

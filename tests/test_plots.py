@@ -65,6 +65,23 @@ def test_a_users_picture_in_plots_is_never_replaced(workdir, capsys):
     assert files(workdir) == before  # no other picture, and nothing listed
 
 
+def test_pictures_drawn_before_the_ledger_are_drawn_again_but_a_users_picture_is_not(workdir,
+                                                                                   capsys):
+    """A workdir from a version without the ledger: the PNGs matplotlib saved there under the
+    pictures' names are digitsjax's; a picture saved by anything else is the user's."""
+    assert main(["plots", str(workdir)]) == 0
+    (workdir / LEDGER).unlink()  # as an earlier version left it
+    assert main(["plots", str(workdir)]) == 0
+    (workdir / LEDGER).unlink()
+    Image.new("L", (28, 28)).save(workdir / "plots" / "mistakes.png")  # the user's, same name
+    before = files(workdir)
+    assert main(["plots", str(workdir)]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"{workdir}/plots/mistakes.png exists and digitsjax did not write it; "
+        "move it away, or choose another place\n")
+    assert files(workdir) == before
+
+
 def test_plots_that_cannot_be_written_are_one_line_and_leave_no_half_written_picture(
         workdir, capsys, monkeypatch):
     monkeypatch.setattr(os, "replace", refusing_writes_of(".png"))

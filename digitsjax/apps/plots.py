@@ -82,11 +82,37 @@ def figure_paths(folder: OwnedFolder, subfolder: str, names: Sequence[str]) -> l
     """The paths of the pictures `names` in `folder`'s `subfolder` (e.g. `plots`), checked and
     listed together, and the subfolder made: a file there that digitsjax did not write refuses
     them all before anything is written (`OwnedFolder.targets`)."""
-    paths = folder.targets(*(f"{subfolder}/{name}" for name in names))
+    wanted = [f"{subfolder}/{name}" for name in names]
+    earlier = _earlier_pictures(folder, subfolder, wanted)
+    paths = [folder.inside(name) if name in earlier else folder.checked(name) for name in wanted]
+    folder.record(*earlier, *wanted)  # after every check: a refusal lists nothing
     parts = PurePosixPath(subfolder).parts
     for depth in range(1, len(parts) + 1):
         folder.folder("/".join(parts[:depth]))
     return paths
+
+
+MATPLOTLIB_PNG = b"Software\x00Matplotlib version"
+"""The text chunk matplotlib writes into every PNG it saves."""
+
+
+def _earlier_pictures(folder: OwnedFolder, subfolder: str, wanted: list[str]) -> list[str]:
+    """Of the pictures `wanted`, those a version before the ledger drew into `subfolder` (and
+    the subfolder), which may be drawn again: only while the ledger does not list the
+    subfolder yet, and only PNGs that matplotlib saved (its text chunk). Anything else there
+    stays the user's."""
+    if folder.owns(subfolder) or not folder.inside(subfolder).is_dir():
+        return []
+    earlier = [name for name in wanted if _drawn_by_matplotlib(folder.inside(name))]
+    return [f"{subfolder}/", *earlier] if earlier else []
+
+
+def _drawn_by_matplotlib(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return head.startswith(b"\x89PNG") and MATPLOTLIB_PNG in head
 
 
 def _save(figure: Figure, path: Path) -> Path:

@@ -235,10 +235,15 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from digitsjax.apps.runs import find_workdirs, runs_table, summarize
+    """The table of the runs it could read; each other run is one error line, and status 2."""
+    from digitsjax.apps.runs import list_runs, runs_table
 
-    print(runs_table([summarize(workdir) for workdir in find_workdirs(args.folder)]))
-    return 0
+    summaries, unreadable = list_runs(args.folder)
+    if summaries or not unreadable:
+        print(runs_table(summaries))
+    for error in unreadable:
+        print(f"digitsjax: error: {error.render(COMMAND_LINE)}", file=sys.stderr)
+    return EXIT_USER_ERROR if unreadable else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

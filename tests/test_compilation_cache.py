@@ -3,7 +3,9 @@ and train exactly the same bits."""
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +57,40 @@ def test_an_unusable_cache_folder_is_reported_and_training_goes_on(monkeypatch, 
     message = capsys.readouterr().err.strip()
     assert message.startswith(f"digitsjax: compilation cache off: cannot create {blocker}")
     assert len(message.splitlines()) == 1
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder that exists but where this process cannot create a file. File permissions do
+    not stop root, so as root it is /proc, where nobody creates files."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+        return folder
+    try:
+        (Path("/proc") / "digitsjax-probe").touch()
+    except OSError:
+        return Path("/proc")
+    pytest.skip("as root, and /proc takes files here: no folder this process cannot write")
+
+
+def test_an_unwritable_cache_folder_is_one_notice_and_the_cache_is_off(tmp_path, monkeypatch,
+                                                                       capsys):
+    from digitsjax.run.compilation_cache import CACHE_DIR_ENV, enable_compilation_cache
+
+    folder = unwritable_folder(tmp_path)
+    monkeypatch.setenv(CACHE_DIR_ENV, str(folder))
+    assert enable_compilation_cache() is None
+    message = capsys.readouterr().err.splitlines()
+    assert len(message) == 1 and message[0].startswith(
+        f"digitsjax: compilation cache off: {folder} is not writable ("), message
+
+
+@pytest.mark.slow
+def test_a_run_with_an_unwritable_cache_folder_says_so_once(tmp_path):
+    """JAX itself would warn at every program it fails to store (44 lines for one run)."""
+    folder = unwritable_folder(tmp_path)
+    result = run_cli(*TINY, "--set", "model.hidden=[16]", "--workdir", str(tmp_path / "run"),
+                     env={"DIGITSJAX_COMPILATION_CACHE": str(folder)})
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("digitsjax: compilation cache off: "), lines

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -29,7 +30,9 @@ def enable_compilation_cache() -> Path | None:
 
     The folder is $DIGITSJAX_COMPILATION_CACHE, else JAX's own $JAX_COMPILATION_CACHE_DIR,
     else ~/.cache/digitsjax/jax-compilation-cache. "off" disables it. A folder that cannot
-    be created only costs the speed-up, so it is reported in one line and training goes on.
+    be created, or where no file can be created (JAX would warn at every program it fails to
+    store), only costs the speed-up: it is reported in one line, the cache is off for the run
+    and training goes on.
     """
     chosen = os.environ.get(CACHE_DIR_ENV, "").strip()
     if chosen.lower() == "off":
@@ -39,9 +42,17 @@ def enable_compilation_cache() -> Path | None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        print(f"digitsjax: compilation cache off: cannot create {path} ({e.strerror}); set "
-              f"{CACHE_DIR_ENV} to a writable folder, or to off", file=sys.stderr)
-        return None
+        return _off(f"cannot create {path} ({e.strerror})")
+    try:
+        with tempfile.TemporaryFile(dir=path):  # the probe leaves nothing behind
+            pass
+    except OSError as e:
+        return _off(f"{path} is not writable ({e.strerror})")
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return path
+
+
+def _off(why: str) -> None:
+    print(f"digitsjax: compilation cache off: {why}; set {CACHE_DIR_ENV} to a writable "
+          "folder, or to off", file=sys.stderr)

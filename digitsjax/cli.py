@@ -204,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                                args.process_id))
     start_backend(pipeline.train.deterministic)  # after joining the cluster, as JAX requires
     train_pipeline(pipeline, workdir, mnist_dir=args.mnist_dir, restart=args.restart,
-                   progress=sys.stderr.isatty())
+                   progress=sys.stderr.isatty(), echo=arguments.say)
     return 0
 
 
@@ -355,7 +355,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     start_backend(base.train.deterministic)
     sweep_dir = args.workdir or DEFAULT_WORKDIR_ROOT / base.name
     paths = run_sweep(base, grid, sweep_dir, mnist_dir=args.mnist_dir, restart=args.restart,
-                      progress=sys.stderr.isatty(), separate=args.separate,
+                      progress=sys.stderr.isatty(), separate=args.separate, echo=arguments.say,
                       max_models=arguments.models_per_program(args.max_models_per_program))
     print((sweep_dir / SUMMARY_MARKDOWN).read_text(), end="")
     for path in paths:

@@ -128,10 +128,8 @@ def _read_cache(cache: Path, say_damage: bool = False) -> tuple[dict[str, np.nda
     """
     try:
         return _cached_arrays(cache)
-    except FileNotFoundError:
-        return None  # not made yet
     except Exception as e:  # any way a damaged zip or array fails to read: rebuild it
-        if say_damage:
+        if say_damage and os.path.isfile(cache):  # else not made (or not fully) yet
             reason = " ".join(str(e).split())  # one line, whatever the error says
             reason = reason if len(reason) <= 200 else f"{reason[:200]}..."
             print(f"digitsjax: the MNIST array cache {cache} is damaged "

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from digitsjax.errors import ConfigError, UserError
+from digitsjax.errors import COMMAND_LINE, ConfigError, UserError, render
 from digitsjax.files import default_workdir
 
 if TYPE_CHECKING:
@@ -152,3 +152,9 @@ def models_per_program(flag: int | None) -> Callable[[Pipeline, int], int]:
                   "(--max-models-per-program sets it)")
         return fit
     return cap
+
+
+def say(line: str) -> None:
+    """A line of a command's progress on stdout, its remedies (errors.RESTART) spelled as
+    flags, as an error's are."""
+    print(render(line, COMMAND_LINE))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from digitsjax import arguments
 from digitsjax.errors import COMMAND_LINE
-from digitsjax.files import DEFAULT_WORKDIR_ROOT
+from digitsjax.files import DEFAULT_WORKDIR_ROOT, default_workdir
 
 if TYPE_CHECKING:  # the commands import the library lazily, to start fast
     from digitsjax.core.data import MNIST
@@ -204,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                                args.process_id))
     start_backend(pipeline.train.deterministic)  # after joining the cluster, as JAX requires
     train_pipeline(pipeline, workdir, mnist_dir=args.mnist_dir, restart=args.restart,
-                   progress=sys.stderr.isatty())
+                   progress=sys.stderr.isatty(), echo=arguments.say)
     return 0
 
 
@@ -232,10 +232,15 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from digitsjax.apps.runs import find_workdirs, runs_table, summarize
+    """The table of the runs it could read; each other run is one error line, and status 2."""
+    from digitsjax.apps.runs import list_runs, runs_table
 
-    print(runs_table([summarize(workdir) for workdir in find_workdirs(args.folder)]))
-    return 0
+    summaries, unreadable = list_runs(args.folder)
+    if summaries or not unreadable:
+        print(runs_table(summaries))
+    for error in unreadable:
+        print(f"digitsjax: error: {error.render(COMMAND_LINE)}", file=sys.stderr)
+    return EXIT_USER_ERROR if unreadable else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -345,9 +350,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = read_grid(args.pipeline, args.grid)
     make_variants(base, grid)  # every variant is checked before JAX starts
     start_backend(base.train.deterministic)
-    sweep_dir = args.workdir or DEFAULT_WORKDIR_ROOT / base.name
+    sweep_dir = args.workdir or default_workdir(base.name)
     paths = run_sweep(base, grid, sweep_dir, mnist_dir=args.mnist_dir, restart=args.restart,
-                      progress=sys.stderr.isatty(), separate=args.separate,
+                      progress=sys.stderr.isatty(), separate=args.separate, echo=arguments.say,
                       max_models=arguments.models_per_program(args.max_models_per_program))
     print((sweep_dir / SUMMARY_MARKDOWN).read_text(), end="")
     for path in paths:

@@ -12,8 +12,9 @@ import pytest
 
 from digitsjax import api
 from digitsjax.core.config import load_pipeline
-from digitsjax.errors import ImageError
+from digitsjax.errors import ConfigError, ImageError
 
+from . import conftest
 from .conftest import REPO
 from .digit_pictures import dark_ink_gray_png
 
@@ -73,3 +74,63 @@ def test_overrides_go_with_a_pipeline_file_not_a_pipeline(tmp_path):
     with pytest.raises(TypeError):
         api.train(pipeline, tmp_path / "run", ["train.epochs=1"])
     assert not (tmp_path / "run").exists()
+
+
+# One string where a list of them is expected is one item, never its characters one by one.
+def test_one_override_given_as_a_string_is_one_override(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        api.train(REPO / "pipelines" / "mnist_mlp.toml", tmp_path / "run",
+                  overrides="train.epochs=0")
+    assert str(error.value).endswith("'train.epochs' must be >= 1, got 0")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_workdir_says_how_to_train_again_as_python_spells_it(tmp_path):
+    lines: list[str] = []
+    args = (REPO / "pipelines" / "mnist_mlp.toml", tmp_path / "run",
+            [*conftest.TINY, "train.epochs=1"])
+    api.train(*args, echo=lambda line: None)
+    api.train(*args, echo=lines.append)
+    assert any(line.endswith("is already trained (10 steps); pass restart=True to train again")
+               for line in lines), lines
+
+
+def test_one_picture_given_as_a_string_is_one_picture(trained_workdir, mnist, tmp_path):
+    seven = tmp_path / "seven.png"
+    seven.write_bytes(dark_ink_gray_png(mnist.test_images[0].reshape(28, 28)))
+    for path in (str(seven), seven):
+        (answer,) = api.classify_files(api.load(trained_workdir), path)
+        assert answer.prediction.digit == mnist.test_labels[0] and answer.error is None
+
+
+# Arrays are classified as MNIST's images are scaled: float pixels in [0, 1].
+SCALE = "divide 0-255 pixels by 255 (images / 255)"
+
+
+@pytest.mark.parametrize("images, problem, fix", [
+    (np.full((2, 784), 255, np.uint8), "images must be floats in [0, 1], as MNIST's pixels "
+                                       "are scaled, got uint8", SCALE),
+    (np.full((2, 28, 28), 255.0, np.float32), "images must be floats in [0, 1], as MNIST's "
+                                              "pixels are scaled, got values up to 255", SCALE),
+    (np.full((2, 784), -0.5), "got values from -0.5 to -0.5", SCALE),
+    (np.where(np.eye(28)[None] > 0, np.nan, 0.5), "images must be finite, got NaN",
+     "np.nan_to_num"),
+    (np.where(np.eye(28)[None] > 0, np.inf, 0.5), "images must be finite, got infinity",
+     "np.nan_to_num"),
+], ids=["uint8 0-255", "floats 0-255", "negative", "NaN", "infinite"])
+def test_images_not_scaled_as_mnists_are_refused_in_one_line(trained_workdir, images, problem,
+                                                             fix):
+    net = api.load(trained_workdir)
+    for apply in (net.classify, net.probabilities):
+        with pytest.raises(ImageError) as error:
+            apply(images)
+        message = str(error.value)
+        assert problem in message and fix in message and "\n" not in message
+
+
+def test_the_check_leaves_valid_images_as_they_were(trained_workdir, mnist):
+    net = api.load(trained_workdir)
+    images = mnist.test_images[:100]
+    np.testing.assert_array_equal(net.probabilities(images),
+                                  net.probabilities(images.astype(np.float64)))
+    assert net.classify(np.zeros((0, 784), np.float32)).shape == (0,)

@@ -3,7 +3,10 @@ and train exactly the same bits."""
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +58,44 @@ def test_an_unusable_cache_folder_is_reported_and_training_goes_on(monkeypatch, 
     message = capsys.readouterr().err.strip()
     assert message.startswith(f"digitsjax: compilation cache off: cannot create {blocker}")
     assert len(message.splitlines()) == 1
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder that exists but where this process cannot create a file. File permissions do
+    not stop root, so as root it is /proc, where nobody creates files."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+        return folder
+    try:
+        (Path("/proc") / "digitsjax-probe").touch()
+    except OSError:
+        return Path("/proc")
+    pytest.skip("as root, and /proc takes files here: no folder this process cannot write")
+
+
+# A read-only cache folder (a shared cache, or a mistake): read, never written, and JAX's
+# warning for each program it fails to store (44 lines for one run) is not shown.
+def test_an_unwritable_cache_folder_is_still_read_and_its_write_failures_are_silent(
+        tmp_path, monkeypatch, recwarn):
+    from digitsjax.run.compilation_cache import (
+        CACHE_DIR_ENV,
+        WRITE_FAILED,
+        enable_compilation_cache,
+    )
+
+    folder = unwritable_folder(tmp_path)
+    monkeypatch.setenv(CACHE_DIR_ENV, str(folder))
+    assert enable_compilation_cache() == folder
+    warnings.warn(f"{WRITE_FAILED} for 'jit_stage': FileNotFoundError: ...", stacklevel=1)
+    warnings.warn("another warning", stacklevel=1)
+    assert [str(w.message) for w in recwarn] == ["another warning"]
+
+
+@pytest.mark.slow
+def test_a_run_with_an_unwritable_cache_folder_prints_nothing_of_it(tmp_path):
+    folder = unwritable_folder(tmp_path)
+    result = run_cli(*TINY, "--set", "model.hidden=[16]", "--workdir", str(tmp_path / "run"),
+                     env={"DIGITSJAX_COMPILATION_CACHE": str(folder)})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""

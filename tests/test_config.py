@@ -3,9 +3,12 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from digitsjax.core.config import (
+    FLOAT32_MAX,
+    MAX_NESTING,
     Pipeline,
     load_pipeline,
     pipeline_from_dict,
@@ -226,3 +229,55 @@ def test_validation_and_batch_size_errors_name_the_key_at_fault(overrides, messa
     with pytest.raises(ConfigError) as error:
         load_pipeline(MNIST_MLP, overrides)
     assert message in str(error.value)
+
+
+# Nesting: TOML's parser recurses once per level, so 500 levels deep is a RecursionError there.
+DEEP = 500
+
+
+@pytest.mark.parametrize("text", [
+    f"seed = {'[' * DEEP}{']' * DEEP}\n",
+    f"seed = {'{a = ' * DEEP}1{'}' * DEEP}\n",
+    f"[model]\nhidden = {'[' * 40}1{']' * 40}\n",  # deep enough to refuse, shallow enough to parse
+], ids=["arrays", "inline tables", "parsed but too deep"])
+def test_a_file_nested_too_deeply_is_refused_in_one_line_naming_the_file_and_the_limit(
+        tmp_path, text):
+    path = write(tmp_path, text)
+    message = refusal(path)
+    assert message.startswith(f"{path}: ") and f"nested deeper than {MAX_NESTING} levels" \
+        in message
+
+
+@pytest.mark.parametrize("value", ["[" * DEEP + "]" * DEEP, "{a = " * DEEP + "1" + "}" * DEEP,
+                                   "[" * 40 + "]" * 40],
+                         ids=["arrays", "inline tables", "parsed but too deep"])
+def test_a_set_value_nested_too_deeply_is_refused_in_one_line_naming_the_option(value):
+    message = refusal(MNIST_MLP, [f"model.hidden={value}"])
+    assert "'model.hidden'" in message and f"nested deeper than {MAX_NESTING} levels" in message
+
+
+def test_nesting_a_pipeline_needs_is_well_within_the_limit(tmp_path):
+    grid = "[sweep]\n\"model.hidden\" = [[10, 10], [20]]\n"  # a sweep's grid: 4 levels
+    assert load_pipeline(write(tmp_path, grid), for_sweep=True).model.hidden == (128, 64)
+
+
+# Floats: the device computes in float32, where a larger magnitude is infinite.
+@pytest.mark.parametrize("override, value", [
+    ("optimizer.learning_rate=1e39", "1e+39"),
+    ("model.max_norm=3.5e38", "3.5e+38"),
+    ("optimizer.weight_decay=1e300", "1e+300"),
+    ("augment.elastic_alpha=10000000000000000000000000000000000000000", "1e+40"),  # an int
+    (f"optimizer.learning_rate=1{'0' * 400}", "about 1e+400"),  # beyond float64's range too
+], ids=["learning_rate", "max_norm", "weight_decay", "an int", "an int beyond float64"])
+def test_a_float_beyond_float32s_range_is_refused_naming_the_key_and_the_range(override,
+                                                                                value):
+    key = override.split("=")[0]
+    message = refusal(MNIST_MLP, [override])
+    assert f"'{key}' must be at most {FLOAT32_MAX:.7g} in magnitude (float32's largest " \
+           f"finite number), got {value}" in message
+
+
+def test_the_largest_float32_is_accepted():
+    assert load_pipeline(MNIST_MLP, [f"model.max_norm={FLOAT32_MAX!r}"]).model.max_norm == \
+        FLOAT32_MAX
+    assert float(np.float32(FLOAT32_MAX)) == FLOAT32_MAX and np.isfinite(np.float32(FLOAT32_MAX))

@@ -1,5 +1,6 @@
 """MNIST comes from tfds, verified, flattened to 784 floats in [0, 1], split as configured."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,47 @@ def test_a_corrupt_cache_is_ignored_and_rebuilt(prepared_copy, mnist):
     config = DataConfig(tfds_data_dir=str(prepared_copy))
     rebuilt = load_mnist(config)
     np.testing.assert_array_equal(rebuilt.test_images, mnist.test_images)
+    assert run_mnist._read_cache(cache) is not None  # rewritten intact
+
+
+def flip_a_byte(cache: Path) -> None:
+    data = bytearray(cache.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the training images: their CRC no longer matches
+    cache.write_bytes(bytes(data))
+
+
+def cut_short(cache: Path) -> None:
+    cache.write_bytes(cache.read_bytes()[:1_000_000])
+
+
+def other_arrays(cache: Path) -> None:
+    """A readable cache whose checksums match arrays that are not MNIST's splits."""
+    arrays = {"train_images": np.zeros((10, 28, 28), np.uint8),
+              "test_labels": np.zeros(10, np.int64)}
+    with open(cache, "wb") as f:
+        np.savez(f, **arrays)
+    sidecar = cache.with_suffix(".json")
+    checksums = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps(checksums | {"arrays_sha256": run_mnist._arrays_sha256(arrays)}))
+
+
+@pytest.mark.parametrize("damage", [flip_a_byte, cut_short, other_arrays])
+def test_a_damaged_cache_is_rebuilt_with_a_one_line_notice(prepared_copy, mnist, capsys,
+                                                            damage):
+    """The array cache is digitsjax's own file: whatever is wrong with it, it is rebuilt from
+    tfds' prepared files, never an error that lasts until someone deletes it."""
+    shipped = run_mnist.resolve_tfds_data_dir(DataConfig()) / TFDS_NAME / TFDS_VERSION
+    cache = prepared_copy / TFDS_NAME / TFDS_VERSION / CACHE_NAME
+    for path in (cache, cache.with_suffix(".json")):
+        shutil.copy(shipped / path.name, path)
+    damage(cache)
+    capsys.readouterr()
+    rebuilt = load_mnist(DataConfig(tfds_data_dir=str(prepared_copy)))
+    np.testing.assert_array_equal(rebuilt.train_images, mnist.train_images)
+    notice = capsys.readouterr().err.splitlines()
+    assert len(notice) == 1 and notice[0].startswith(
+        f"digitsjax: the MNIST array cache {cache} is damaged ("), notice
+    assert notice[0].endswith("); rebuilding it from tfds' prepared files")
     assert run_mnist._read_cache(cache) is not None  # rewritten intact
 
 

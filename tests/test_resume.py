@@ -163,7 +163,8 @@ def test_rerunning_a_finished_workdir_changes_nothing(tmp_path, small_run, capsy
     shutil.copytree(small_run, workdir)
     before = snapshot(workdir)
     assert main(train_args(workdir)) == 0
-    assert "is already trained" in capsys.readouterr().out
+    assert f"is already trained ({2 * SPE} steps); pass --restart to train again" in \
+        capsys.readouterr().out  # the remedy spelled as the command line spells it
     assert snapshot(workdir) == before
 
 

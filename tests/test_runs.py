@@ -3,8 +3,10 @@ runs write as they go (no checkpoint is read)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +18,8 @@ from digitsjax.files import LEDGER, OwnedFolder
 from digitsjax.main import main
 from digitsjax.run.lock import workdir_lock
 from digitsjax.run.loop import train_pipeline
-from digitsjax.run.records import read_metrics, truncate_metrics
-from digitsjax.run.workdir import Workdir
+from digitsjax.run.records import METRICS, read_metrics, truncate_metrics
+from digitsjax.run.workdir import MANIFEST, Workdir
 
 from . import conftest
 from .conftest import REPO
@@ -54,8 +56,9 @@ def test_each_run_shows_its_state_epochs_results_and_fingerprint(runs_root):
 
 
 def test_runs_lists_every_workdir_under_a_folder_in_one_table(runs_root, capsys):
-    assert [w.path.name for w in find_workdirs(runs_root)] == ["a", "b", "stopped"]
-    table = runs_table([summarize(w) for w in find_workdirs(runs_root)]).splitlines()
+    assert [p.name for p in find_workdirs(runs_root)] == ["a", "b", "stopped"]
+    table = runs_table([summarize(Workdir.open(p)) for p in find_workdirs(runs_root)])
+    table = table.splitlines()
     assert table[0].split() == ["run", "state", "epochs", "best", "validation", "test",
                                 "params_sha256", "age"]
     assert [line.split()[0] for line in table[1:]] == ["a", "b", "stopped"]
@@ -128,3 +131,76 @@ def test_a_comparison_the_filesystem_refuses_is_one_line_and_leaves_nothing(
         f"digitsjax: error: cannot write {output} (Read-only file system); free space or make "
         "it writable, or choose another place\n")
     assert list(tmp_path.iterdir()) == []
+
+
+# Damaged runs: a manifest or records digitsjax would not write, among runs that are fine.
+def _manifest_without_train(manifest: dict) -> dict:
+    del manifest["pipeline"]["train"]
+    return manifest
+
+
+def _epochs_as_text(manifest: dict) -> dict:
+    manifest["pipeline"]["train"]["epochs"] = "2"
+    return manifest
+
+
+def _result_as_text(manifest: dict) -> dict:
+    return manifest | {"result": "finished"}
+
+
+DAMAGED_MANIFESTS = {
+    "no-train": (_manifest_without_train, "its pipeline has no train table"),
+    "text-epochs": (_epochs_as_text, "its pipeline's train.epochs is not a whole number"),
+    "text-result": (_result_as_text, "its result is not a table"),
+}
+
+
+@pytest.fixture(scope="module")
+def damaged_root(runs_root, tmp_path_factory):
+    """Two sound runs around three damaged manifests and one damaged record."""
+    root = tmp_path_factory.mktemp("damaged")
+    for name in ("a", *DAMAGED_MANIFESTS, "odd-record", "z"):
+        shutil.copytree(runs_root / "a", root / name)
+    for name, (damage, _) in DAMAGED_MANIFESTS.items():
+        manifest = json.loads((root / name / MANIFEST).read_text())
+        (root / name / MANIFEST).write_text(json.dumps(damage(manifest)))
+    with open(root / "odd-record" / METRICS, "a") as f:
+        f.write(json.dumps({"step": 900, "epoch": "three", "val_accuracy": "high"}) + "\n")
+    return root
+
+
+def test_runs_lists_every_readable_run_and_says_in_one_line_why_each_other_is_not(
+        damaged_root, capsys):
+    """Exit status 2: a script sees that some runs are missing from the table."""
+    assert main(["runs", str(damaged_root)]) == 2
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["a", "z"]
+    errors = err.splitlines()
+    assert len(errors) == len(DAMAGED_MANIFESTS) + 1
+    by_run = {Path(line.split()[2]).relative_to(damaged_root).parts[0]: line for line in errors}
+    assert sorted(by_run) == sorted([*DAMAGED_MANIFESTS, "odd-record"])
+    for name, (_, why) in DAMAGED_MANIFESTS.items():
+        assert by_run[name].startswith(f"digitsjax: error: {damaged_root / name / MANIFEST} ")
+        assert why in by_run[name] and "retrain with --restart" in by_run[name]
+    assert by_run["odd-record"].startswith(
+        f"digitsjax: error: {damaged_root / 'odd-record' / METRICS} holds records that "
+        "digitsjax does not write (")
+
+
+@pytest.mark.parametrize("name", [*DAMAGED_MANIFESTS, "odd-record"])
+def test_compare_refuses_a_damaged_run_in_one_line_naming_it(damaged_root, tmp_path, capsys,
+                                                             name):
+    plot = tmp_path / "compare.png"
+    assert main(["compare", str(damaged_root / "a"), str(damaged_root / name),
+                 "--output", str(plot)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert err.startswith(f"digitsjax: error: {damaged_root / name}/")
+    assert not plot.exists()
+
+
+def test_runs_on_one_damaged_workdir_is_one_line(damaged_root, capsys):
+    assert main(["runs", str(damaged_root / "no-train")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert err.startswith(f"digitsjax: error: {damaged_root / 'no-train' / MANIFEST} ")

@@ -1,7 +1,9 @@
 """Every run at a glance (`digitsjax runs`) and runs side by side (`digitsjax compare`).
 
 Both read only what a run writes as it goes (its manifest, metrics.jsonl and lock), never a
-checkpoint: listing a hundred runs starts no JAX and touches no device.
+checkpoint: listing a hundred runs starts no JAX and touches no device. A run whose files
+digitsjax would not have written so is a `CheckpointError` naming the file: `compare` stops at
+it, `runs` lists the others and returns it with the rest that it could not list.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from digitsjax.apps.plots import figure_paths, plot_comparison
-from digitsjax.errors import CheckpointError, FileError
+from digitsjax.errors import RESTART, CheckpointError, FileError
 from digitsjax.files import check_new_file, make_folders_of
 from digitsjax.run.lock import holder_of
 from digitsjax.run.records import (
@@ -45,32 +47,58 @@ class RunSummary:
     """Since the run last wrote a record (or its manifest)."""
 
 
-def find_workdirs(root: Path) -> list[Workdir]:
-    """`root` itself if it is a workdir, else the workdirs directly inside it, by name."""
+def find_workdirs(root: Path) -> list[Path]:
+    """`root` itself if it is a workdir (it holds a manifest), else the workdirs directly
+    inside it, by name."""
     root = Path(root)
     if (root / MANIFEST).is_file():
-        return [Workdir.open(root)]
-    if not root.is_dir():
-        raise CheckpointError(f"{root} is not a folder", "give the folder that holds the runs, "
-                              "e.g. checkpoints")
-    return [Workdir.open(p) for p in sorted(p for p in root.iterdir()
-                                            if (p / MANIFEST).is_file())]
+        return [root]
+    try:
+        return sorted(p for p in root.iterdir() if _holds_manifest(p))
+    except OSError as e:
+        raise CheckpointError(f"{root} is not a folder that can be listed ({e.strerror})",
+                              "give the folder that holds the runs, e.g. checkpoints") from None
+
+
+def _holds_manifest(folder: Path) -> bool:
+    try:
+        return (folder / MANIFEST).is_file()
+    except OSError:  # a folder that cannot be looked into: listed as such, not skipped
+        return True
+
+
+def list_runs(root: Path) -> tuple[list[RunSummary], list[CheckpointError]]:
+    """Every run under `root` (`find_workdirs`) summarized, and for each run that could not
+    be, the error that says why: one damaged run hides none of the others."""
+    summaries, unreadable = [], []
+    for path in find_workdirs(root):
+        try:
+            summaries.append(summarize(Workdir.open(path)))
+        except CheckpointError as e:
+            unreadable.append(e)
+    return summaries, unreadable
 
 
 def summarize(run: Workdir) -> RunSummary:
+    """A run's state and results; a CheckpointError if its records are not a run's."""
     workdir, manifest, records = run.path, run.manifest, read_metrics(run.path)
-    total = manifest["pipeline"]["train"]["epochs"]
-    done = records[-1]["epoch"] if records else 0
+    total = manifest["pipeline"]["train"]["epochs"]  # a whole number: Workdir.open checks it
     holder = holder_of(workdir)
-    state = (f"running ({holder})" if holder else "finished" if done >= total
-             else "interrupted")
-    best_val, test = (_best_model(records) if manifest.get(PER_MODEL) else
-                      _best_epoch(records))
+    try:  # records past read_metrics' own check (a step in each) are used as written
+        done = records[-1]["epoch"] if records else 0
+        state = (f"running ({holder})" if holder else "finished" if done >= total
+                 else "interrupted")
+        best_val, test = (_best_model(records) if manifest.get(PER_MODEL) else
+                          _best_epoch(records))
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{workdir / METRICS} holds records that digitsjax does not "
+                              f"write ({type(e).__name__}: {e})",
+                              f"restore it or retrain with {RESTART}") from None
     newest = max(p.stat().st_mtime for p in (workdir / MANIFEST, workdir / METRICS)
                  if p.exists())
     return RunSummary(
         workdir=workdir, state=state, epochs=f"{done}/{total}", best_val=best_val, test=test,
-        params_sha256=run.result.get("params_sha256", "-")[:12],
+        params_sha256=str(run.result.get("params_sha256", "-"))[:12],
         age_seconds=time.time() - newest)
 
 

@@ -45,6 +45,13 @@ FOLDER_NAME = re.compile(r"[\w-][\w.-]*")
 neither '.', '..' nor a hidden folder). No separator, no control character."""
 MAX_NAME_BYTES = 255  # the longest file name ext4, XFS and APFS take
 SWEEP_TABLE = "sweep"
+MAX_NESTING = 32
+"""The deepest a pipeline file or a value may nest tables and arrays within each other. A
+pipeline needs 4 (a sweep's grid of lists); Python's TOML parser recurses once per level and
+runs out of stack a few hundred levels down, which is no mistake to report as a crash."""
+FLOAT32_MAX = 3.4028234663852886e38
+"""float32's largest finite number. The device computes with a pipeline's floats in float32,
+where a larger magnitude is infinite: such a value is refused, not trained with as inf."""
 
 
 @dataclass(frozen=True)
@@ -236,9 +243,14 @@ def read_pipeline_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read pipeline file {path} ({e.strerror}); check its "
                           f"permissions, or {example}") from None
     try:
-        return tomllib.loads(text)
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    except RecursionError:
+        raw = None
+    if raw is None or _nested_too_deeply(raw.values()):
+        raise _too_deep(str(path))
+    return raw
 
 
 def pipeline_from_dict(raw: Mapping[str, Any], source: str = "pipeline") -> Pipeline:
@@ -265,15 +277,43 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     if not sep or not key:
         raise ConfigError(f"override {override!r} must look like section.key=value",
                           f"e.g. {setting('optimizer.learning_rate', '0.01')}")
-    set_key(raw, key, parse_value(value), option="override")
+    set_key(raw, key, parse_value(value, f"override {key!r}"), option="override")
 
 
-def parse_value(text: str) -> Any:
-    """An option's value in TOML syntax; a bare word such as tanh is meant as a string."""
+def parse_value(text: str, option: str = "") -> Any:
+    """An option's value in TOML syntax; a bare word such as tanh is meant as a string.
+
+    `option` names the option in the error for a value nested deeper than `MAX_NESTING`.
+    """
     try:
-        return tomllib.loads(f"v = {text.strip()}")["v"]
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         return text.strip()
+    except RecursionError:
+        value = None
+    if value is None or _nested_too_deeply([value]):
+        raise _too_deep(option or f"value {text.strip()[:20]!r}...")
+    return value
+
+
+def _nested_too_deeply(values: Iterable[Any]) -> bool:
+    """Whether tables or arrays nest deeper than `MAX_NESTING` levels in any of `values` (a
+    value that is one table or array is one level). Walked without recursion: the depth is the
+    user's."""
+    stack = [(value, 1) for value in values]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict | list):
+            if level > MAX_NESTING:
+                return True
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, level + 1) for item in items)
+    return False
+
+
+def _too_deep(source: str) -> ConfigError:
+    return ConfigError(f"{source}: tables or arrays nested deeper than {MAX_NESTING} levels",
+                       "flatten it: a pipeline needs 4 at most (a sweep's grid of lists)")
 
 
 def set_key(raw: dict[str, Any], key: str, value: Any, option: str) -> None:
@@ -324,16 +364,29 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         return tuple(_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         raise AssertionError(f"unsupported field type {hint}")  # keep the schema simple
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if hint is float and isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{source}: '{key}' must be a finite number, got {value}")
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        value = _float32_range(value, key, source)
     if hint is int and isinstance(value, bool):
         value = str(value)  # bool is an int subclass; reject it as the wrong type below
     if not isinstance(value, hint):
         expected = "true or false" if hint is bool else hint.__name__
         raise ConfigError(f"{source}: '{key}' must be {expected}, got {_describe(value)}")
     return value
+
+
+def _float32_range(number: int | float, key: str, source: str) -> float:
+    """A float key's value as a float, if float32 holds it as a finite number: every float key
+    of a pipeline passes here."""
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ConfigError(f"{source}: '{key}' must be a finite number, got {number}")
+    if abs(number) > FLOAT32_MAX:
+        try:
+            shown = f"{number:g}"
+        except OverflowError:  # an int beyond even float64's range
+            shown = f"about 1e+{len(str(abs(number))) - 1}"
+        raise ConfigError(f"{source}: '{key}' must be at most {FLOAT32_MAX:.7g} in magnitude "
+                          f"(float32's largest finite number), got {shown}")
+    return float(number)
 
 
 def _describe(value: Any) -> str:

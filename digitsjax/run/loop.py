@@ -36,7 +36,7 @@ from digitsjax.core.program import (
     split_models,
 )
 from digitsjax.core.train import TrainState, chunk_plan, make_evaluate
-from digitsjax.errors import RESTART, DivergenceError, setting
+from digitsjax.errors import RESTART, DivergenceError, render, setting
 from digitsjax.run import backend, checkpoint, cluster, process
 from digitsjax.run.mnist import load_mnist
 from digitsjax.run.preemption import Preempted, PreemptionGuard
@@ -72,7 +72,7 @@ def train_pipeline(pipeline: Pipeline, workdir: str | Path, **options: Any) -> d
 
 def train_program(program: Program, workdir: str | Path, *, mnist_dir: str | None = None,
                   restart: bool = False, progress: bool = False,
-                  echo: Callable[[str], None] = print) -> dict[str, Any]:
+                  echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train into `workdir`, continuing from its newest intact checkpoint; return the final record.
 
     A sweep's program trains grid points, each with its own values of the per-model keys; one
@@ -82,8 +82,13 @@ def train_program(program: Program, workdir: str | Path, *, mnist_dir: str | Non
     all processes run this together, and only process 0 writes files other than checkpoints.
     On SIGTERM/SIGINT the current chunk finishes and is checkpointed, and `Preempted` is raised
     once that checkpoint is complete.
+
+    `echo` takes each line of progress. A line may name a remedy by its marker
+    (`errors.RESTART`), which the caller spells its own way (`errors.render`); without an
+    `echo`, lines are printed with remedies spelled for Python callers.
     """
     started, pipeline = time.perf_counter(), program.pipeline
+    echo = echo or (lambda line: print(render(line)))
     process.quiet_libraries()
     backend.request_determinism(pipeline.train.deterministic)  # before JAX starts its backend
     mesh = sharding.data_mesh()

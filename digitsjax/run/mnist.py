@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from digitsjax.core.data import MNIST, SPLIT_SIZES, mnist_from_raw
+from digitsjax.core.data import IMAGE_SIDE, MNIST, SPLIT_SIZES, mnist_from_raw
 from digitsjax.errors import MNIST_DIR, DataError
 from digitsjax.files import write_atomic, write_json_atomic
 
@@ -76,7 +76,7 @@ def load_mnist(config: DataConfig, mnist_dir: str | Path | None = None) -> MNIST
 def load_raw_arrays(data_dir: Path, mnist_dir: Path | None) -> tuple[dict[str, np.ndarray], dict]:
     """uint8 images (N, 28, 28) and labels (N,) for both splits, from the cache or from tfds."""
     cache = data_dir / TFDS_NAME / TFDS_VERSION / CACHE_NAME
-    cached = _read_cache(cache)
+    cached = _read_cache(cache, say_damage=True)
     if cached is not None:
         return cached
     with _one_preparer(data_dir):
@@ -117,17 +117,39 @@ def _arrays_sha256(arrays: dict[str, np.ndarray]) -> dict[str, str]:
             for name, a in sorted(arrays.items())}
 
 
-def _read_cache(cache: Path) -> tuple[dict[str, np.ndarray], dict] | None:
-    """The cached arrays if present and intact; a damaged cache is ignored and rebuilt."""
-    sidecar = cache.with_suffix(".json")
+def _read_cache(cache: Path, say_damage: bool = False) -> tuple[dict[str, np.ndarray],
+                                                                 dict] | None:
+    """The cached arrays if present and intact, else None: the caller then rebuilds the cache.
+
+    The cache is digitsjax's own file, derived from tfds' prepared files, so whatever is wrong
+    with it (a flipped byte, a cut-short file, arrays its checksums or MNIST's shapes disown)
+    costs a rebuild, said in one line where `say_damage`, and never an error that lasts until
+    someone deletes it.
+    """
     try:
-        checksums = json.loads(sidecar.read_text())
-        with np.load(cache) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, KeyError):
+        return _cached_arrays(cache)
+    except Exception as e:  # any way a damaged zip or array fails to read: rebuild it
+        if say_damage and os.path.isfile(cache):  # else not made (or not fully) yet
+            reason = " ".join(str(e).split())  # one line, whatever the error says
+            reason = reason if len(reason) <= 200 else f"{reason[:200]}..."
+            print(f"digitsjax: the MNIST array cache {cache} is damaged "
+                  f"({type(e).__name__}: {reason}); rebuilding it from tfds' prepared files",
+                  file=sys.stderr)
         return None
-    if _arrays_sha256(arrays) != checksums.get("arrays_sha256"):
-        return None
+
+
+def _cached_arrays(cache: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """The cache's arrays and checksums; raises if they are not MNIST's raw arrays intact."""
+    checksums = json.loads(cache.with_suffix(".json").read_text())
+    with np.load(cache) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    expected = {f"{split}_{kind}": (size, *shape) for split, size in SPLIT_SIZES.items()
+                for kind, shape in (("images", (IMAGE_SIDE, IMAGE_SIDE)), ("labels", ()))}
+    if {name: a.shape for name, a in arrays.items() if a.dtype == np.uint8} != expected:
+        shapes = ", ".join(f"{name} {a.dtype} {a.shape}" for name, a in arrays.items())
+        raise ValueError(f"it holds other arrays than MNIST's splits ({shapes})")
+    if _arrays_sha256(arrays) != checksums["arrays_sha256"]:
+        raise ValueError("its arrays do not match their recorded sha256")
     return arrays, checksums
 
 

@@ -61,13 +61,41 @@ class Network:
 
 
 def _flat(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images, np.float32)
+    """`images` as the (N, 784) float32 the classifier takes, if they are images as MNIST's are
+    (float pixels in [0, 1]): 0-255 pixels, or NaN, would be classified without a word."""
+    images = np.asarray(images)
     if images.ndim == 3 and images.shape[1:] == (28, 28):
-        return images.reshape(len(images), NUM_PIXELS)
-    if images.ndim == 2 and images.shape[1] == NUM_PIXELS:
-        return images
-    raise ImageError(f"images must be an array (N, 28, 28) or (N, {NUM_PIXELS}), got shape "
-                     f"{images.shape}", "add a leading axis for one image: images[None]")
+        flat = images.reshape(len(images), NUM_PIXELS)
+    elif images.ndim == 2 and images.shape[1] == NUM_PIXELS:
+        flat = images
+    else:
+        raise ImageError(f"images must be an array (N, 28, 28) or (N, {NUM_PIXELS}), got "
+                         f"shape {images.shape}", "add a leading axis for one image: images[None]")
+    if flat.dtype.kind != "f":
+        raise ImageError(f"{_SCALED}, got {flat.dtype}", _SCALE)
+    flat = flat.astype(np.float32, copy=False)
+    if flat.size:
+        _check_scaled(float(flat.min()), float(flat.max()))  # one pass each, on the host
+    return flat
+
+
+_SCALED = "images must be floats in [0, 1], as MNIST's pixels are scaled"
+_SCALE = "divide 0-255 pixels by 255 (images / 255)"
+
+
+def _check_scaled(lowest: float, highest: float) -> None:
+    """A NaN anywhere makes the min and max NaN; an infinity makes one of them infinite."""
+    if np.isnan(lowest) or np.isnan(highest):
+        raise ImageError("images must be finite, got NaN", _FINITE)
+    if np.isinf(lowest) or np.isinf(highest):
+        raise ImageError("images must be finite, got infinity", _FINITE)
+    if lowest < 0:
+        raise ImageError(f"{_SCALED}, got values from {lowest:g} to {highest:g}", _SCALE)
+    if highest > 1:
+        raise ImageError(f"{_SCALED}, got values up to {highest:g}", _SCALE)
+
+
+_FINITE = "replace them, e.g. with np.nan_to_num(images), or leave those images out"
 
 
 def load_network(workdir: Workdir | str | Path, which: str = "latest",

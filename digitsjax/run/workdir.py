@@ -119,6 +119,22 @@ PER_MODEL = "per_model"
 """The manifest's record of a sweep program's per-model values (absent for other runs)."""
 
 
+def _not_a_manifest(manifest: Any) -> str:
+    """What in `manifest` digitsjax never writes so ("" if nothing): the keys that reading a
+    workdir takes as they are written, rather than parsing them, must be as written."""
+    pipeline = manifest.get("pipeline") if isinstance(manifest, dict) else None
+    if not isinstance(pipeline, dict):
+        return "it has no pipeline table"
+    if not isinstance(pipeline.get("train"), dict):
+        return "its pipeline has no train table"
+    epochs = pipeline["train"].get("epochs")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        return "its pipeline's train.epochs is not a whole number of epochs"
+    if not isinstance(manifest.get("result", {}), dict):
+        return "its result is not a table"
+    return ""
+
+
 @dataclass(frozen=True)
 class Workdir:
     """A workdir as one command sees it: its path and its manifest, read once.
@@ -141,12 +157,13 @@ class Workdir:
         except (FileNotFoundError, NotADirectoryError):
             raise CheckpointError(f"{path} is not a digitsjax workdir (no {MANIFEST})",
                                   "train into it first with `digitsjax train`") from None
-        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        except (OSError, ValueError, RecursionError) as e:  # not JSON, not UTF-8, too deep
             raise CheckpointError(f"{manifest_path} is unreadable ({e})",
                                   f"restore it or retrain with {RESTART}") from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("pipeline"), dict):
-            raise CheckpointError(f"{manifest_path} is not a digitsjax manifest (it has no "
-                                  "pipeline table)", f"restore it or retrain with {RESTART}")
+        damage = _not_a_manifest(manifest)
+        if damage:
+            raise CheckpointError(f"{manifest_path} is not a digitsjax manifest ({damage})",
+                                  f"restore it or retrain with {RESTART}")
         return cls(path, manifest)
 
     @cached_property

@@ -39,7 +39,7 @@ from digitsjax.core.config import (
 )
 from digitsjax.core.model import parameter_count
 from digitsjax.core.program import Program, program_key, sweep_program
-from digitsjax.errors import WORKDIR, ConfigError, FileError, UserError
+from digitsjax.errors import WORKDIR, ConfigError, FileError, UserError, render
 from digitsjax.files import LEDGER, OwnedFolder, cannot_write
 from digitsjax.run.lock import LOCK, workdir_lock
 from digitsjax.run.loop import train_program
@@ -213,7 +213,7 @@ def plan_programs(variants: list[Variant], max_models: Callable[[Pipeline, int],
 
 def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | None = None,
               restart: bool = False, progress: bool = False,
-              echo: Callable[[str], None] = print,
+              echo: Callable[[str], None] | None = None,
               max_models: Callable[[Pipeline, int], int] | None = None,
               separate: bool = False) -> list[Path]:
     """Train every variant, the variants of one program together; write and return the
@@ -227,6 +227,7 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
     variants = make_variants(base, grid)
     programs = plan_programs(variants, max_models or (lambda _, wanted: wanted), separate)
     folder = _prepare_sweep_folder(Path(sweep_dir), programs)
+    echo = echo or (lambda line: print(render(line)))  # remedies as Python spells them
     with workdir_lock(folder.path, echo):
         folder.record(LOCK)
         _adopt_earlier_sweep(folder)

@@ -154,7 +154,7 @@ def test_the_estimate_grows_with_what_a_run_holds():
     assert ten["the parameters and optimizer state"] == (2 if grouped else 1) * 10 * state
     sgd = footprint(load_pipeline(PIPELINE, ["optimizer.name=sgd"]))  # no slots: params only
     assert parts["the parameters and optimizer state"] > sgd["the parameters and optimizer state"]
-    assert peak_bytes(parts) < 10**9  # mnist_mlp fits anywhere
+    assert peak_bytes(parts) < 2 * 2**30  # mnist_mlp fits in a small container
     sweep = footprint(ten_models, sweep=True)  # ten grid points in one program
     assert sweep["the parameters and optimizer state"] == \
         2 * 10 * state  # a chunk keeps the state it started from

@@ -126,6 +126,10 @@ def test_the_refusal_names_the_bound_that_applied(monkeypatch):
     monkeypatch.setattr(resources, "cgroup_room", lambda: need)
     monkeypatch.setattr(resources, "host_available_bytes", lambda: need)
     resources.check_memory(program, mesh)  # exactly fits
+    monkeypatch.setattr(resources, "cgroup_room", lambda: 1)
+    with pytest.raises(ResourceError) as tiny:  # no knob makes the process fit
+        resources.check_memory(program, mesh)
+    assert tiny.value.fix.startswith("run where more memory is free (the process and MNIST ")
 
 
 def test_a_sweep_holds_as_many_models_as_the_cgroup_leaves_room_for(monkeypatch):
@@ -137,21 +141,25 @@ def test_a_sweep_holds_as_many_models_as_the_cgroup_leaves_room_for(monkeypatch)
     assert resources.max_models_that_fit(pipeline, mesh, 100) == 3
 
 
-def test_a_run_larger_than_its_cgroup_is_refused_in_one_line_before_writing(tmp_path):
-    """The whole path: a fake container's cgroup files, read by the CLI's own process."""
-    proc, cgroups = container(tmp_path, ["0::/job"], {"job/memory.max": str(GB // 10),
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_run_larger_than_its_cgroup_is_refused_in_one_line_before_writing(tmp_path, command):
+    """The whole path, as in a 3 GB container: its cgroup files, read by the CLI's process."""
+    proc, cgroups = container(tmp_path, ["0::/job"], {"job/memory.max": str(3 * GB),
                                                       "job/memory.current": "0"})
     workdir = tmp_path / "run"
     code = ("import sys; from pathlib import Path; from digitsjax.run import resources; "
             f"resources.PROC, resources.CGROUPS = Path({str(proc)!r}), Path({str(cgroups)!r}); "
             "from digitsjax.main import main; sys.exit(main(sys.argv[1:]))")
+    pipeline = REPO / "pipelines" / ("lr_sweep.toml" if command == "sweep" else "mnist_mlp.toml")
     refused = subprocess.run(
-        [sys.executable, "-c", code, "train", str(PIPELINE), "--workdir", str(workdir)],
+        [sys.executable, "-c", code, command, str(pipeline), "--workdir", str(workdir),
+         "--set=model.hidden=[8192]", "--set=train.batch_size=55000"],
         capture_output=True, text=True, cwd=REPO, timeout=300)
     assert refused.returncode == 2, refused.stderr
     [line] = refused.stderr.strip().splitlines()
     assert line.startswith("digitsjax: error: this run needs about ")
-    assert "more than the 0.1 GB this job's cgroup allows; lower " in line
+    assert line.endswith(" GB for a training step), more than the 3.0 GB this job's cgroup "
+                         "allows; lower train.batch_size or train.num_models")
     assert not workdir.exists()
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from digitsjax.core import sharding
 from digitsjax.core.config import (
     SWEEP_TABLE,
     Pipeline,
@@ -41,9 +42,11 @@ from digitsjax.core.model import parameter_count
 from digitsjax.core.program import Program, program_key, sweep_program
 from digitsjax.errors import WORKDIR, ConfigError, FileError, UserError, render
 from digitsjax.files import LEDGER, OwnedFolder, cannot_write
+from digitsjax.run import backend
 from digitsjax.run.lock import LOCK, workdir_lock
 from digitsjax.run.loop import train_program
 from digitsjax.run.records import last_evaluated, model_record, read_metrics
+from digitsjax.run.resources import check_memory
 from digitsjax.run.workdir import MANIFEST, PLOTS_DIR, Workdir
 
 SWEEP_JSON = "sweep.json"
@@ -226,6 +229,9 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
     """
     variants = make_variants(base, grid)
     programs = plan_programs(variants, max_models or (lambda _, wanted: wanted), separate)
+    backend.request_determinism(base.train.deterministic)  # before the check starts JAX
+    for planned in programs:  # one that cannot fit is refused before anything is written
+        check_memory(planned.program, sharding.data_mesh())
     folder = _prepare_sweep_folder(Path(sweep_dir), programs)
     echo = echo or (lambda line: print(render(line)))  # remedies as Python spells them
     with workdir_lock(folder.path, echo):

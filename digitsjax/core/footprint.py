@@ -18,9 +18,10 @@ estimate is of the process's peak resident memory, and errs high rather than low
 - the larger of the two programs' working sets, one at a time:
   - a training step: the gradients, and for each example and each unit of every layer the
     buffers XLA keeps between the forward and the backward pass (the pre-activation, the
-    activation and the gradient flowing back; with dropout also its random bits and mask),
-    and the batch's images, gathered once per data order (per seed), with the sampling grids
-    of augmentation or the input-dropout mask beside them.
+    activation and the gradient flowing back; with dropout also its random bits and mask; in
+    a sweep's program one more, for the guarded copy of the chunk that its divergence check
+    runs again), and the batch's images, gathered once per data order (per seed), with the
+    sampling grids of augmentation or the input-dropout mask beside them.
   - an evaluation: a whole split's activations at once, for every model.
 
 The arrays' sum is raised by a margin for what is not counted one by one: XLA's smaller
@@ -47,14 +48,16 @@ EVALUATION = "an evaluation"
 HOST_PARTS = (PROCESS, CHECKPOINT)
 """Held once by the process, in the host's memory; the others once by each device."""
 
-PROCESS_BYTES = 700 * 2**20
-"""The process before any array of the run: measured as the peak of the smallest networks
-(bench/memory_estimate.py), less their MNIST, with a margin for the larger programs' code."""
+PROCESS_BYTES = 768 * 2**20
+"""The process before any array of the run: the peak of the smallest networks, trains and
+sweeps, compiling their programs (bench/memory_estimate.py), less their MNIST, and a margin."""
 UNIT_BUFFERS = 3
 """Per example and unit, the float32 buffers of a training step: pre-activation, activation,
 the gradient flowing back."""
 DROPOUT_BUFFERS = 2
 """More per example and unit with dropout: its random bits and its mask."""
+SWEEP_BUFFERS = 1
+"""More per example and unit in a sweep's program, whose chunk holds a guarded copy of itself."""
 IMAGE_BUFFERS = 2
 """More per example and pixel when augmenting (the sampling grid) or dropping input pixels."""
 
@@ -83,6 +86,7 @@ def footprint(pipeline: Pipeline, devices: int = 1, sweep: bool = False,
     widths = sum(layer_sizes(model)[1:])  # the units of one example
     batch = -(-pipeline.train.batch_size // devices)
     dropout = model.dropout > 0 or model.input_dropout > 0
+    units = UNIT_BUFFERS + DROPOUT_BUFFERS * dropout + SWEEP_BUFFERS * sweep
     images = 1 + IMAGE_BUFFERS * (augment.active(pipeline.augment) or model.input_dropout > 0)
     evaluated = max(pipeline.data.validation_size, SPLIT_SIZES["test"])
     return {
@@ -90,7 +94,7 @@ def footprint(pipeline: Pipeline, devices: int = 1, sweep: bool = False,
         MNIST: (SPLIT_SIZES["train"] + SPLIT_SIZES["test"]) * NUM_PIXELS * FLOAT32,
         STATE: copies * state,
         CHECKPOINT: state,
-        STEP: k * (params + (UNIT_BUFFERS + DROPOUT_BUFFERS * dropout) * batch * widths * FLOAT32)
+        STEP: k * (params + units * batch * widths * FLOAT32)
         + (data_orders or k) * images * batch * NUM_PIXELS * FLOAT32,
         EVALUATION: k * evaluated * widths * FLOAT32,
     }

@@ -10,6 +10,9 @@ every cgroup from the process's own up to the root is read, in cgroup v2 (`memor
 `memory.current`) and in the v1 `memory` hierarchy (`memory.limit_in_bytes`,
 `memory.usage_in_bytes`). A file that is missing or unreadable bounds nothing: the check then
 falls back to the host, never fails.
+
+The estimate is of the process's whole peak, and what the process already holds when it is
+asked (its libraries) is no longer free: that much is counted twice, on the safe side.
 """
 
 from __future__ import annotations
@@ -48,20 +51,25 @@ def check_memory(program: Program, mesh: Mesh) -> None:
     largest = max((part for part in parts if KNOBS[part] and (host or part not in HOST_PARTS)),
                   key=lambda part: parts[part] * (1 if part in HOST_PARTS else sharing))
     held = parts[largest] * (1 if largest in HOST_PARTS else sharing)
+    fix = f"lower {' or '.join(KNOBS[largest])}"
+    fixed = peak_bytes({part: 0 if KNOBS[part] else size for part, size in parts.items()},
+                       sharing, host)
+    if fixed > limit:  # no knob can help
+        fix = f"run where more memory is free (the process and MNIST alone take {_gb(fixed)})"
     raise ResourceError(
         f"this run needs about {_gb(need)} of memory ({_gb(held)} for {largest}), more than "
-        f"the {_gb(limit)} {where}", f"lower {' or '.join(KNOBS[largest])}")
+        f"the {_gb(limit)} {where}", fix)
 
 
 def max_models_that_fit(pipeline: Pipeline, mesh: Mesh, wanted: int) -> int:
     """The most of `wanted` grid points (the pipeline's network, K at a time under vmap) that
     one sweep program can train in this machine's memory; at least 1 (check_memory refuses
     that one)."""
-    limit, _, _, _ = _memory_limit(mesh)
+    limit, _, sharing, host = _memory_limit(mesh)
 
     def fits(k: int) -> bool:
         many = with_values(pipeline, {"train.num_models": k})
-        return estimated_peak_bytes(many, mesh, sweep=True) <= limit
+        return peak_bytes(footprint(many, mesh.size, sweep=True), sharing, host) <= limit
 
     low, high = 1, wanted  # the footprint grows with k: bisect for the largest that fits
     while low < high:

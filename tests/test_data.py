@@ -105,23 +105,35 @@ def other_arrays(cache: Path) -> None:
     sidecar.write_text(json.dumps(checksums | {"arrays_sha256": run_mnist._arrays_sha256(arrays)}))
 
 
-@pytest.mark.parametrize("damage", [flip_a_byte, cut_short, other_arrays])
-def test_a_damaged_cache_is_rebuilt_with_a_one_line_notice(prepared_copy, mnist, capsys,
-                                                            damage):
-    """The array cache is digitsjax's own file: whatever is wrong with it, it is rebuilt from
-    tfds' prepared files, never an error that lasts until someone deletes it."""
+def damaged_copy(prepared_copy: Path, damage) -> Path:
+    """The shipped array cache and its checksums, copied beside `prepared_copy`'s files and
+    damaged."""
     shipped = run_mnist.resolve_tfds_data_dir(DataConfig()) / TFDS_NAME / TFDS_VERSION
     cache = prepared_copy / TFDS_NAME / TFDS_VERSION / CACHE_NAME
     for path in (cache, cache.with_suffix(".json")):
         shutil.copy(shipped / path.name, path)
     damage(cache)
+    return cache
+
+
+@pytest.mark.parametrize("damage", [flip_a_byte, cut_short, other_arrays])
+def test_a_damaged_cache_is_not_used_and_said_in_one_line(prepared_copy, capsys, damage):
+    cache = damaged_copy(prepared_copy, damage)
     capsys.readouterr()
-    rebuilt = load_mnist(DataConfig(tfds_data_dir=str(prepared_copy)))
-    np.testing.assert_array_equal(rebuilt.train_images, mnist.train_images)
+    assert run_mnist._read_cache(cache, say_damage=True) is None
     notice = capsys.readouterr().err.splitlines()
     assert len(notice) == 1 and notice[0].startswith(
         f"digitsjax: the MNIST array cache {cache} is damaged ("), notice
     assert notice[0].endswith("); rebuilding it from tfds' prepared files")
+
+
+def test_a_damaged_cache_is_rebuilt(prepared_copy, mnist, capsys):
+    """The array cache is digitsjax's own file: whatever is wrong with it, it is rebuilt from
+    tfds' prepared files, never an error that lasts until someone deletes it."""
+    cache = damaged_copy(prepared_copy, flip_a_byte)
+    rebuilt = load_mnist(DataConfig(tfds_data_dir=str(prepared_copy)))
+    np.testing.assert_array_equal(rebuilt.train_images, mnist.train_images)
+    assert "is damaged" in capsys.readouterr().err
     assert run_mnist._read_cache(cache) is not None  # rewritten intact
 
 

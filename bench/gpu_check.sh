@@ -18,6 +18,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 CARRY=$PWD/gpu-carry
+CARRIED_WHEELS="tensorboardX tqdm hypothesis sortedcontainers attrs pytest-xdist execnet"
 PY=${PYTHON:-python3}
 
 prepare() {
@@ -25,7 +26,10 @@ prepare() {
     mkdir -p "$CARRY/mnist" "$CARRY/tfds/mnist/3.0.1" "$CARRY/wheels"
     cp "${DIGITSJAX_MNIST_DIR:-../shared/data/mnist}"/{*.gz,SHA256SUMS} "$CARRY/mnist/"
     cp "$arrays"/digitsjax-arrays.{npz,json} "$CARRY/tfds/mnist/3.0.1/"  # made by make test
-    "$PY" -m pip download --quiet --no-deps --dest "$CARRY/wheels" pytest-xdist execnet
+    # What the GPU image lacks, all pure Python: tensorboardX for every run's event files
+    # (a run without it trains on and says so once), the rest for the test suite.
+    "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+        --dest "$CARRY/wheels" $CARRIED_WHEELS
     du -sh "$CARRY"
 }
 
@@ -48,8 +52,9 @@ check() {
     OUT=${OUT:-$PWD/gpu-check-out}
     mkdir -p "$OUT"
     if [ -z "${NO_INSTALL:-}" ]; then
+        # shellcheck disable=SC2086
         "$PY" -m pip install --quiet --no-deps --no-index --find-links "$CARRY/wheels" \
-            pytest-xdist execnet || echo "pytest-xdist not installed: the suite runs serially"
+            $CARRIED_WHEELS || echo "not every carried wheel installed: see pip's message"
         "$PY" -m pip install --quiet --no-deps -e .
     fi
     [ -d "$CARRY/mnist" ] && export DIGITSJAX_MNIST_DIR=$CARRY/mnist TFDS_DATA_DIR=$CARRY/tfds

@@ -17,11 +17,12 @@ from digitsjax.run.loop import train_pipeline
 from digitsjax.run.records import read_metrics
 from digitsjax.run.tensorboard import EVENT_FILES, TAGS
 
-from .conftest import REPO
+from .conftest import REPO, TINY
 
 
 def scalars(workdir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series TensorBoard loads from the workdir: tag -> [(step, value)]."""
+    pytest.importorskip("tensorboard", reason="TensorBoard's own loader reads the event files")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(workdir), purge_orphaned_data=True)
@@ -73,3 +74,29 @@ def test_starting_a_run_does_not_import_an_installed_pytorch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+WITHOUT_TENSORBOARDX = """
+import sys
+sys.modules["tensorboardX"] = None  # as in an environment that lacks it
+from digitsjax.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_without_tensorboardx_trains_and_says_so_once(tmp_path, mnist_dir):
+    """An accelerator image may lack tensorboardX: the run is not lost for a copy of its
+    metrics, and says once where they are."""
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TENSORBOARDX, "train", str(REPO / "pipelines" /
+         "mnist_mlp.toml"), "--workdir", str(tmp_path / "run"), "--mnist-dir", str(mnist_dir),
+         *(f"--set={o}" for o in (*TINY, "train.epochs=2"))],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    notices = [line for line in done.stdout.splitlines() if "TensorBoard" in line]
+    assert len(notices) == 1 and notices[0].startswith(
+        "notice: no TensorBoard event files for this run ("), notices
+    assert notices[0].endswith("metrics.jsonl holds the same records; install tensorboardX to "
+                               "have them")
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+    assert not list((tmp_path / "run").glob(EVENT_FILES))

@@ -211,7 +211,10 @@ class RecordWriter:
     def __init__(self, workdir: Path, start_step: int, epochs: int, primary: bool,
                  log: Callable[[str], None]) -> None:
         self._workdir, self._epochs, self._primary, self._log = workdir, epochs, primary, log
-        self._scalars = ScalarWriter(workdir, start_step)  # creates its file on the first write
+        self._scalars = ScalarWriter(  # creates its file on the first write
+            workdir, start_step, missing=lambda error: log(
+                f"notice: no TensorBoard event files for this run ({error}); {METRICS} holds "
+                "the same records; install tensorboardX to have them"))
         if primary:
             truncate_metrics(workdir, start_step)
 

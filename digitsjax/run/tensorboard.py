@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -81,15 +81,31 @@ class ScalarWriter:
     """Appends metrics records to a new event file in `workdir`, one flush per record.
 
     The file is created with the first record: a finished run that is invoked again adds none.
+    Without tensorboardX (an environment that lacks it, such as an accelerator image), a
+    `missing` handler is told once and no file is written: the run's metrics file holds the
+    same records, and an epoch's work is not worth losing for a copy of them. Without a
+    handler, the ImportError is raised.
     """
 
-    def __init__(self, workdir: Path, start_step: int):
-        self._workdir, self._start_step = workdir, start_step
+    def __init__(self, workdir: Path, start_step: int,
+                 missing: Callable[[ImportError], None] | None = None) -> None:
+        self._workdir, self._start_step, self._on_missing = workdir, start_step, missing
         self._writer: SummaryWriter | None = None
+        self._missing = False
 
     def write(self, record: Mapping[str, Any]) -> None:
+        if self._missing:
+            return
         if self._writer is None:
-            self._writer = _import_summary_writer()(
+            try:
+                summary_writer = _import_summary_writer()
+            except ImportError as e:
+                if self._on_missing is None:
+                    raise
+                self._missing = True
+                self._on_missing(e)
+                return
+            self._writer = summary_writer(
                 f"{_OWNED}:{self._workdir}",
                 purge_step=self._start_step + 1 if self._start_step else None,
                 # Event files are named by the second, and TensorBoard reads them in name

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from digitsjax.apps.sweep import SWEEP_ENTRIES, SWEEP_JSON, sweep_output
-from digitsjax.run.workdir import MANIFEST, Workdir, owned
+from digitsjax.apps.sweep import SWEEP_ENTRIES, SWEEP_JSON
+from digitsjax.run.workdir import MANIFEST, owned
 
 from .conftest import REPO, TINY, run_cli, train_mnist_mlp
 
@@ -33,11 +33,7 @@ def test_every_entry_of_a_used_workdir_is_one_digitsjax_lists(used_workdir):
     assert [name for name in entries if not owned(name)] == []
 
 
-def test_a_workdir_hands_out_paths_only_for_what_it_lists(used_workdir):
-    workdir = Workdir.open(used_workdir)
-    assert workdir.output("plots") == used_workdir / "plots"
-    with pytest.raises(ValueError, match=r"notes\.txt"):
-        workdir.output("notes.txt")
+def test_a_users_names_are_not_among_a_workdirs_entries():
     assert not owned("notes.txt") and not owned("my-data")
 
 
@@ -56,10 +52,3 @@ def test_every_entry_of_a_sweep_folder_is_listed_or_a_points_workdir(tmp_path):
     assert strangers == []
     for name in workdirs:
         assert [e.name for e in (tmp_path / name).iterdir() if not owned(e.name)] == []
-
-
-def test_a_sweep_hands_out_paths_only_for_what_it_lists(tmp_path):
-    assert sweep_output(tmp_path, SWEEP_JSON) == tmp_path / SWEEP_JSON
-    assert sweep_output(tmp_path, "program-3") == tmp_path / "program-3"
-    with pytest.raises(ValueError, match=r"results\.xlsx"):
-        sweep_output(tmp_path, "results.xlsx")

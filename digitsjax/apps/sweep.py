@@ -184,13 +184,6 @@ def _label(value: Any) -> str:
     return str(value)
 
 
-def sweep_output(sweep_dir: Path, name: str) -> Path:
-    """Where a sweep writes its file `name` (one of `SWEEP_ENTRIES`) in `sweep_dir`."""
-    if not _listed(name):
-        raise ValueError(f"{name!r} is not among the files a sweep writes in its folder")
-    return Path(sweep_dir) / name
-
-
 def _listed(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in SWEEP_ENTRIES)
 

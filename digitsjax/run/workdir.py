@@ -68,7 +68,7 @@ WORKDIR_ENTRIES: dict[str, str] = {
     EXPORT_DIR: "`digitsjax export`'s files, unless told another place",
 }
 """Every file or folder digitsjax writes in a workdir (names, or patterns of names), and what
-it is: `Workdir.output` hands out paths for these names alone."""
+it is: what a workdir may hold, listed in one place (`Workdir.files` writes them)."""
 
 
 def owned(name: str) -> bool:
@@ -216,13 +216,6 @@ class Workdir:
     def files(self) -> OwnedFolder:
         """The workdir as a folder with a ledger: every write into it goes through this."""
         return OwnedFolder(self.path)
-
-    def output(self, name: str) -> Path:
-        """Where digitsjax writes its file or folder `name` here: one of `WORKDIR_ENTRIES`,
-        so that what a workdir may hold is listed in one place."""
-        if not owned(name):
-            raise ValueError(f"{name!r} is not among the files digitsjax writes in a workdir")
-        return self.path / name
 
 
 @contextmanager

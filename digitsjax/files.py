@@ -109,6 +109,13 @@ def make_folders_of(path: Path) -> Path:
     return Path(path)
 
 
+def a_few(names: list[str], shown: int = 3) -> str:
+    """The first `shown` names, and how many more: for a refusal that names a folder's entries
+    (it may hold thousands)."""
+    more = f" and {len(names) - shown:,} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def _remove_quietly(path: Path) -> None:
     try:
         if path.is_symlink() or path.is_file():

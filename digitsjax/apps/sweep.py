@@ -41,7 +41,7 @@ from digitsjax.core.config import (
 from digitsjax.core.model import parameter_count
 from digitsjax.core.program import Program, program_key, sweep_program
 from digitsjax.errors import WORKDIR, ConfigError, FileError, UserError, render
-from digitsjax.files import LEDGER, OwnedFolder, cannot_write
+from digitsjax.files import LEDGER, OwnedFolder, a_few, cannot_write
 from digitsjax.run import backend
 from digitsjax.run.lock import LOCK, workdir_lock
 from digitsjax.run.loop import train_program
@@ -265,8 +265,7 @@ def _prepare_sweep_folder(sweep_dir: Path, programs: list[SweepProgram]) -> Owne
         others = sorted(set(os.listdir(sweep_dir)) - {LOCK, LEDGER})
         if others:
             raise FileError(f"{sweep_dir} is not a sweep folder (it has no {SWEEP_JSON} that "
-                            f"digitsjax wrote) and holds files ({', '.join(others[:3])}"
-                            f"{', ...' if len(others) > 3 else ''})",
+                            f"digitsjax wrote) and holds files ({a_few(others)})",
                             f"sweep into a new or empty folder: choose one with {WORKDIR}")
     check = folder.inside if earlier else folder.checked  # an earlier sweep's: adopted, locked
     for name in (SWEEP_JSON, *SUMMARY):

@@ -38,7 +38,7 @@ from digitsjax.core.config import Pipeline, pipeline_from_dict, pipeline_sha256,
 from digitsjax.core.optim import SCHEDULES
 from digitsjax.core.program import Program, recorded_program
 from digitsjax.errors import RESTART, WORKDIR, CheckpointError
-from digitsjax.files import LEDGER, OwnedFolder
+from digitsjax.files import LEDGER, OwnedFolder, a_few
 from digitsjax.run import checkpoint, cluster
 from digitsjax.run.backend import xla_flags
 from digitsjax.run.lock import LOCK, workdir_lock
@@ -323,20 +323,14 @@ def _check_ours(workdir: Path, ours: bool, restart: bool) -> None:
         if others or entries:
             raise CheckpointError(
                 f"{workdir} is not a digitsjax workdir (it has no {MANIFEST}) and holds files "
-                f"({_some(others + entries)})",
+                f"({a_few(others + entries)})",
                 f"train into a new or empty folder: choose one with {WORKDIR}")
     strangers = _unlisted(OwnedFolder(workdir))[1] if restart else []
     if strangers:
         named = [entry for entry in strangers if not entry.endswith("/")] or strangers
         raise CheckpointError(
-            f"{workdir} holds files that no run wrote ({_some(named)}), which a restart would "
+            f"{workdir} holds files that no run wrote ({a_few(named)}), which a restart would "
             f"delete", f"move them away first, or choose another with {WORKDIR}")
-
-
-def _some(names: list[str], shown: int = 3) -> str:
-    """The first `shown` names, and how many more: a folder may hold thousands."""
-    more = f" and {len(names) - shown:,} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
 
 
 def check_compatible(workdir: Workdir, program: Program) -> None:

@@ -47,8 +47,11 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, 0o644)
-        with open(fd, "wb") as f:
+        f = open_new(tmp)
+    except OSError as e:  # whatever is at `tmp` is not ours: left as it is
+        raise cannot_write(path, e) from None
+    try:
+        with f:
             write(f)
         os.replace(tmp, path)
     except BaseException as e:
@@ -56,6 +59,13 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         if isinstance(e, OSError):
             raise cannot_write(path, e) from None
         raise
+
+
+def open_new(path: Path) -> IO[bytes]:
+    """A new file at `path`, open for writing: created exclusively and without following a
+    link, so nothing already there (a file, a planted link) is written through or over.
+    Raises the filesystem's OSError."""
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, 0o644), "wb")
 
 
 def write_text_atomic(path: Path, text: str) -> None:

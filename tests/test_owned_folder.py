@@ -94,3 +94,13 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_a_write_into_a_vanished_folder_is_one_error(tmp_path):
     with pytest.raises(FileError, match="No such file or directory"):
         write_atomic(tmp_path / "gone" / "x.png", lambda f: f.write(b"x"))
+
+
+def test_a_file_in_the_way_of_the_temporary_is_refused_and_kept(tmp_path):
+    target = tmp_path / "sweep.md"
+    planted = tmp_path / f".sweep.md.{os.getpid()}.tmp"
+    planted.write_text("the user's")
+    with pytest.raises(FileError, match=r"is in the way"):
+        write_atomic(target, lambda f: f.write(b"ours"))
+    assert planted.read_text() == "the user's"
+    assert not target.exists()

@@ -12,14 +12,13 @@ and the file is created new, never through a link or over an existing file.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from digitsjax.files import OwnedFolder, cannot_write
+from digitsjax.files import OwnedFolder, cannot_write, open_new
 
 if TYPE_CHECKING:
     from tensorboardX import SummaryWriter
@@ -61,11 +60,9 @@ class _OwnedEventFiles:
         file = Path(path.split(":", 1)[1])
         target = OwnedFolder(file.parent).target(file.name, replace=False)
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
-                         getattr(os, "O_NOFOLLOW", 0), 0o644)
+            return open_new(target)
         except OSError as e:
             raise cannot_write(target, e) from None
-        return open(fd, "wb")
 
 EVENT_FILES = "events.out.tfevents.*"
 # metrics.jsonl key -> TensorBoard tag; the section before "/" groups the charts.

@@ -410,8 +410,9 @@ def _adopt_earlier_sweep(folder: OwnedFolder) -> None:
         if not _listed(entry) or path.is_symlink():
             continue
         names.append(f"{entry}/" if path.is_dir() else entry)
-        if entry == PLOTS_DIR and path.is_dir():
-            names += _plain_entries(path, PLOTS_DIR)
+        if entry == PLOTS_DIR and path.is_dir():  # and what is in it, links left out
+            names += [name for name in folder.strangers([PLOTS_DIR])
+                      if not folder.path.joinpath(name).is_symlink()]
     folder.record(*names)
 
 
@@ -421,16 +422,6 @@ def _point_folder(folder: OwnedFolder, name: str) -> bool:
         return (folder.inside(name) / MANIFEST).is_file()
     except FileError:
         return False
-
-
-def _plain_entries(path: Path, prefix: str) -> list[str]:
-    """The files and folders under `path` (named from `prefix`), links left out."""
-    found = []
-    for root, folders, files in os.walk(path):  # os.walk follows no link to a folder
-        where = f"{prefix}/{Path(root).relative_to(path).as_posix()}".removesuffix("/.")
-        found += [f"{where}/{name}/" for name in folders if not Path(root, name).is_symlink()]
-        found += [f"{where}/{name}" for name in files if not Path(root, name).is_symlink()]
-    return found
 
 
 def _earlier_sweep(sweep_dir: Path) -> bool:

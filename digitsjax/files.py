@@ -19,6 +19,7 @@ disk, a read-only folder, a name too long) raise `FileError`, one line, rather t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -273,13 +274,18 @@ class OwnedFolder:
 
 
 def _ledger_entries(text: str) -> Iterable[str]:
-    for line in text.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash: the entry was not written either
-        if isinstance(entry, str):
-            yield entry
+    """The ledger's entries. Its lines are parsed as one JSON array (a JSON string holds no
+    raw newline), a few times faster than line by line, which runs only where a line is not
+    JSON (one cut short by a crash: its entry was not written either)."""
+    lines = text.splitlines()
+    try:
+        entries = json.loads(f"[{','.join(lines)}]")
+    except ValueError:
+        entries = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                entries.append(json.loads(line))
+    return [entry for entry in entries if isinstance(entry, str)]
 
 
 def _walk(root: Path, name: str) -> list[str]:

@@ -36,6 +36,7 @@ from digitsjax.core import augment, optim
 from digitsjax.core.config import Pipeline
 from digitsjax.core.data import NUM_PIXELS, SPLIT_SIZES
 from digitsjax.core.model import init_params, layer_sizes, parameter_count
+from digitsjax.core.placement import placement_for
 from digitsjax.core.program import model_groups
 
 FLOAT32 = 4
@@ -79,12 +80,14 @@ def footprint(pipeline: Pipeline, devices: int = 1, sweep: bool = False,
     """Bytes of each part of the run (see KNOBS for names): HOST_PARTS once for the process,
     the others for each of `devices` devices. `sweep` for a sweep's program of
     `train.num_models` grid points; `data_orders` its distinct seeds (all K unless given)."""
-    k, model = pipeline.train.num_models, pipeline.model
-    copies = 2 if sweep or len(model_groups(k, devices)) > 1 else 1
+    total, model = pipeline.train.num_models, pipeline.model
+    placement = placement_for(total, devices)
+    k = placement.per_device if placement.split else total  # the models on one device
+    copies = 2 if sweep or len(model_groups(total, devices)) > 1 else 1
     params = parameter_count(model) * FLOAT32
     state = k * (params + _optimizer_state_bytes(pipeline))
     widths = sum(layer_sizes(model)[1:])  # the units of one example
-    batch = -(-pipeline.train.batch_size // devices)
+    batch = -(-pipeline.train.batch_size // placement.data_shards)
     dropout = model.dropout > 0 or model.input_dropout > 0
     units = UNIT_BUFFERS + DROPOUT_BUFFERS * dropout + SWEEP_BUFFERS * sweep
     images = 1 + IMAGE_BUFFERS * (augment.active(pipeline.augment) or model.input_dropout > 0)
@@ -93,9 +96,9 @@ def footprint(pipeline: Pipeline, devices: int = 1, sweep: bool = False,
         PROCESS: PROCESS_BYTES,
         MNIST: (SPLIT_SIZES["train"] + SPLIT_SIZES["test"]) * NUM_PIXELS * FLOAT32,
         STATE: copies * state,
-        CHECKPOINT: state,
+        CHECKPOINT: total * (params + _optimizer_state_bytes(pipeline)),
         STEP: k * (params + units * batch * widths * FLOAT32)
-        + (data_orders or k) * images * batch * NUM_PIXELS * FLOAT32,
+        + min(data_orders or k, k) * images * batch * NUM_PIXELS * FLOAT32,
         EVALUATION: k * evaluated * widths * FLOAT32,
     }
 

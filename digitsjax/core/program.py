@@ -46,6 +46,7 @@ from jax.sharding import Mesh
 from digitsjax.core import sharding
 from digitsjax.core.config import Pipeline, pipeline_to_dict
 from digitsjax.core.hyper import PER_MODEL, SEED, PerModel, with_values
+from digitsjax.core.placement import Placement, local_orders
 from digitsjax.core.train import (
     TrainState,
     batch_at,
@@ -263,7 +264,8 @@ def _per_model_map(fn: Callable[[jax.Array], jax.Array], state: TrainState) -> T
 # The compiled chunk.
 
 def make_train_chunk(program: Program, mesh: Mesh | None = None,
-                     data_orders: tuple[int, ...] | None = None
+                     data_orders: tuple[int, ...] | None = None,
+                     placement: Placement | None = None
                      ) -> Callable[..., tuple[TrainState, dict]]:
     """A jitted `(state, images, labels, num_steps) -> (state, metric sums)`.
 
@@ -272,12 +274,53 @@ def make_train_chunk(program: Program, mesh: Mesh | None = None,
     (inputs replicated over it), each step's batch is split over its `data` axis and the
     outputs stay replicated (see sharding.py); the maths is the same. For K models the metric
     sums have shape (K,) (under vmap, each model's batch is split over `data` the same way).
-    `data_orders` replaces the program's own (`Program.data_orders`) for a benchmark's sake.
+    With a `placement` that splits the models (core/placement.py), the state comes and stays
+    split over the mesh's `model` axis, padded to `placement.padded` models, and each device
+    runs the chunk of its own models alone. `data_orders` replaces the program's own
+    (`Program.data_orders`) for a benchmark's sake.
     """
-    split = sharding.split_batch(mesh)
-    orders = data_orders or program.data_orders()
-    shards = sharding.batch_shards(mesh)
+    if placement is not None and placement.split:
+        return _split_chunk(program, mesh, placement)
+    body = _chunk_body(program, data_orders or program.data_orders(),
+                       sharding.split_batch(mesh), sharding.batch_shards(mesh))
 
+    @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0,
+                       compiler_options=compiler_options(), **sharding.replicated_outputs(mesh))
+    def train_chunk(state, images, labels, num_steps):
+        return body(state, images, labels, num_steps)
+
+    return train_chunk
+
+
+def _split_chunk(program: Program, mesh: Mesh, placement: Placement
+                 ) -> Callable[..., tuple[TrainState, dict]]:
+    """The chunk of a program whose models are split over the mesh's `model` axis: each device
+    runs the one-device chunk of its own models (their data orders among themselves), so a step
+    holds no collective between models; a `data` axis, if any, splits each model's batch."""
+    body = _chunk_body(program, local_orders(program.seeds(), placement),
+                       sharding.split_batch(mesh) if placement.data_shards > 1 else _same,
+                       placement.data_shards)
+
+    @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0,
+                       compiler_options=compiler_options())
+    def train_chunk(state, images, labels, num_steps):
+        specs = sharding.model_specs(state)
+        local = jax.shard_map(functools.partial(body, num_steps=num_steps), mesh=mesh,
+                              in_specs=(specs, sharding.P(), sharding.P()),
+                              out_specs=(specs, sharding.P(sharding.MODEL_AXIS)),
+                              axis_names={sharding.MODEL_AXIS}, check_vma=False)
+        return local(state, images, labels)
+
+    return train_chunk
+
+
+def _same(tree: Any) -> Any:
+    return tree
+
+
+def _chunk_body(program: Program, orders: tuple[int, ...], split: Callable[[Any], Any],
+                shards: int) -> Callable[..., tuple[TrainState, dict]]:
+    """`(state, images, labels, num_steps) -> (state, sums)` of one device's models, traced."""
     def one_model_chunk(state, images, labels, num_steps, masked):
         batch = epoch_batches(program.pipeline, split, state.key, state.step, images, labels)
         step = _model_step(program, shards, masked)
@@ -297,16 +340,14 @@ def make_train_chunk(program: Program, mesh: Mesh | None = None,
         sums = jax.vmap(functools.partial(_chunk_sums, masked=masked), in_axes=(None, 1, axes))
         return end, sums(state.step, metrics, end)
 
-    @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0,
-                       compiler_options=compiler_options(), **sharding.replicated_outputs(mesh))
-    def train_chunk(state, images, labels, num_steps):
+    def body(state, images, labels, num_steps):
         def chunk(state, masked=False):
             run = models_chunk if program.num_models > 1 else one_model_chunk
             return run(state, images, labels, num_steps, masked)
 
         return _sweep_chunk(chunk, state) if program.is_sweep else chunk(state)
 
-    return train_chunk
+    return body
 
 
 def _model_step(program: Program, shards: int,

@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from digitsjax.core.placement import DATA_AXIS, MODEL_AXIS, Placement, pad_models, unpad_models
 from digitsjax.errors import ConfigError, setting
 
-DATA_AXIS = "data"
+P = PartitionSpec
 
 Tree = TypeVar("Tree")
 
@@ -27,6 +28,50 @@ Tree = TypeVar("Tree")
 def data_mesh() -> Mesh:
     """Every device of every process on the `data` axis, in JAX's topology-aware order."""
     return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def program_mesh(placement: Placement) -> Mesh:
+    """The mesh of a program placed by `placement`: the `data` mesh unless its models are
+    split, else (`model`, `data`) axes over every device of every process."""
+    if not placement.split:
+        return data_mesh()
+    return jax.make_mesh((placement.model_shards, placement.data_shards),
+                         (MODEL_AXIS, DATA_AXIS), axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def model_specs(state: Any) -> Any:
+    """The partition specs of a K-model train state split by model: every part on the model
+    axis but the one step the models share."""
+    return jax.tree.map(lambda _: P(MODEL_AXIS), state.replace(step=None)).replace(step=P())
+
+
+def place_models(state: Any, mesh: Mesh, placement: Placement) -> Any:
+    """A K-model state (host or device arrays, whole in every process) onto `mesh`: padded to
+    the placement's models and split by model, each process filling its own devices' parts."""
+    host = jax.device_get(state)
+    padded = pad_models(host.replace(step=None), placement).replace(step=host.step)
+    shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), model_specs(padded))
+
+    def put(array: Any, sharding: NamedSharding) -> jax.Array:
+        return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+    return jax.tree.map(put, padded, shardings)
+
+
+def host_models(state: Any, placement: Placement) -> Any:
+    """`place_models` undone: the K models' state as host arrays, whole, in every process."""
+    host = to_host(state)
+    return unpad_models(host.replace(step=None), placement).replace(step=host.step)
+
+
+def to_host(tree: Tree) -> Tree:
+    """Device arrays as whole host arrays in every process: one gather over the processes where
+    the devices of others hold parts of them."""
+    if all(leaf.is_fully_addressable or leaf.is_fully_replicated
+           for leaf in jax.tree.leaves(tree)):
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def batch_shards(mesh: Mesh | None) -> int:

@@ -185,15 +185,17 @@ def batch_at(pipeline: Pipeline, split_batch: Callable[[Any], Any], order: jax.A
     return split_batch((images[idx], labels[idx]))
 
 
-def make_evaluate(pipeline: Pipeline,
-                  predictions: bool = False) -> Callable[[Any, jax.Array, jax.Array], dict]:
+def make_evaluate(pipeline: Pipeline, predictions: bool = False,
+                  out_shardings: Any = None) -> Callable[[Any, jax.Array, jax.Array], dict]:
     """A jitted `(params, images, labels) -> {"loss", "accuracy"}` over a whole split.
 
     For K models: "loss" is the mean of the models' losses and "accuracy" the ensemble's
     (probabilities averaged over models), with each model's in "model_losses" and
     "model_accuracies" and their seed-to-seed standard deviation in "model_accuracy_sd".
     With `predictions`, also the predicted classes (N,) from the same forward pass (what a
-    confusion matrix needs; training leaves them on the device).
+    confusion matrix needs; training leaves them on the device). Parameters of more than K
+    models (a placement's idle copies, core/placement.py) are evaluated as their first K.
+    `out_shardings` places the results (a mesh's replicated sharding: every process reads them).
     """
     model, loss_name, k = pipeline.model, pipeline.train.loss, pipeline.train.num_models
 
@@ -211,9 +213,12 @@ def make_evaluate(pipeline: Pipeline,
                 "model_losses": losses, "model_accuracies": accuracies,
                 "model_accuracy_sd": jnp.std(accuracies, ddof=1)}
 
-    @functools.partial(jax.jit, compiler_options=compiler_options())
+    @functools.partial(jax.jit, compiler_options=compiler_options(),
+                       out_shardings=out_shardings)
     def evaluate(params, images, labels):
         outputs = apply(params, images, model, k, precision=pipeline.train.matmul_precision)
+        if k > 1 and outputs.shape[0] > k:
+            outputs = outputs[:k]
         result = metrics(outputs, labels)
         if predictions:
             probs = ensemble_probabilities(outputs, model, k)

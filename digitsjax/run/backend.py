@@ -18,6 +18,7 @@ from importlib import metadata
 from typing import Any
 
 from digitsjax.core.config import Pipeline
+from digitsjax.core.placement import Placement
 from digitsjax.errors import UserError, setting
 
 DETERMINISTIC_OPS = "--xla_gpu_deterministic_ops=true"
@@ -79,11 +80,14 @@ def _deterministic_in_force() -> bool:
     return jax.default_backend() != "gpu" or DETERMINISTIC_OPS in xla_flags()
 
 
-def summary_line(info: dict[str, Any]) -> str:
-    """`describe`'s answer as `cpu backend, 1 device (cpu), matmul_precision float32, ...`."""
+def summary_line(info: dict[str, Any], placement: Placement | None = None) -> str:
+    """`describe`'s answer as `cpu backend, 1 device (cpu), matmul_precision float32, ...`;
+    with a `placement` of several models or devices, how they are placed after the devices."""
     count = info["device_count"]
+    placed = f": {placement.line()}" if placement is not None and \
+        (placement.models > 1 or placement.devices > 1) else ""
     return (f"{info['backend']} backend, {count} device{'s' if count > 1 else ''} "
-            f"({info['device_kind']}), matmul_precision {info['matmul_precision']}, "
+            f"({info['device_kind']}){placed}, matmul_precision {info['matmul_precision']}, "
             + ("deterministic" if info["deterministic"] else "not deterministic"))
 
 

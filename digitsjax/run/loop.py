@@ -26,6 +26,7 @@ from tqdm import tqdm
 from digitsjax.core import sharding
 from digitsjax.core.config import Pipeline, pipeline_sha256
 from digitsjax.core.data import MNIST
+from digitsjax.core.placement import Placement, placement_for, unpad_models
 from digitsjax.core.program import (
     Program,
     init_state,
@@ -91,13 +92,14 @@ def train_program(program: Program, workdir: str | Path, *, mnist_dir: str | Non
     echo = echo or (lambda line: print(render(line)))
     process.quiet_libraries()
     backend.request_determinism(pipeline.train.deterministic)  # before JAX starts its backend
-    mesh = sharding.data_mesh()
+    placement = placement_for(program.num_models, jax.device_count())
+    mesh = sharding.program_mesh(placement)
     # What can be refused up front is refused before the workdir is touched.
-    sharding.check_batch_size(pipeline.train.batch_size, mesh.size)
+    sharding.check_batch_size(pipeline.train.batch_size, placement.data_shards)
     check_memory(program, mesh)
     if not cluster.is_primary():
         progress, echo = False, _silent
-    echo(backend.summary_line(backend.describe(pipeline)))
+    echo(backend.summary_line(backend.describe(pipeline), placement))
     with cluster.primary_first("MNIST loaded"):  # prepares a shared data dir only once
         data = load_mnist(pipeline.data, mnist_dir)
     with prepared_workdir(Path(workdir), restart, echo) as workdir, PreemptionGuard() as guard:
@@ -110,7 +112,7 @@ def train_program(program: Program, workdir: str | Path, *, mnist_dir: str | Non
             check_compatible(workdir, program)
         manager = checkpoint.open_manager(workdir.path, pipeline.checkpoint)
         try:
-            run = _Run(program, workdir, manager, guard, mesh, echo, started)
+            run = _Run(program, workdir, manager, guard, mesh, placement, echo, started)
             state, sums = _restore_or_init(run, data)
             return _train(run, state, sums, data, progress)
         finally:
@@ -127,6 +129,7 @@ class _Run:
     manager: Any
     guard: PreemptionGuard
     mesh: Mesh
+    placement: Placement
     echo: Callable[[str], None]
     started: float
     primary: bool = field(default_factory=cluster.is_primary)
@@ -137,20 +140,38 @@ class _Run:
 
 
 def _restore_or_init(run: _Run, data: MNIST) -> tuple[TrainState, EpochSums]:
-    """The newest intact checkpoint's state, or step 0's (and the manifest of a new run)."""
-    state = sharding.replicate(init_state(run.program), run.mesh)
+    """The newest intact checkpoint's state, or step 0's (and the manifest of a new run), as
+    the chunks take it (`_placed`)."""
+    like = _restore_target(run, init_state(run.program))
     # Onto this run's devices, whatever the devices that saved it.
-    resumed = checkpoint.restore_newest_intact(run.manager, state, warn=run.echo)
+    resumed = checkpoint.restore_newest_intact(run.manager, like, warn=run.echo)
     if resumed is None:
         if run.primary:
-            run.workdir = run.workdir.write_manifest(build_manifest(run.program, data.checksums))
-        return state, _no_sums()
+            run.workdir = run.workdir.write_manifest(
+                build_manifest(run.program, data.checksums, run.placement))
+        return _placed(run, like), _no_sums()
     step, state, meta = resumed
     run.echo(f"resuming {run.workdir.path} from step {step} (epoch {meta['epoch']:.2f})")
     if run.primary and run.workdir.pipeline.train.epochs != run.pipeline.train.epochs:
         run.workdir = run.workdir.record_extension(run.program, step)
         run.echo(f"extended to {run.pipeline.train.epochs} epochs")
-    return state, meta["epoch_sums"]
+    return _placed(run, state), meta["epoch_sums"]
+
+
+def _restore_target(run: _Run, state: TrainState) -> TrainState:
+    """The K models' state on the mesh, as a checkpoint of any placement restores into it:
+    split by model where the models split evenly, else whole on every device."""
+    placement = run.placement
+    if placement.split and not placement.idle:
+        return sharding.place_models(state, run.mesh, placement)
+    return sharding.replicate(state, run.mesh)
+
+
+def _placed(run: _Run, state: TrainState) -> TrainState:
+    """`_restore_target`'s state as the chunks take it: with the idle copies, if any."""
+    if not (run.placement.split and run.placement.idle):
+        return state
+    return sharding.place_models(state, run.mesh, run.placement)
 
 
 def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
@@ -180,14 +201,15 @@ def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
                 chunks.restart_clock()  # after evaluating and saving: not the next epoch's
             else:  # a mid-epoch checkpoint
                 with chunks.off_the_clock():
-                    checkpoint.save(run.manager, state, _meta(pipeline, end, epoch_sums))
+                    checkpoint.save(run.manager, chunks.host(state),
+                                    _meta(pipeline, end, epoch_sums))
             bar.update(end - bar.n)
             if stopping:
                 raise Preempted(run.guard.signum or signal.SIGTERM, end)  # or another process's
     bar.close()
     writer.close()
     checkpoint.wait(run.manager)  # the last save: its failure is one error too
-    prints = fingerprints(pipeline, state.params)
+    prints = fingerprints(pipeline, chunks.host(state).params)
     run.echo(f"done: step {int(state.step)}, params_sha256 {prints['params_sha256']}, "
              f"{time.perf_counter() - run.started:.1f} s")
     if run.primary:
@@ -204,6 +226,8 @@ class _Chunks:
     A K-model run on one CPU device trains its models as two concurrent groups (`model_groups`):
     each chunk, the state is split by model, each group's program runs on a thread of its own,
     and the groups' states are joined again, so checkpoints, evaluation and records see one state.
+    Models split over devices (`run.placement`) train in one program, their state split by model
+    (`_placed`); `host` gathers the K models back for a checkpoint or a fingerprint.
     """
 
     def __init__(self, run: _Run, data: MNIST) -> None:
@@ -214,12 +238,27 @@ class _Chunks:
                         ("test", data.test_images, data.test_labels))}
         groups = run.program.groups(run.mesh.size)
         self.sizes = tuple(group.num_models for group in groups)
-        self.train_chunks = _group_chunks(groups, run.mesh)
+        self.placement = run.placement
+        self.train_chunks = _group_chunks(groups, run.mesh, run.placement)
         self.pool = ThreadPoolExecutor(len(self.sizes)) if len(self.sizes) > 1 else None
-        self.evaluate = make_evaluate(run.pipeline)
+        self.evaluate = make_evaluate(run.pipeline, out_shardings=sharding.replicated(run.mesh)
+                                      if run.placement.split else None)
         self.compiled: dict[tuple[int, int], Any] = {}
         self.pending: list[dict[str, jax.Array]] = []
         self.epoch_started, self.epoch_steps = time.perf_counter(), 0
+
+    def host(self, state: TrainState) -> TrainState:
+        """The K models' state as a checkpoint and the fingerprints read it (on the host when
+        split by model; as it is otherwise)."""
+        if not self.placement.split:
+            return state
+        return sharding.host_models(state, self.placement)
+
+    def diverged_at(self, state: TrainState) -> np.ndarray:
+        """A sweep's step at which each of its K models stopped (-1: training)."""
+        if not self.placement.split:
+            return jax.device_get(state.diverged_at)
+        return sharding.to_host(state.diverged_at)[:self.placement.models]
 
     def run(self, state: TrainState, num_steps: int) -> TrainState:
         """Dispatch one chunk (alone, without waiting for it; in groups, waiting for them)."""
@@ -260,10 +299,16 @@ class _Chunks:
 
     def collect(self, run: _Run) -> list[dict[str, np.ndarray]]:
         """Wait for the dispatched chunks (a sync point) and check them before any save."""
-        synced, self.pending = jax.device_get(self.pending), []
+        synced, self.pending = [self._sums(sums) for sums in self.pending], []
         if not run.program.is_sweep:  # a sweep's diverged models stop alone, in the program
             _check_finite(synced, run.pipeline, run.manager)
         return synced
+
+    def _sums(self, sums: dict[str, jax.Array]) -> dict[str, np.ndarray]:
+        """A chunk's metric sums on the host: the K models' (not the idle copies')."""
+        if not self.placement.split:
+            return jax.device_get(sums)
+        return unpad_models(sharding.to_host(sums), self.placement)
 
     @contextlib.contextmanager
     def off_the_clock(self) -> Iterator[None]:
@@ -283,13 +328,13 @@ class _Chunks:
         self.epoch_started, self.epoch_steps = time.perf_counter(), 0
 
 
-def _group_chunks(groups: tuple[Program, ...], mesh: Mesh) -> list[Any]:
+def _group_chunks(groups: tuple[Program, ...], mesh: Mesh, placement: Placement) -> list[Any]:
     """Each group's jitted chunk (groups of one size and data orders share one program)."""
     chunks: dict[tuple, Any] = {}
     for group in groups:
         shape = (group.num_models, group.data_orders())
         if shape not in chunks:
-            chunks[shape] = make_train_chunk(group, mesh)
+            chunks[shape] = make_train_chunk(group, mesh, placement=placement)
     return [chunks[group.num_models, group.data_orders()] for group in groups]
 
 
@@ -323,14 +368,14 @@ def _end_epoch(run: _Run, chunks: _Chunks, state: TrainState, end: int, epoch_su
             result = jax.device_get(chunks.evaluate(state.params, x, y))
             record |= {f"{name}_{key}": value.tolist() for key, value in result.items()}
     if run.program.is_sweep:
-        record |= _per_model_fields(state, epoch_sums, spe, batch)
+        record |= _per_model_fields(chunks.diverged_at(state), epoch_sums, spe, batch)
     record |= {"epoch_seconds": seconds,
                "examples_per_second": steps * batch * pipeline.train.num_models / seconds,
                "wall_seconds": time.perf_counter() - run.started}
     writer.write(record)
     if pipeline.checkpoint.every_epoch or end == pipeline.total_steps or \
             _is_step_save(pipeline, end) or stopping:
-        checkpoint.save(run.manager, state, _meta(pipeline, end, _no_sums()),
+        checkpoint.save(run.manager, chunks.host(state), _meta(pipeline, end, _no_sums()),
                         _best_metric(record, run.program))
     writer.log(record)
     return record
@@ -347,13 +392,13 @@ def _best_metric(record: EpochRecord, program: Program) -> dict[str, float] | No
     return {checkpoint.BEST_METRIC: value}
 
 
-def _per_model_fields(state: TrainState, epoch_sums: EpochSums, spe: int,
+def _per_model_fields(diverged_at: np.ndarray, epoch_sums: EpochSums, spe: int,
                       batch: int) -> dict[str, Any]:
     """A sweep's models each train with their own numbers: their own training metrics, and the
     step at which each stopped on a NaN/inf (-1: training)."""
     return {TRAIN_MODEL_LOSSES: (np.asarray(epoch_sums["loss_sum"]) / spe).tolist(),
             TRAIN_MODEL_ACCURACIES: (np.asarray(epoch_sums["correct"]) / (spe * batch)).tolist(),
-            MODEL_DIVERGED_AT: jax.device_get(state.diverged_at).tolist()}
+            MODEL_DIVERGED_AT: np.asarray(diverged_at).tolist()}
 
 
 def _check_finite(synced: list[dict[str, np.ndarray]], pipeline: Pipeline,

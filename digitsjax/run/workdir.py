@@ -36,6 +36,7 @@ import jax
 
 from digitsjax.core.config import Pipeline, pipeline_from_dict, pipeline_sha256, pipeline_to_dict
 from digitsjax.core.optim import SCHEDULES
+from digitsjax.core.placement import Placement
 from digitsjax.core.program import Program, recorded_program
 from digitsjax.errors import RESTART, WORKDIR, CheckpointError
 from digitsjax.files import LEDGER, OwnedFolder, a_few
@@ -99,9 +100,10 @@ def platform_info() -> dict[str, Any]:
     }
 
 
-def build_manifest(program: Program, dataset_checksums: dict[str, Any]) -> dict[str, Any]:
+def build_manifest(program: Program, dataset_checksums: dict[str, Any],
+                   placement: Placement | None = None) -> dict[str, Any]:
     """A new run's manifest: its program (the pipeline, and a sweep's per-model values) and
-    where it runs."""
+    where it runs (with `placement`, how its models were placed when it started)."""
     pipeline = program.pipeline
     return {
         "pipeline": pipeline_to_dict(pipeline),
@@ -109,6 +111,7 @@ def build_manifest(program: Program, dataset_checksums: dict[str, Any]) -> dict[
         **({PER_MODEL: program.to_json()} if program.is_sweep else {}),
         "versions": package_versions(),
         "platform": platform_info(),
+        **({"placement": placement.to_json()} if placement is not None else {}),
         "dataset": dataset_checksums,
         "command": " ".join(sys.argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

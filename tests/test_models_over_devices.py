@@ -3,9 +3,10 @@ models on its own copy of the batch, with no collective in a step, and every mod
 one-device bits; a checkpoint that does not depend on the devices that wrote it.
 
 JAX reads XLA_FLAGS once, at start-up, so the several-device side of each comparison runs in a
-subprocess with simulated CPU devices (2 of them: on a 2-core host, XLA:CPU rounds a matmul the
-same with 1 or 2 devices, see docs/accelerators.md), and this test process, with its one device,
-is the reference.
+subprocess with simulated CPU devices, and this test process, with its one device, is the
+reference. Both compute with XLA:CPU's threads pinned, as every deterministic run does
+(run/backend.py): how a matmul rounds depends on the threads, and so, unpinned, on how many
+simulated devices share the cores.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.footprint import STATE, STEP, footprint
 from digitsjax.core.placement import Placement, local_orders, placement_for
+from digitsjax.run.backend import CPU_THREADS, CPU_THREADS_ENV
 
 from .conftest import REPO, TINY, run_cli
 from .test_parallel import devices_env
@@ -55,8 +57,9 @@ def run(chunk, state, data):
 
 placement = placement_for(len(points), jax.device_count())
 mesh = sharding.program_mesh(placement)
-split, end = run(make_train_chunk(program, mesh, placement=placement),
-                 sharding.place_models(init_state(program), mesh, placement),
+placed = (sharding.place_models(init_state(program), mesh, placement) if placement.split
+          else sharding.replicate(init_state(program), mesh))
+split, end = run(make_train_chunk(program, mesh, placement=placement), placed,
                  sharding.replicate((images, labels), mesh))
 params = sharding.host_models(end, placement).params
 plain, reference = run(make_train_chunk(program), init_state(program),
@@ -73,6 +76,9 @@ print(json.dumps({
 """
 
 
+EIGHT_RATES = [1e-3, 2e-3, 3e-3, 4e-3, 5e-3, 6e-3, 7e-3, 8e-3]
+
+
 def split_program(rates: list[float], devices: int = 2) -> dict:
     result = subprocess.run(
         [sys.executable, "-c", SPLIT_PROGRAM, str(PIPELINE), json.dumps([*TINY, "train.epochs=1"]),
@@ -84,18 +90,35 @@ def split_program(rates: list[float], devices: int = 2) -> dict:
 
 @pytest.fixture(scope="module")
 def even() -> dict:
-    return split_program([1e-3, 2e-3, 3e-3, 4e-3])
+    return split_program(EIGHT_RATES, devices=4)
 
 
 def test_models_split_over_the_devices_train_with_no_collective(even):
-    assert even["placement"] == "4 models over 2 devices, 2 each"
+    assert even["placement"] == "8 models over 4 devices, 2 each"
     assert even["split"] == []
     assert "all-reduce" in even["replicated"]  # what the same models on a data mesh do
 
 
 def test_each_model_split_over_devices_keeps_its_one_device_bits(even):
-    assert even["split_models"] == even["plain_models"]
-    assert len(set(even["split_models"])) == 4
+    one_device = split_program(EIGHT_RATES, devices=1)
+    assert one_device["placement"] == "8 models on 1 device"
+    assert even["split_models"] == even["plain_models"] == one_device["plain_models"]
+    assert len(set(even["split_models"])) == 8
+
+
+PINNED = "from digitsjax.run import backend; backend.request_determinism({}); " \
+    "print(backend.cpu_threads())"
+
+
+@pytest.mark.parametrize(("deterministic", "nproc", "threads"), [
+    (True, None, str(CPU_THREADS)), (True, "3", "3"), (False, None, "None")])
+def test_a_deterministic_run_pins_xla_cpus_threads_unless_the_user_did(
+        deterministic, nproc, threads):
+    env = {key: value for key, value in devices_env(1).items() if key != CPU_THREADS_ENV}
+    result = subprocess.run([sys.executable, "-c", PINNED.format(deterministic)], text=True,
+                            env=env | ({CPU_THREADS_ENV: nproc} if nproc else {}),
+                            capture_output=True, timeout=60)
+    assert result.stdout.strip() == threads, result.stderr
 
 
 def test_an_uneven_split_fills_the_devices_with_idle_copies_and_keeps_every_models_bits():

@@ -244,7 +244,8 @@ def test_checkpoint_from_two_processes_resumes_on_one(two_processes, one_device,
 @pytest.mark.slow
 def test_checkpoint_from_one_device_resumes_on_eight(eight_devices, one_device):
     computes_on, resuming, *_ = eight_devices["resume_log"]
-    assert computes_on.startswith("cpu backend, 8 devices (cpu), matmul_precision float32")
+    assert computes_on.startswith("cpu backend, 8 devices (cpu): 1 model over 8 devices, each "
+                                  "batch split over all 8, matmul_precision float32")
     assert f"from step {STEPS_PER_EPOCH}" in resuming
     assert_same_training(eight_devices["resumed"], one_device)
 

@@ -8,6 +8,14 @@ JAX starts its backend, which is why `train.deterministic` is applied by the ent
 (`train_pipeline`, `load_trained`) before they touch a device, and why a backend that already
 started without it is refused rather than silently nondeterministic. CPU and TPU programs are
 deterministic either way; there the flag changes nothing.
+
+XLA:CPU's programs are deterministic, but not independent of the host: it blocks a matmul's sum
+by the threads it computes it with, so the bits depend on how many threads its pool has (the
+host's cores, by default) and on how many simulated devices share them. Its CPU client sizes
+that pool from $NPROC when it is set, so a deterministic run pins it (`CPU_THREADS`), before the
+backend starts, as it does XLA_FLAGS: one host's bits are then every host's with the same CPU
+instructions, whatever its cores, and a program's models keep their bits on any number of
+simulated devices (docs/accelerators.md).
 """
 
 from __future__ import annotations
@@ -23,6 +31,10 @@ from digitsjax.errors import UserError, setting
 
 DETERMINISTIC_OPS = "--xla_gpu_deterministic_ops=true"
 _DETERMINISM_FLAG = DETERMINISTIC_OPS.split("=")[0]
+CPU_THREADS_ENV = "NPROC"
+CPU_THREADS = 8
+"""The size of XLA:CPU's thread pool in a deterministic run, unless $NPROC says otherwise: as
+many threads as most hosts have cores or more, and one whose matmuls round as most hosts'."""
 
 
 def xla_flags() -> list[str]:
@@ -41,10 +53,15 @@ def backend_started() -> bool:
 def request_determinism(deterministic: bool) -> None:
     """Put XLA's GPU determinism in XLA_FLAGS before the backend starts, if asked for.
 
-    `deterministic=False` leaves the flags as the user set them. A GPU backend that already
-    started without the flag cannot be changed: that is a `UserError`, not a quiet difference.
+    Also pins XLA:CPU's threads (`CPU_THREADS`), unless $NPROC is set. `deterministic=False`
+    leaves the flags and threads as the user set them. A GPU backend that already started
+    without the flag cannot be changed: that is a `UserError`, not a quiet difference.
     """
-    if not deterministic or DETERMINISTIC_OPS in xla_flags():
+    if not deterministic:
+        return
+    if not backend_started():
+        os.environ.setdefault(CPU_THREADS_ENV, str(CPU_THREADS))
+    if DETERMINISTIC_OPS in xla_flags():
         return
     if not backend_started():
         kept = [flag for flag in xla_flags() if flag.split("=")[0] != _DETERMINISM_FLAG]
@@ -70,7 +87,14 @@ def describe(pipeline: Pipeline) -> dict[str, Any]:
             "device_kind": devices[0].device_kind,
             "matmul_precision": pipeline.train.matmul_precision,
             "deterministic": _deterministic_in_force(),
+            "cpu_threads": cpu_threads(),
             "xla_flags": xla_flags()}
+
+
+def cpu_threads() -> int | None:
+    """The threads XLA:CPU was told to compute with ($NPROC), or None: as many as the cores."""
+    value = os.environ.get(CPU_THREADS_ENV, "")
+    return int(value) if value.isdigit() else None
 
 
 def _deterministic_in_force() -> bool:

@@ -41,7 +41,7 @@ from digitsjax.core.program import Program, recorded_program
 from digitsjax.errors import RESTART, WORKDIR, CheckpointError
 from digitsjax.files import LEDGER, OwnedFolder, a_few
 from digitsjax.run import checkpoint, cluster
-from digitsjax.run.backend import xla_flags
+from digitsjax.run.backend import cpu_threads, xla_flags
 from digitsjax.run.lock import LOCK, workdir_lock
 from digitsjax.run.records import METRICS
 from digitsjax.run.tensorboard import EVENT_FILES
@@ -97,6 +97,7 @@ def platform_info() -> dict[str, Any]:
         "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
         "device_count": len(devices),
         "xla_flags": xla_flags(),  # e.g. GPU determinism: part of what the programs compute
+        "cpu_threads": cpu_threads(),  # XLA:CPU's threads: how its matmuls round
     }
 
 

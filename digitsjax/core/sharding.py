@@ -1,12 +1,16 @@
-"""Data parallelism as pure placement: one mesh axis, `data`, over every device of every process.
+"""Programs as pure placement on a mesh of every device of every process.
 
-Every global batch is split over all devices, while parameters, optimizer state and the MNIST
-arrays are replicated on each device. A device gathers its own slice of each batch from its
-replica of the training set, so every process feeds exactly its devices' slices with no input
-pipeline, and nothing crosses the host inside a chunk. XLA's SPMD partitioner turns the
-batch-mean loss into per-device partial sums plus an all-reduce. The pipeline's batch size is
-the *global* batch size: a run computes the same maths on 1 or 64 devices, up to the float
-rounding of those cross-device sums. How processes join is the run's business (run/cluster.py).
+One model (and what a split leaves over) is data parallel, on the `data` axis: every global
+batch is split over its devices, while parameters, optimizer state and the MNIST arrays are
+replicated on each device. A device gathers its own slice of each batch from its replica of the
+training set, so every process feeds exactly its devices' slices with no input pipeline, and
+nothing crosses the host inside a chunk. XLA's SPMD partitioner turns the batch-mean loss into
+per-device partial sums plus an all-reduce. The pipeline's batch size is the *global* batch size:
+a run computes the same maths on 1 or 64 devices, up to the float rounding of those sums.
+
+A K-model program's models are split over the `model` axis first (core/placement.py): each
+device trains its own models on its own copy of the batch, so with at least as many models as
+devices a step holds no collective, and each model keeps its one-device bits. How processes join is the run's business (run/cluster.py).
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument("--separate", action="store_true",
                        help="train every point as its own run, one after another")
     _add_mnist_dir(sweep)
+    _add_cluster(sweep)
 
     runs = commands.add_parser("runs", help="one line per run under a folder: state, epochs, "
                                "best validation, test accuracy, fingerprint, age")
@@ -344,16 +345,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from digitsjax.apps.sweep import SUMMARY_MARKDOWN, make_variants, read_grid, run_sweep
     from digitsjax.core.config import load_pipeline
+    from digitsjax.run import cluster
     from digitsjax.run.backend import start_backend
 
     base = load_pipeline(args.pipeline, args.overrides, for_sweep=True)
     grid = read_grid(args.pipeline, args.grid)
     make_variants(base, grid)  # every variant is checked before JAX starts
-    start_backend(base.train.deterministic)
+    cluster.initialize(cluster.resolve_cluster(args.coordinator_address, args.num_processes,
+                                               args.process_id))
+    start_backend(base.train.deterministic)  # after joining the cluster, as JAX requires
     sweep_dir = args.workdir or default_workdir(base.name)
     paths = run_sweep(base, grid, sweep_dir, mnist_dir=args.mnist_dir, restart=args.restart,
                       progress=sys.stderr.isatty(), separate=args.separate, echo=arguments.say,
                       max_models=arguments.models_per_program(args.max_models_per_program))
+    if not cluster.is_primary():  # process 0 wrote the summary, and says it
+        return 0
     print((sweep_dir / SUMMARY_MARKDOWN).read_text(), end="")
     for path in paths:
         print(path)

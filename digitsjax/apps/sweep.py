@@ -23,7 +23,8 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from digitsjax.core.model import parameter_count
 from digitsjax.core.program import Program, program_key, sweep_program
 from digitsjax.errors import WORKDIR, ConfigError, FileError, UserError, render
 from digitsjax.files import LEDGER, OwnedFolder, a_few, cannot_write
-from digitsjax.run import backend
+from digitsjax.run import backend, cluster
 from digitsjax.run.lock import LOCK, workdir_lock
 from digitsjax.run.loop import train_program
 from digitsjax.run.records import last_evaluated, model_record, read_metrics
@@ -219,21 +220,21 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
     points' workdirs each by their own), and writes there only through the folder's ledger: a
     folder that is neither new, empty nor a sweep's, and a file of the user's with the name of
     one a sweep writes, are refused before anything is written.
+
+    Several processes (`cluster.initialize`) run it together: every one trains the same
+    programs in the same order, and process 0 alone writes the sweep folder's own files and
+    says what happens; the others return no paths.
     """
     variants = make_variants(base, grid)
-    programs = plan_programs(variants, max_models or (lambda _, wanted: wanted), separate)
+    programs = plan_programs(variants, _shared_cap(max_models or (lambda _, wanted: wanted)),
+                             separate)
     backend.request_determinism(base.train.deterministic)  # before the check starts JAX
     for planned in programs:  # one that cannot fit is refused before anything is written
         check_memory(planned.program, sharding.data_mesh())
-    folder = _prepare_sweep_folder(Path(sweep_dir), programs)
     echo = echo or (lambda line: print(render(line)))  # remedies as Python spells them
-    with workdir_lock(folder.path, echo):
-        folder.record(LOCK)
-        _adopt_earlier_sweep(folder)
-        folder.write_json(SWEEP_JSON, {
-            "pipeline": pipeline_to_dict(base), "grid": grid,
-            "variants": [_variant_entry(v, p, k) for p in programs
-                         for k, v in enumerate(p.variants)]})
+    if not cluster.is_primary():
+        echo = _silent
+    with _held_sweep_folder(Path(sweep_dir), base, grid, programs, echo) as folder:
         echo(f"sweep: {len(variants)} points in {len(programs)} program(s)"
              f"{'' if separate else ' (points that differ only in per-model keys train together)'}")
         for i, planned in enumerate(programs, 1):
@@ -241,12 +242,47 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
             echo(f"sweep program {i}/{len(programs)}: {planned.workdir} ({names})")
             train_program(planned.program, _point_workdir(folder, planned.workdir),
                           mnist_dir=mnist_dir, restart=restart, progress=progress, echo=echo)
+        if not cluster.is_primary():
+            return []
         paths = write_summary(folder.path)
     best = best_point(summarize(folder.path)[1])
     if best is not None:
         echo(f"best point by validation accuracy: {best['variant']} "
              f"({100 * best['val_accuracy']:.2f}%, test {100 * best['test_accuracy']:.2f}%)")
     return paths
+
+
+def _silent(_: str) -> None:
+    """The echo of a process other than 0: process 0 alone says what the sweep does."""
+
+
+def _shared_cap(max_models: Callable[[Pipeline, int], int]) -> Callable[[Pipeline, int], int]:
+    """`max_models` as every process of the sweep agrees on it, the least any of them says:
+    each measures its own memory, yet all must train the same programs in the same order."""
+    return lambda pipeline, wanted: cluster.least(max_models(pipeline, wanted))
+
+
+@contextmanager
+def _held_sweep_folder(sweep_dir: Path, base: Pipeline, grid: Grid,
+                       programs: list[SweepProgram],
+                       echo: Callable[[str], None]) -> Iterator[OwnedFolder]:
+    """The sweep folder, prepared, locked and described (sweep.json) by process 0 for as long
+    as the `with` block lasts; the other processes wait until it is, as they wait for a
+    workdir (`run.workdir.prepared_workdir`), and write nothing there."""
+    if not cluster.is_primary():
+        cluster.sync("sweep folder prepared")
+        yield OwnedFolder(sweep_dir)
+        return
+    folder = _prepare_sweep_folder(sweep_dir, programs)
+    with workdir_lock(folder.path, echo):
+        folder.record(LOCK)
+        _adopt_earlier_sweep(folder)
+        folder.write_json(SWEEP_JSON, {
+            "pipeline": pipeline_to_dict(base), "grid": grid,
+            "variants": [_variant_entry(v, p, k) for p in programs
+                         for k, v in enumerate(p.variants)]})
+        cluster.sync("sweep folder prepared")
+        yield folder
 
 
 def _prepare_sweep_folder(sweep_dir: Path, programs: list[SweepProgram]) -> OwnedFolder:
@@ -278,9 +314,10 @@ def _prepare_sweep_folder(sweep_dir: Path, programs: list[SweepProgram]) -> Owne
 
 
 def _point_workdir(folder: OwnedFolder, name: str) -> Path:
-    """A program's workdir in the sweep folder, listed there when the sweep makes it."""
+    """A program's workdir in the sweep folder, listed there (by process 0) when the sweep
+    makes it."""
     path = folder.inside(name)
-    if not os.path.lexists(path):
+    if cluster.is_primary() and not os.path.lexists(path):
         folder.record(f"{name}/")
     return path
 

@@ -35,6 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from digitsjax.core import sharding
 from digitsjax.core.config import CheckpointConfig
 from digitsjax.core.model import params_sha256
 from digitsjax.core.train import TrainState
@@ -283,7 +284,9 @@ def restore(manager: ocp.CheckpointManager, step: int,
         raise CheckpointError(f"{where} cannot be read ({reason}): it is damaged or belongs to "
                               "another model or optimizer") from None
     state, meta = restored["state"], restored["meta"]
-    if not _intact(jax.device_get(state), meta):
+    # Gathered where other processes' devices hold some models (a sweep's program split over
+    # every process's devices): every process restores, so every one takes part.
+    if not _intact(sharding.to_host(state), meta):
         raise CheckpointError(f"{where} is damaged: its bytes do not match the checksum saved "
                               "with it")
     return TrainState.from_dict(state), meta

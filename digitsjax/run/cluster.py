@@ -123,6 +123,14 @@ def any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
+def least(value: int) -> int:
+    """The smallest of every process's `value` on every process: a number they must share
+    that each measures for itself (e.g. how many models its memory holds)."""
+    if jax.process_count() == 1:
+        return value
+    return int(np.min(multihost_utils.process_allgather(np.asarray(value))))
+
+
 @contextlib.contextmanager
 def primary_first(name: str) -> Iterator[None]:
     """Process 0 runs the block before the others do, e.g. to fill a shared cache once."""

@@ -15,6 +15,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,7 @@ from .conftest import REPO, TINY, run_cli
 from .test_parallel import devices_env
 
 PIPELINE = REPO / "pipelines" / "mnist_mlp.toml"
+NIELSEN = REPO / "pipelines" / "nielsen.toml"  # small sigmoid layers: where rounding shows
 
 # A model-split program and the same program without a mesh, in one process with 2 devices: the
 # collectives each compiled chunk holds, and each model's parameters after a few steps.
@@ -79,9 +81,9 @@ print(json.dumps({
 EIGHT_RATES = [1e-3, 2e-3, 3e-3, 4e-3, 5e-3, 6e-3, 7e-3, 8e-3]
 
 
-def split_program(rates: list[float], devices: int = 2) -> dict:
+def split_program(rates: list[float], devices: int = 2, pipeline: Path = PIPELINE) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", SPLIT_PROGRAM, str(PIPELINE), json.dumps([*TINY, "train.epochs=1"]),
+        [sys.executable, "-c", SPLIT_PROGRAM, str(pipeline), json.dumps([*TINY, "train.epochs=1"]),
          json.dumps(rates)], env=devices_env(devices), capture_output=True, text=True,
         timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -127,6 +129,21 @@ def test_an_uneven_split_fills_the_devices_with_idle_copies_and_keeps_every_mode
         "3 models over 2 devices, 2 each (1 idle copy of the last fill the devices up)"
     assert uneven["split"] == []
     assert uneven["split_models"] == uneven["plain_models"]
+
+
+def test_a_device_with_one_model_trains_it_unbatched_as_its_single_run_does():
+    """XLA:CPU computes a batch of one model's products otherwise than one product."""
+    one_each = split_program([0.5, 1.0], devices=2, pipeline=NIELSEN)
+    assert one_each["placement"] == "2 models over 2 devices, 1 each"
+    assert one_each["split_models"] == one_each["plain_models"]
+
+
+def test_fewer_models_than_devices_split_each_models_batch_over_its_group():
+    grouped = split_program([0.5, 1.0, 2.0], devices=4, pipeline=NIELSEN)
+    assert grouped["placement"].startswith("3 models over 4 devices: 2 groups of 2, 2 model(s) "
+                                           "each, each batch split over its group's 2")
+    assert grouped["split"] == ["all-reduce"]  # of each model's gradients, within its group
+    assert len(set(grouped["split_models"])) == 3
 
 
 @pytest.mark.parametrize(("models", "devices", "shards"), [

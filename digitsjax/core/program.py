@@ -298,7 +298,7 @@ def _split_chunk(program: Program, mesh: Mesh, placement: Placement
     runs the one-device chunk of its own models (their data orders among themselves), so a step
     holds no collective between models; a `data` axis, if any, splits each model's batch."""
     body = _chunk_body(program, local_orders(program.seeds(), placement),
-                       sharding.split_batch(mesh) if placement.data_shards > 1 else _same,
+                       sharding.split_batch_within() if placement.data_shards > 1 else _same,
                        placement.data_shards)
 
     @functools.partial(jax.jit, static_argnames="num_steps", donate_argnums=0,
@@ -333,11 +333,12 @@ def _chunk_body(program: Program, orders: tuple[int, ...], split: Callable[[Any]
         batch = _models_batches(program.pipeline, orders, split, state.key, state.step, images,
                                 labels)
         counters, in_axes = _shared_counters(state)
-        steps = jax.vmap(_model_step(program, shards, masked), in_axes=(in_axes, 0, 0),
-                         out_axes=(axes, 0))
+        steps = _over_models(_model_step(program, shards, masked), in_axes=(in_axes, 0, 0),
+                             out_axes=(axes, 0), models=_models_in(state))
         end, metrics = jax.lax.scan(lambda s, _: steps(counters(s), *batch(s.step)), state,
                                     length=num_steps)
-        sums = jax.vmap(functools.partial(_chunk_sums, masked=masked), in_axes=(None, 1, axes))
+        sums = _over_models(functools.partial(_chunk_sums, masked=masked),
+                            in_axes=(None, 1, axes), out_axes=0, models=_models_in(state))
         return end, sums(state.step, metrics, end)
 
     def body(state, images, labels, num_steps):
@@ -348,6 +349,28 @@ def _chunk_body(program: Program, orders: tuple[int, ...], split: Callable[[Any]
         return _sweep_chunk(chunk, state) if program.is_sweep else chunk(state)
 
     return body
+
+
+def _over_models(fn: Callable[..., Any], in_axes: Any, out_axes: Any,
+                 models: int) -> Callable[..., Any]:
+    """`jax.vmap` of `fn` over the model axis, except for one model, which runs unbatched, as
+    its single run does: XLA:CPU computes a batch of one model's products otherwise than one
+    product, and rounds them otherwise. A device of a split program may hold one model."""
+    if models > 1:
+        return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
+
+    def on_axes(change: Callable[[jax.Array, int], jax.Array], axes: Any, tree: Any) -> Any:
+        return jax.tree.map(lambda axis, part: part if axis is None else jax.tree.map(
+            lambda leaf: change(leaf, axis), part), axes, tree, is_leaf=lambda x: x is None)
+
+    def one(*args: Any) -> Any:
+        return on_axes(jnp.expand_dims, out_axes, fn(*on_axes(jnp.squeeze, in_axes, args)))
+    return one
+
+
+def _models_in(state: TrainState) -> int:
+    """How many models a K-model state holds (here, on this device)."""
+    return jax.tree.leaves(state.params)[0].shape[0]
 
 
 def _model_step(program: Program, shards: int,

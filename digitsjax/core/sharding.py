@@ -10,7 +10,8 @@ a run computes the same maths on 1 or 64 devices, up to the float rounding of th
 
 A K-model program's models are split over the `model` axis first (core/placement.py): each
 device trains its own models on its own copy of the batch, so with at least as many models as
-devices a step holds no collective, and each model keeps its one-device bits. How processes join is the run's business (run/cluster.py).
+devices a step holds no collective, and each model keeps its one-device bits. How processes
+join is the run's business (run/cluster.py).
 """
 
 from __future__ import annotations
@@ -110,6 +111,12 @@ def split_batch(mesh: Mesh | None) -> Callable[[Tree], Tree]:
         return lambda tree: tree
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     return lambda tree: jax.lax.with_sharding_constraint(tree, sharding)
+
+
+def split_batch_within() -> Callable[[Tree], Tree]:
+    """`split_batch` inside `shard_map` over the `model` axis: over the `data` axis of the mesh
+    in context (the mesh itself, whose `model` axis is manual there, is not that mesh)."""
+    return lambda tree: jax.lax.with_sharding_constraint(tree, PartitionSpec(DATA_AXIS))
 
 
 def replicated_outputs(mesh: Mesh | None) -> dict[str, Any]:

@@ -51,8 +51,9 @@ $(BIN)/.bench-installed: $(BIN)/.installed-$(ACCEL)
 bench: $(BIN)/.bench-installed
 	$(BIN)/python bench/run.py $(ARGS)
 
-# A grid as one program against K seeds and separate runs, every way a whole digitsjax process:
-# Nielsen's 8 rates, about 4 minutes; ARGS="--long" adds lr_sweep's 32 points (about 8 more).
+# A grid as one program against K seeds and separate runs, every way a whole digitsjax process,
+# and split over simulated CPU devices: Nielsen's 8 rates, about 3 minutes (ARGS="--devices
+# 2,4,8" for more device counts); ARGS="--long" adds lr_sweep's 32 points (about 10 more).
 bench-sweeps: install
 	$(BIN)/python bench/sweep_cost.py $(ARGS)
 

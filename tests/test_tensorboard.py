@@ -76,27 +76,19 @@ def test_starting_a_run_does_not_import_an_installed_pytorch(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-WITHOUT_TENSORBOARDX = """
-import sys
-sys.modules["tensorboardX"] = None  # as in an environment that lacks it
-from digitsjax.main import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def test_a_run_without_tensorboardx_trains_and_says_so_once(tmp_path, mnist_dir):
+def test_a_run_without_tensorboardx_trains_and_says_so_once(tmp_path, mnist_dir, monkeypatch):
     """An accelerator image may lack tensorboardX: the run is not lost for a copy of its
-    metrics, and says once where they are."""
-    done = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TENSORBOARDX, "train", str(REPO / "pipelines" /
-         "mnist_mlp.toml"), "--workdir", str(tmp_path / "run"), "--mnist-dir", str(mnist_dir),
-         *(f"--set={o}" for o in (*TINY, "train.epochs=2"))],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
-    assert done.returncode == 0, done.stderr
-    notices = [line for line in done.stdout.splitlines() if "TensorBoard" in line]
-    assert len(notices) == 1 and notices[0].startswith(
-        "notice: no TensorBoard event files for this run ("), notices
-    assert notices[0].endswith("metrics.jsonl holds the same records; install tensorboardX to "
-                               "have them")
-    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1, 2]
-    assert not list((tmp_path / "run").glob(EVENT_FILES))
+    metrics, and says once, in one line, why there are no event files and how to have them."""
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as in an environment that lacks it
+    pipeline = load_pipeline(REPO / "pipelines" / "mnist_mlp.toml", [*TINY, "train.epochs=2"])
+    lines: list[str] = []
+    train_pipeline(pipeline, tmp_path, mnist_dir=str(mnist_dir), echo=lines.append)
+    notices = [line for line in lines if "tensorboardX" in line]
+    assert len(notices) == 1, lines
+    assert notices[0].startswith("notice: no TensorBoard event files for this run: tensorboardX "
+                                 "is missing ("), notices
+    assert notices[0].endswith("; metrics.jsonl holds the same records; install it with "
+                               "pip install tensorboardX"), notices
+    assert "\n" not in notices[0]
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert not list(tmp_path.glob(EVENT_FILES))

@@ -213,8 +213,9 @@ class RecordWriter:
         self._workdir, self._epochs, self._primary, self._log = workdir, epochs, primary, log
         self._scalars = ScalarWriter(  # creates its file on the first write
             workdir, start_step, missing=lambda error: log(
-                f"notice: no TensorBoard event files for this run ({error}); {METRICS} holds "
-                "the same records; install tensorboardX to have them"))
+                "notice: no TensorBoard event files for this run: tensorboardX is missing "
+                f"({error}); {METRICS} holds the same records; install it with "
+                "pip install tensorboardX"))
         if primary:
             truncate_metrics(workdir, start_step)
 

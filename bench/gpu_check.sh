@@ -28,12 +28,12 @@ CARRY=$PWD/gpu-carry
 # What the GPU image (jax with CUDA, optax, orbax, matplotlib, Pillow; no network) lacks. A run
 # imports tqdm, and tensorboardX for its event files (without it, a run trains on and says so
 # once); tensorboardX needs protobuf, which orbax-checkpoint brings: the carried wheel is only
-# installed where the image's does not do. The suite needs hypothesis and pytest-xdist (pytest
-# is on the image). The versions are constraints.txt's.
+# installed where the image's does not do. The suite needs hypothesis, pytest and pytest-xdist
+# (an image's own pytest is kept). The versions are constraints.txt's.
 RUNTIME_WHEELS="tensorboardX tqdm"
 RUNTIME_DEPENDENCIES="protobuf"
-SUITE_WHEELS="hypothesis pytest-xdist"
-SUITE_DEPENDENCIES="sortedcontainers execnet"
+SUITE_WHEELS="hypothesis pytest pytest-xdist"
+SUITE_DEPENDENCIES="sortedcontainers execnet iniconfig pluggy packaging"
 IMAGE_PYTHON=${IMAGE_PYTHON:-3.12}  # the image's Python: hypothesis and protobuf are built for it
 PY=${PYTHON:-python3}
 POINTS=${SWEEP_POINTS:-1024}
@@ -60,7 +60,7 @@ install_carried() {  # what the image lacks, from the carried wheels; what it ha
         echo "tensorboardX or tqdm not installed (see pip's message): runs need tqdm"
     # shellcheck disable=SC2086
     "$PY" -m pip install --quiet --no-index --find-links "$CARRY/wheels" $SUITE_WHEELS ||
-        echo "hypothesis or pytest-xdist not installed (see pip's message)"
+        echo "hypothesis, pytest or pytest-xdist not installed (see pip's message)"
     "$PY" -m pip install --quiet --no-deps -e .
 }
 

@@ -7,6 +7,7 @@ files, the console line, `plots`, `verify` and `sweep` all read the same `EpochR
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
@@ -204,13 +205,38 @@ def format_spread(record: dict[str, Any], split: str) -> str:
             f"sd {100 * record[MODEL_ACCURACY_SD[split]]:.2f}%)")
 
 
+def time_left(moments: list[float], epoch: int, epochs: int) -> str | None:
+    """What is left of a run after `epoch`, from the moments this process logged its epochs:
+    the wall time between two epoch lines holds the evaluations and checkpoints too, and the
+    first line's own epoch, which compiles, is left out. None before a second line, or at the
+    end."""
+    if len(moments) < 2 or epoch >= epochs:
+        return None
+    per_epoch = (moments[-1] - moments[0]) / (len(moments) - 1)
+    return f"{format_duration(per_epoch * (epochs - epoch))} left"
+
+
+def format_duration(seconds: float) -> str:
+    """`45 s`, `3 min 20 s`, `1 h 05 min`: as precise as a guess from a few epochs can be."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
 class RecordWriter:
     """Where each finished epoch's record goes: metrics.jsonl and TensorBoard (process 0 only),
-    and one console line (`log`)."""
+    and one console line (`log`), which from the second epoch of this process on says the time
+    left (`time_left`, by `clock`)."""
 
     def __init__(self, workdir: Path, start_step: int, epochs: int, primary: bool,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._workdir, self._epochs, self._primary, self._log = workdir, epochs, primary, log
+        self._clock = clock
+        self._moments: list[float] = []  # when this process logged each epoch
         self._scalars = ScalarWriter(  # creates its file on the first write
             workdir, start_step, missing=lambda error: log(
                 "notice: no TensorBoard event files for this run: tensorboardX is missing "
@@ -225,7 +251,10 @@ class RecordWriter:
             self._scalars.write(record)
 
     def log(self, record: EpochRecord) -> None:
-        self._log(format_record(record, self._epochs))
+        self._moments.append(self._clock())
+        left = time_left(self._moments, record["epoch"], self._epochs)
+        line = format_record(record, self._epochs)
+        self._log(line if left is None else f"{line} | {left}")
 
     def close(self) -> None:
         self._scalars.close()

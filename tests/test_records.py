@@ -45,11 +45,12 @@ def test_a_sweep_programs_console_line_gives_its_points_range_on_each_split():
         "test 84.00-96.50% | 1.50 s  2,000 ex/s")
 
 
-def epoch_lines(epochs: int, first: int, moments: list[float], tmp_path) -> list[str]:
+def epoch_lines(epochs: int, first: int, moments: list[float], tmp_path,
+                after: float = 0.0) -> list[str]:
     """The console lines of epochs `first`.. of a run, logged at `moments` (a clock's reads)."""
     lines: list[str] = []
     clock = iter(moments)
-    writer = RecordWriter(tmp_path, 0, epochs, primary=False, log=lines.append,
+    writer = RecordWriter(tmp_path, 0, epochs, primary=False, log=lines.append, after=after,
                           clock=lambda: next(clock))
     for epoch in range(first, first + len(moments)):
         writer.log({**PROGRAM_RECORD, "epoch": epoch})
@@ -69,6 +70,14 @@ def test_from_its_second_epoch_a_run_says_the_time_left_from_the_epochs_it_timed
 def test_a_resumed_run_times_its_own_epochs_and_the_last_line_says_nothing_left(tmp_path):
     resumed = epoch_lines(5, 4, [500.0, 510.0], tmp_path)
     assert [line.rsplit("|", 1)[-1] for line in resumed] == [" 1.50 s  2,000 ex/s"] * 2
+
+
+def test_a_sweeps_program_says_its_own_time_left_and_the_sweeps(tmp_path):
+    # 2 epochs of 10 s left here; later programs hold 6 of this program's epochs of work
+    _, line = epoch_lines(4, 1, [0.0, 10.0], tmp_path, after=6)
+    assert line.endswith("ex/s | 20 s left, sweep 1 min 20 s")
+    *_, last = epoch_lines(2, 1, [0.0, 10.0], tmp_path, after=6)  # its own last epoch
+    assert last.endswith("ex/s | sweep 1 min 00 s left")
 
 
 def test_a_duration_is_as_precise_as_a_guess_from_a_few_epochs_can_be():

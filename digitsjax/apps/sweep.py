@@ -241,7 +241,8 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
             names = ", ".join(v.name for v in planned.variants)
             echo(f"sweep program {i}/{len(programs)}: {planned.workdir} ({names})")
             train_program(planned.program, _point_workdir(folder, planned.workdir),
-                          mnist_dir=mnist_dir, restart=restart, progress=progress, echo=echo)
+                          mnist_dir=mnist_dir, restart=restart, progress=progress, echo=echo,
+                          after=_work_after(programs, i))
         if not cluster.is_primary():
             return []
         paths = write_summary(folder.path)
@@ -250,6 +251,13 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
         echo(f"best point by validation accuracy: {best['variant']} "
              f"({100 * best['val_accuracy']:.2f}%, test {100 * best['test_accuracy']:.2f}%)")
     return paths
+
+
+def _work_after(programs: list[SweepProgram], i: int) -> float:
+    """The model-epochs of the programs after program `i` (from 1), in program i's epochs: what
+    its epoch lines add to their own to say the sweep's time left."""
+    later = sum(len(p.variants) * p.variants[0].pipeline.train.epochs for p in programs[i:])
+    return later / len(programs[i - 1].variants)
 
 
 def _silent(_: str) -> None:

@@ -73,7 +73,8 @@ def train_pipeline(pipeline: Pipeline, workdir: str | Path, **options: Any) -> d
 
 def train_program(program: Program, workdir: str | Path, *, mnist_dir: str | None = None,
                   restart: bool = False, progress: bool = False,
-                  echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  echo: Callable[[str], None] | None = None,
+                  after: float = 0.0) -> dict[str, Any]:
     """Train into `workdir`, continuing from its newest intact checkpoint; return the final record.
 
     A sweep's program trains grid points, each with its own values of the per-model keys; one
@@ -83,6 +84,9 @@ def train_program(program: Program, workdir: str | Path, *, mnist_dir: str | Non
     all processes run this together, and only process 0 writes files other than checkpoints.
     On SIGTERM/SIGINT the current chunk finishes and is checkpointed, and `Preempted` is raised
     once that checkpoint is complete.
+
+    `after`: the work a sweep has left after this program, in this program's epochs, so that
+    its epoch lines say the sweep's time left too.
 
     `echo` takes each line of progress. A line may name a remedy by its marker
     (`errors.RESTART`), which the caller spells its own way (`errors.render`); without an
@@ -112,7 +116,7 @@ def train_program(program: Program, workdir: str | Path, *, mnist_dir: str | Non
             check_compatible(workdir, program)
         manager = checkpoint.open_manager(workdir.path, pipeline.checkpoint)
         try:
-            run = _Run(program, workdir, manager, guard, mesh, placement, echo, started)
+            run = _Run(program, workdir, manager, guard, mesh, placement, echo, started, after)
             state, sums = _restore_or_init(run, data)
             return _train(run, state, sums, data, progress)
         finally:
@@ -132,6 +136,8 @@ class _Run:
     placement: Placement
     echo: Callable[[str], None]
     started: float
+    after: float = 0.0
+    """A sweep's work after this program, in this program's epochs (`train_program`)."""
     primary: bool = field(default_factory=cluster.is_primary)
 
     @property
@@ -184,7 +190,7 @@ def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
     bar = tqdm(total=pipeline.total_steps, initial=start, unit="step", disable=not progress,
                dynamic_ncols=True, leave=False)
     writer = RecordWriter(run.workdir.path, start, pipeline.train.epochs, run.primary,
-                          bar.write if progress else run.echo)
+                          bar.write if progress else run.echo, run.after)
     with contextlib.closing(_Chunks(run, data)) as chunks:
         record: dict[str, Any] = {}
         for first, num_steps in chunk_plan(pipeline, start):

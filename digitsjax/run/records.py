@@ -205,15 +205,19 @@ def format_spread(record: dict[str, Any], split: str) -> str:
             f"sd {100 * record[MODEL_ACCURACY_SD[split]]:.2f}%)")
 
 
-def time_left(moments: list[float], epoch: int, epochs: int) -> str | None:
+def time_left(moments: list[float], epoch: int, epochs: int, after: float = 0.0) -> str | None:
     """What is left of a run after `epoch`, from the moments this process logged its epochs:
     the wall time between two epoch lines holds the evaluations and checkpoints too, and the
-    first line's own epoch, which compiles, is left out. None before a second line, or at the
-    end."""
-    if len(moments) < 2 or epoch >= epochs:
+    first line's own epoch, which compiles, is left out. `after`: the work of a sweep's later
+    programs, in this run's epochs, for the sweep's own time left. None before a second line,
+    or when nothing is left."""
+    if len(moments) < 2 or epoch >= epochs + after:
         return None
     per_epoch = (moments[-1] - moments[0]) / (len(moments) - 1)
-    return f"{format_duration(per_epoch * (epochs - epoch))} left"
+    own, sweep = (format_duration(per_epoch * n) for n in (epochs - epoch, epochs - epoch + after))
+    if after == 0:
+        return f"{own} left"
+    return f"sweep {sweep} left" if epoch >= epochs else f"{own} left, sweep {sweep}"
 
 
 def format_duration(seconds: float) -> str:
@@ -229,13 +233,13 @@ def format_duration(seconds: float) -> str:
 class RecordWriter:
     """Where each finished epoch's record goes: metrics.jsonl and TensorBoard (process 0 only),
     and one console line (`log`), which from the second epoch of this process on says the time
-    left (`time_left`, by `clock`)."""
+    left (`time_left`, by `clock`; `after`: a sweep's later programs, in this run's epochs)."""
 
     def __init__(self, workdir: Path, start_step: int, epochs: int, primary: bool,
-                 log: Callable[[str], None],
+                 log: Callable[[str], None], after: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._workdir, self._epochs, self._primary, self._log = workdir, epochs, primary, log
-        self._clock = clock
+        self._after, self._clock = after, clock
         self._moments: list[float] = []  # when this process logged each epoch
         self._scalars = ScalarWriter(  # creates its file on the first write
             workdir, start_step, missing=lambda error: log(
@@ -252,7 +256,7 @@ class RecordWriter:
 
     def log(self, record: EpochRecord) -> None:
         self._moments.append(self._clock())
-        left = time_left(self._moments, record["epoch"], self._epochs)
+        left = time_left(self._moments, record["epoch"], self._epochs, self._after)
         line = format_record(record, self._epochs)
         self._log(line if left is None else f"{line} | {left}")
 

@@ -12,11 +12,15 @@ ifeq ($(filter $(ACCELS),$(ACCEL)),)
 $(error ACCEL=$(ACCEL) is not a jax build digitsjax installs: use one of $(ACCELS))
 endif
 comma    := ,
-EXTRAS   := dev$(if $(filter-out cpu,$(ACCEL)),$(comma)$(ACCEL))
+# `make train` installs what a run needs (and the accelerator's jax build); `make test` and
+# `make lint` add the `dev` extra, `make bench` the `bench` extra.
+ACCEL_EXTRA := $(filter-out cpu,$(ACCEL))
+with_extras = '.[$(1)$(if $(ACCEL_EXTRA),$(comma)$(ACCEL_EXTRA))]'
+RUNTIME  := $(if $(ACCEL_EXTRA),'.[$(ACCEL_EXTRA)]',.)
 # Genuine MNIST for air-gapped hosts: $DIGITSJAX_MNIST_DIR, else ../shared/data/mnist if present.
 export DIGITSJAX_MNIST_DIR ?= $(wildcard $(abspath ../shared/data/mnist))
 
-.PHONY: install train test lint bench bench-sweeps reproduce cold-start clean
+.PHONY: install install-dev train test lint bench bench-sweeps reproduce cold-start clean
 .DEFAULT_GOAL := train
 
 # Exact versions from constraints.txt: fingerprints are bitwise only on identical versions.
@@ -24,11 +28,17 @@ export DIGITSJAX_MNIST_DIR ?= $(wildcard $(abspath ../shared/data/mnist))
 $(BIN)/.installed-$(ACCEL): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e $(RUNTIME)
 	echo $(ACCEL) > $(VENV)/.accel
 	touch $@
 
 install: $(BIN)/.installed-$(ACCEL)
+
+$(BIN)/.dev-installed-$(ACCEL): $(BIN)/.installed-$(ACCEL)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e $(call with_extras,dev)
+	touch $@
+
+install-dev: $(BIN)/.dev-installed-$(ACCEL)
 
 train: install
 	$(BIN)/digitsjax train $(PIPELINE) $(ARGS)
@@ -37,15 +47,15 @@ train: install
 # one process, so its module fixtures are built once. TEST_WORKERS=0 runs them in this one.
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(8, (os.cpu_count() or 1) + 1))")
 
-test: install
+test: install-dev
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check digitsjax tests bench
 
 # Not part of `make test`: ~5-10 minutes, needs the [bench] extra (PyTorch CPU, Keras 3).
-$(BIN)/.bench-installed: $(BIN)/.installed-$(ACCEL)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS),bench]'
+$(BIN)/.bench-installed: $(BIN)/.dev-installed-$(ACCEL)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e $(call with_extras,dev$(comma)bench)
 	touch $@
 
 bench: $(BIN)/.bench-installed

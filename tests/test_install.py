@@ -19,13 +19,28 @@ def make(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60)
 
 
-@pytest.mark.parametrize(("accel", "extras"), [
-    ("cpu", "dev"), ("cuda", "dev,cuda"), ("cuda12", "dev,cuda12"), ("tpu", "dev,tpu")])
-def test_each_accelerator_installs_its_jax_build_within_the_pinned_versions(accel, extras):
+@pytest.mark.parametrize(("accel", "runtime", "dev"), [
+    ("cpu", ".", "'.[dev]'"), ("cuda", "'.[cuda]'", "'.[dev,cuda]'"),
+    ("cuda12", "'.[cuda12]'", "'.[dev,cuda12]'"), ("tpu", "'.[tpu]'", "'.[dev,tpu]'")])
+def test_each_accelerator_installs_its_jax_build_within_the_pinned_versions(accel, runtime, dev):
     out = make("install", f"ACCEL={accel}")
     assert out.returncode == 0, out.stderr
-    assert f"pip install --quiet -c constraints.txt -e '.[{extras}]'" in out.stdout
+    assert f"pip install --quiet -c constraints.txt -e {runtime}\n" in out.stdout
     assert f"echo {accel} > .venv/.accel" in out.stdout  # later make train/test keep it
+    tests = make("test", f"ACCEL={accel}")
+    assert f"pip install --quiet -c constraints.txt -e {dev}\n" in tests.stdout
+
+
+@pytest.mark.parametrize("command", ["install", "train"])
+def test_training_installs_what_a_run_needs_and_no_test_tool(command):
+    out = make(command)
+    assert out.returncode == 0, out.stderr
+    assert "'.[dev" not in out.stdout and "bench]" not in out.stdout
+
+
+@pytest.mark.parametrize("command", ["test", "lint"])
+def test_the_test_suite_and_the_linter_add_the_dev_extra(command):
+    assert "-e '.[dev]'" in make(command).stdout
 
 
 def test_the_accelerator_extras_are_jaxs_own():

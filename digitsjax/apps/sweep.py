@@ -233,7 +233,7 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
         check_memory(planned.program, sharding.data_mesh())
     echo = echo or (lambda line: print(render(line)))  # remedies as Python spells them
     if not cluster.is_primary():
-        echo = _silent
+        echo = cluster.silent  # process 0 alone says what the sweep does
     with _held_sweep_folder(Path(sweep_dir), base, grid, programs, echo) as folder:
         echo(f"sweep: {len(variants)} points in {len(programs)} program(s)"
              f"{'' if separate else ' (points that differ only in per-model keys train together)'}")
@@ -258,10 +258,6 @@ def _work_after(programs: list[SweepProgram], i: int) -> float:
     its epoch lines add to their own to say the sweep's time left."""
     later = sum(len(p.variants) * p.variants[0].pipeline.train.epochs for p in programs[i:])
     return later / len(programs[i - 1].variants)
-
-
-def _silent(_: str) -> None:
-    """The echo of a process other than 0: process 0 alone says what the sweep does."""
 
 
 def _shared_cap(max_models: Callable[[Pipeline, int], int]) -> Callable[[Pipeline, int], int]:

@@ -329,16 +329,16 @@ def _chunk_body(program: Program, orders: tuple[int, ...], split: Callable[[Any]
         return end, _chunk_sums(state.step, metrics, end, masked)
 
     def models_chunk(state, images, labels, num_steps, masked):
-        axes = model_axes(state)
+        axes, models = model_axes(state), _models_in(state)
         batch = _models_batches(program.pipeline, orders, split, state.key, state.step, images,
                                 labels)
         counters, in_axes = _shared_counters(state)
         steps = _over_models(_model_step(program, shards, masked), in_axes=(in_axes, 0, 0),
-                             out_axes=(axes, 0), models=_models_in(state))
+                             out_axes=(axes, 0), models=models)
         end, metrics = jax.lax.scan(lambda s, _: steps(counters(s), *batch(s.step)), state,
                                     length=num_steps)
         sums = _over_models(functools.partial(_chunk_sums, masked=masked),
-                            in_axes=(None, 1, axes), out_axes=0, models=_models_in(state))
+                            in_axes=(None, 1, axes), out_axes=0, models=models)
         return end, sums(state.step, metrics, end)
 
     def body(state, images, labels, num_steps):

@@ -61,11 +61,11 @@ def request_determinism(deterministic: bool) -> None:
         return
     if not backend_started():
         os.environ.setdefault(CPU_THREADS_ENV, str(CPU_THREADS))
-    if DETERMINISTIC_OPS in xla_flags():
+        if DETERMINISTIC_OPS not in xla_flags():
+            kept = [flag for flag in xla_flags() if flag.split("=")[0] != _DETERMINISM_FLAG]
+            os.environ["XLA_FLAGS"] = " ".join([*kept, DETERMINISTIC_OPS])
         return
-    if not backend_started():
-        kept = [flag for flag in xla_flags() if flag.split("=")[0] != _DETERMINISM_FLAG]
-        os.environ["XLA_FLAGS"] = " ".join([*kept, DETERMINISTIC_OPS])
+    if DETERMINISTIC_OPS in xla_flags():
         return
     import jax
 

@@ -110,6 +110,10 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def silent(_: str) -> None:
+    """The echo of processes other than 0: one log per run, not one per process."""
+
+
 def sync(name: str) -> None:
     """A barrier across processes, e.g. until process 0 has prepared the workdir."""
     if jax.process_count() > 1:

@@ -102,7 +102,7 @@ def train_program(program: Program, workdir: str | Path, *, mnist_dir: str | Non
     sharding.check_batch_size(pipeline.train.batch_size, placement.data_shards)
     check_memory(program, mesh)
     if not cluster.is_primary():
-        progress, echo = False, _silent
+        progress, echo = False, cluster.silent
     echo(backend.summary_line(backend.describe(pipeline), placement))
     with cluster.primary_first("MNIST loaded"):  # prepares a shared data dir only once
         data = load_mnist(pipeline.data, mnist_dir)
@@ -453,10 +453,6 @@ def _echo_best(run: _Run) -> None:
     best, last = best_evaluated(records), last_evaluated(records)
     if best is not None and last is not None and "val_accuracy" in last:
         run.echo(format_best(best, last, run.pipeline.checkpoint.keep_best))
-
-
-def _silent(_: str) -> None:
-    """The echo of processes other than 0: one log per run, not one per process."""
 
 
 def _is_step_save(pipeline: Pipeline, step: int) -> bool:

@@ -138,8 +138,11 @@ def check_new_png(out: Path) -> None:
                         "create it, or choose another --out")
 
 
-def models_per_program(flag: int | None) -> Callable[[Pipeline, int], int]:
-    """The sweep's cap on models per program: the flag's, or what memory holds (said aloud)."""
+def models_per_program(flag: int | None, say: Callable[[str], None] = print,
+                       option: str = "--max-models-per-program"
+                       ) -> Callable[[Pipeline, int], int]:
+    """The sweep's cap on models per program: the flag's (`option`), or what memory holds,
+    said aloud."""
     from digitsjax.core import sharding
     from digitsjax.run.resources import max_models_that_fit
 
@@ -148,8 +151,8 @@ def models_per_program(flag: int | None) -> Callable[[Pipeline, int], int]:
             return min(flag, wanted)
         fit = max_models_that_fit(pipeline, sharding.data_mesh(), wanted)
         if fit < wanted:
-            print(f"sweep: {wanted} points share a program; memory holds {fit} at a time "
-                  "(--max-models-per-program sets it)")
+            say(f"sweep: {wanted} points share a program; memory holds {fit} at a time "
+                f"({option} sets it)")
         return fit
     return cap
 

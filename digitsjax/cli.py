@@ -239,7 +239,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     summaries, unreadable = list_runs(args.folder)
     if summaries or not unreadable:
         print(runs_table(summaries))
-    for error in unreadable:
+    for error in unreadable.values():
         print(f"digitsjax: error: {error.render(COMMAND_LINE)}", file=sys.stderr)
     return EXIT_USER_ERROR if unreadable else 0
 

@@ -81,6 +81,33 @@ def test_a_step_that_vanishes_while_the_steps_are_listed_is_listed_again(workdir
     assert len(opened) == 2
 
 
+def test_a_listing_that_finds_no_step_while_the_run_renames_them_is_listed_again(
+        workdir, tmp_path, monkeypatch):
+    """Orbax can list the folder in the instant between the run's deletion of its one kept
+    step and the rename of the next one into place (`keep = 1`): an empty listing of a workdir
+    that held checkpoints is read again, not reported as "train first"."""
+    real_open, opened = checkpoint.open_manager, []
+    steps = saved_steps(workdir)
+    aside = tmp_path / "aside"
+    aside.mkdir()
+
+    def listed_while_none_was_in_place(*args, **kwargs):
+        opened.append(1)
+        if len(opened) > 1:
+            return real_open(*args, **kwargs)
+        for step in steps:
+            shutil.move(step_folder(workdir, step), aside / str(step))
+        try:
+            return real_open(*args, **kwargs)
+        finally:
+            for step in steps:
+                shutil.move(aside / str(step), step_folder(workdir, step))
+
+    monkeypatch.setattr(checkpoint, "open_manager", listed_while_none_was_in_place)
+    assert load_network(workdir).step == steps[-1]
+    assert len(opened) == 2
+
+
 def damage(folder) -> None:
     for path in (folder / "state").rglob("*"):
         if path.is_file() and path.stat().st_size > 1000:

@@ -46,10 +46,10 @@ def test_each_run_shows_its_state_epochs_results_and_fingerprint(runs_root):
     a, b = Workdir.open(runs_root / "a"), Workdir.open(runs_root / "b")
     finished, stopped = summarize(a), summarize(Workdir.open(runs_root / "stopped"))
     record = read_metrics(runs_root / "a")[-1]
-    assert (finished.state, finished.epochs) == ("finished", "2/2")
-    assert finished.test == f"{100 * record['test_accuracy']:.2f}%"
-    assert finished.params_sha256 == a.result["params_sha256"][:12]
-    assert (stopped.state, stopped.epochs) == ("interrupted", "1/2")
+    assert (finished.state, finished.epochs_done, finished.epochs) == ("finished", 2, 2)
+    assert finished.test_accuracy == record["test_accuracy"]
+    assert finished.params_sha256 == a.result["params_sha256"]
+    assert (stopped.state, stopped.epochs_done, stopped.epochs) == ("interrupted", 1, 2)
     with workdir_lock(runs_root / "b", notice=print):
         assert summarize(b).state.startswith("running (pid ")
     assert summarize(b).state == "finished"

@@ -130,8 +130,8 @@ def test_runs_shows_a_programs_best_model_not_its_ensemble(sweep):
     records = read_metrics(sweep_dir / "program-1")
     best = max((r["val_model_accuracies"][k], k, r["epoch"]) for r in records for k in (0, 1, 2))
     summary = summarize_run(Workdir.open(sweep_dir / "program-1"))
-    assert summary.best_val == f"{100 * best[0]:.2f}% (model {best[1]}, epoch {best[2]})"
-    assert summary.test == f"{100 * records[-1]['test_model_accuracies'][best[1]]:.2f}%"
+    assert (summary.best_val_accuracy, summary.best_model, summary.best_epoch) == best
+    assert summary.test_accuracy == records[-1]["test_model_accuracies"][best[1]]
 
 
 def test_plots_of_a_point_draw_that_network_and_its_own_curves(sweep):

@@ -33,16 +33,21 @@ from digitsjax.run.workdir import MANIFEST, PER_MODEL, PLOTS_DIR, Workdir
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One workdir's state and results, as its files say."""
+    """One workdir's state and results, as its files say (None where it has none yet)."""
 
     workdir: Path
     state: str
     """finished, interrupted, or running (with who runs it)."""
-    epochs: str
-    """`done/total`."""
-    best_val: str
-    test: str
-    params_sha256: str
+    epochs_done: int
+    epochs: int
+    best_val_accuracy: float | None
+    """For K seeds, their ensemble's; for a sweep's program, its best model's."""
+    best_epoch: int | None
+    best_model: int | None
+    """The sweep program's model that reached it; None for a run of one pipeline."""
+    test_accuracy: float | None
+    """The last test: the ensemble's, or the best model's."""
+    params_sha256: str | None
     age_seconds: float
     """Since the run last wrote a record (or its manifest)."""
 
@@ -67,15 +72,15 @@ def _holds_manifest(folder: Path) -> bool:
         return True
 
 
-def list_runs(root: Path) -> tuple[list[RunSummary], list[CheckpointError]]:
+def list_runs(root: Path) -> tuple[list[RunSummary], dict[Path, CheckpointError]]:
     """Every run under `root` (`find_workdirs`) summarized, and for each run that could not
     be, the error that says why: one damaged run hides none of the others."""
-    summaries, unreadable = [], []
+    summaries, unreadable = [], {}
     for path in find_workdirs(root):
         try:
             summaries.append(summarize(Workdir.open(path)))
         except CheckpointError as e:
-            unreadable.append(e)
+            unreadable[path] = e
     return summaries, unreadable
 
 
@@ -88,48 +93,63 @@ def summarize(run: Workdir) -> RunSummary:
         done = records[-1]["epoch"] if records else 0
         state = (f"running ({holder})" if holder else "finished" if done >= total
                  else "interrupted")
-        best_val, test = (_best_model(records) if manifest.get(PER_MODEL) else
-                          _best_epoch(records))
+        best = _best_model(records) if manifest.get(PER_MODEL) else _best_epoch(records)
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise CheckpointError(f"{workdir / METRICS} holds records that digitsjax does not "
                               f"write ({type(e).__name__}: {e})",
                               f"restore it or retrain with {RESTART}") from None
     newest = max(p.stat().st_mtime for p in (workdir / MANIFEST, workdir / METRICS)
                  if p.exists())
-    return RunSummary(
-        workdir=workdir, state=state, epochs=f"{done}/{total}", best_val=best_val, test=test,
-        params_sha256=str(run.result.get("params_sha256", "-"))[:12],
-        age_seconds=time.time() - newest)
+    return RunSummary(workdir, state, done, total, *best,
+                      params_sha256=run.result.get("params_sha256"),
+                      age_seconds=time.time() - newest)
 
 
-def _best_epoch(records: list[EpochRecord]) -> tuple[str, str]:
+Best = tuple[float | None, int | None, int | None, float | None]
+"""Best validation accuracy, its epoch and model, and the test accuracy."""
+NO_RESULT: Best = (None, None, None, None)
+
+
+def _best_epoch(records: list[EpochRecord]) -> Best:
     """A run's best validation accuracy (for K seeds, their ensemble's) and its last test."""
     best, last = best_evaluated(records), last_evaluated(records)
-    return (f"{100 * best['val_accuracy']:.2f}% (epoch {best['epoch']})" if best else "-",
-            f"{100 * last['test_accuracy']:.2f}%" if last else "-")
+    return (best["val_accuracy"] if best else None, best["epoch"] if best else None, None,
+            last["test_accuracy"] if last else None)
 
 
-def _best_model(records: list[EpochRecord]) -> tuple[str, str]:
+def _best_model(records: list[EpochRecord]) -> Best:
     """A sweep program's best model by validation (an ensemble of models trained with
     different numbers is nobody's network), never one that diverged, and its last test."""
     last = last_evaluated(records)
     if last is None:
-        return "-", "-"
+        return NO_RESULT
     training = [k for k, step in enumerate(records[-1][MODEL_DIVERGED_AT]) if step < 0]
     scored = [(r[VAL_MODEL_ACCURACIES][k], r["step"], k, r["epoch"])
               for r in records if VAL_MODEL_ACCURACIES in r for k in training]
     if not scored:
-        return "-", "-"
+        return NO_RESULT
     accuracy, _, k, epoch = max(scored)
-    return (f"{100 * accuracy:.2f}% (model {k}, epoch {epoch})",
-            f"{100 * last[TEST_MODEL_ACCURACIES][k]:.2f}%")
+    return accuracy, epoch, k, last[TEST_MODEL_ACCURACIES][k]
+
+
+def _cells(s: RunSummary) -> tuple[str, str, str, str]:
+    """Epochs, best validation, test and fingerprint as the tables show them."""
+    where = f"model {s.best_model}, epoch {s.best_epoch}" if s.best_model is not None else \
+        f"epoch {s.best_epoch}"
+    return (f"{s.epochs_done}/{s.epochs}",
+            "-" if s.best_val_accuracy is None else f"{_percent(s.best_val_accuracy)} ({where})",
+            "-" if s.test_accuracy is None else _percent(s.test_accuracy),
+            (s.params_sha256 or "-")[:12])
+
+
+def _percent(accuracy: float) -> str:
+    return f"{100 * accuracy:.2f}%"
 
 
 def runs_table(summaries: Sequence[RunSummary]) -> str:
     """A fixed-width table, one line per run."""
     header = ("run", "state", "epochs", "best validation", "test", "params_sha256", "age")
-    rows = [(s.workdir.name, s.state, s.epochs, s.best_val, s.test, s.params_sha256,
-             _age(s.age_seconds)) for s in summaries]
+    rows = [(s.workdir.name, s.state, *_cells(s), _age(s.age_seconds)) for s in summaries]
     return _table(header, rows)
 
 
@@ -142,10 +162,10 @@ def compare(workdirs: Sequence[Workdir], plot_path: Path | None = None) -> tuple
     keys = sorted({key for f in flat for key in f if len({repr(g.get(key)) for g in flat}) > 1})
     summaries = [summarize(w) for w in workdirs]
     rows = [(key, *(_show(f.get(key)) for f in flat)) for key in keys if key != "name"]
-    rows += [("epochs", *(s.epochs for s in summaries)),
-             ("best validation", *(s.best_val for s in summaries)),
-             ("test", *(s.test for s in summaries)),
-             ("params_sha256", *(s.params_sha256 for s in summaries))]
+    cells = [_cells(s) for s in summaries]
+    rows += [(label, *column) for label, column in zip(
+        ("epochs", "best validation", "test", "params_sha256"), zip(*cells, strict=True),
+        strict=True)]
     names = [w.path.name for w in workdirs]
     records = {name: read_metrics(w.path) for name, w in zip(names, workdirs, strict=True)}
     target = (figure_paths(workdirs[0].files, PLOTS_DIR, [COMPARE_PLOT])[0] if plot_path is None

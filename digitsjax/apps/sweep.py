@@ -132,14 +132,18 @@ def read_grid(pipeline_path: Path, options: Iterable[str]) -> Grid:
 
 def _read_table(pipeline_path: Path) -> Grid:
     """The `[sweep]` table of a pipeline file as a grid ({} without one)."""
-    table = read_pipeline_file(pipeline_path).get(SWEEP_TABLE, {})
+    return grid_from_table(read_pipeline_file(pipeline_path).get(SWEEP_TABLE, {}),
+                           str(pipeline_path))
+
+
+def grid_from_table(table: Any, source: str) -> Grid:
+    """A `[sweep]` table (keys nested or dotted, each a non-empty list of values) as a grid."""
     if not isinstance(table, dict):
-        raise ConfigError(f"{pipeline_path}: [{SWEEP_TABLE}] must be a table of "
-                          "key = [values] lines")
+        raise ConfigError(f"{source}: [{SWEEP_TABLE}] must be a table of key = [values] lines")
     grid = dict(_flatten(table))
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{pipeline_path}: [{SWEEP_TABLE}] {key} must be a non-empty "
+            raise ConfigError(f"{source}: [{SWEEP_TABLE}] {key} must be a non-empty "
                               f"list of values, e.g. {key} = [[30], [100]]")
     return grid
 

@@ -8,6 +8,7 @@ filled in, is what a run records in its manifest and what `verify` replays.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -180,7 +181,7 @@ class Pipeline:
         return self.steps_per_epoch * self.train.epochs
 
 
-def load_pipeline(path: str | Path, overrides: Iterable[str] = (), *,
+def load_pipeline(path: str | Path, overrides: Overrides = (), *,
                   for_sweep: bool = False) -> Pipeline:
     """Read a pipeline file and apply `section.key=value` overrides (values in TOML syntax).
 
@@ -196,10 +197,24 @@ def load_pipeline(path: str | Path, overrides: Iterable[str] = (), *,
                           "train one")
     raw.pop(SWEEP_TABLE, None)
     raw.setdefault("name", path.stem)
-    for override in overrides:
-        _apply_override(raw, override)
-    pipeline = pipeline_from_dict(raw, source=str(path))
-    _check_name(pipeline.name, str(path))
+    return pipeline_from_tables(raw, overrides, str(path))
+
+
+Overrides = Iterable[str] | Mapping[str, Any]
+"""`section.key=value` strings (values in TOML syntax), or {"section.key": value} (values as
+Python writes them): a notebook builds the second without quoting TOML."""
+
+
+def pipeline_from_tables(raw: Mapping[str, Any], overrides: Overrides = (),
+                         source: str = "pipeline") -> Pipeline:
+    """A pipeline from its tables as a file holds them (plain data, no `[sweep]`) and
+    `overrides`, validated as a file is, its name included; `raw` is left as it was."""
+    if _nested_too_deeply(raw.values()):
+        raise _too_deep(source)
+    raw = copy.deepcopy(dict(raw))
+    apply_overrides(raw, overrides)
+    pipeline = pipeline_from_dict(raw, source=source)
+    _check_name(pipeline.name, source)
     return pipeline
 
 
@@ -219,12 +234,33 @@ def _check_name(name: str, source: str) -> None:
                       f"e.g. {setting('name', 'mnist_mlp')}")
 
 
-def override_pipeline(pipeline: Pipeline, overrides: Iterable[str], source: str) -> Pipeline:
-    """`pipeline` with `section.key=value` overrides applied, validated like a file."""
+def override_pipeline(pipeline: Pipeline, overrides: Overrides, source: str) -> Pipeline:
+    """`pipeline` with `overrides` applied, validated like a file."""
     raw = pipeline_to_dict(pipeline)
-    for override in overrides:
-        _apply_override(raw, override)
+    apply_overrides(raw, overrides)
     return pipeline_from_dict(raw, source=source)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Overrides) -> None:
+    """Set each override in `raw`; anything but the two forms `Overrides` names is refused."""
+    example = ("e.g. ['optimizer.learning_rate=0.01'], or {'optimizer.learning_rate': 0.01} "
+               "from Python")
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            if not isinstance(key, str) or not key.strip():
+                raise ConfigError(f"override key {key!r} must be a section.key string", example)
+            if _nested_too_deeply([value]):
+                raise _too_deep(f"override {key!r}")
+            set_key(raw, key.strip(), value, option="override")
+        return
+    if isinstance(overrides, str | bytes) or not isinstance(overrides, Iterable):
+        raise ConfigError(f"overrides must be a list of section.key=value strings or a dict, "
+                          f"got {_describe(overrides)}", example)
+    for override in overrides:
+        if not isinstance(override, str):
+            raise ConfigError(f"override {override!r} must be a section.key=value string",
+                              example)
+        _apply_override(raw, override)
 
 
 def read_pipeline_file(path: Path) -> dict[str, Any]:
@@ -336,8 +372,8 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, source: str) -> Any:
     for key, value in raw.items():
         if key not in fields:
             # repr: a key is the user's text, and may hold a newline (a quoted TOML key, --set)
-            raise ConfigError(f"{source}: unknown key {prefix + key!r}"
-                              f"{_suggest(key, fields, prefix)}")
+            raise ConfigError(f"{source}: unknown key {prefix + str(key)!r}"
+                              f"{_suggest(str(key), fields, prefix)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             values[key] = _build(hint, value, f"{prefix}{key}.", source)

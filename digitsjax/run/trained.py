@@ -63,14 +63,17 @@ class Network:
 def _flat(images: np.ndarray) -> np.ndarray:
     """`images` as the (N, 784) float32 the classifier takes, if they are images as MNIST's are
     (float pixels in [0, 1]): 0-255 pixels, or NaN, would be classified without a word."""
-    images = np.asarray(images)
+    try:
+        images = np.asarray(images)
+    except ValueError:  # nested lists of unequal lengths
+        raise ImageError(f"{_SHAPED}, got lists of unequal lengths", "give equal rows") from None
     if images.ndim == 3 and images.shape[1:] == (28, 28):
         flat = images.reshape(len(images), NUM_PIXELS)
     elif images.ndim == 2 and images.shape[1] == NUM_PIXELS:
         flat = images
     else:
-        raise ImageError(f"images must be an array (N, 28, 28) or (N, {NUM_PIXELS}), got "
-                         f"shape {images.shape}", "add a leading axis for one image: images[None]")
+        raise ImageError(f"{_SHAPED}, got shape {images.shape}",
+                         "add a leading axis for one image: images[None]")
     if flat.dtype.kind != "f":
         raise ImageError(f"{_SCALED}, got {flat.dtype}", _SCALE)
     flat = flat.astype(np.float32, copy=False)
@@ -79,6 +82,7 @@ def _flat(images: np.ndarray) -> np.ndarray:
     return flat
 
 
+_SHAPED = f"images must be an array (N, 28, 28) or (N, {NUM_PIXELS})"
 _SCALED = "images must be floats in [0, 1], as MNIST's pixels are scaled"
 _SCALE = "divide 0-255 pixels by 255 (images / 255)"
 
@@ -137,6 +141,10 @@ def _read(workdir: Path, program: Program, which: str,
         raise _being_trained(workdir, problem) or CheckpointError(problem, "try again") from None
     try:
         listed = sorted(manager.all_steps())
+        if not listed and not last:  # listed between a deletion and the next step's rename
+            return None
+        if not listed and (busy := _being_trained(workdir, f"no checkpoint in {where}")):
+            raise busy
         step = checkpoint.resolve_step(manager, which)
         try:
             state, meta = checkpoint.restore(manager, step, init_state(program))

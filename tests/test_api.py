@@ -43,8 +43,8 @@ def test_the_readmes_python_examples_run_as_written(tmp_path, mnist):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     runs = [line.split() for line in lines if line.startswith("runs/small")]
-    assert [run[:3] for run in runs] == [["runs/small", "finished", "2"],
-                                         ["runs/small-seed1", "finished", "2"]]
+    assert [run[:3] for run in runs] == [["runs/small", "finished", "1"],
+                                         ["runs/small-seed1", "finished", "1"]]
     assert (tmp_path / "runs" / "small" / "plots" / "compare.png").is_file()
     if jax.default_backend() == "cpu":  # the sweep's point 1 is the single run, bit for bit
         assert "True" in lines and "False" not in lines

@@ -41,6 +41,7 @@ from digitsjax.core.config import (
 )
 from digitsjax.core.model import parameter_count
 from digitsjax.core.program import Program, program_key, sweep_program
+from digitsjax.core.sampling import SAMPLERS, SAMPLES, Samples, check_range, draw, is_range
 from digitsjax.errors import WORKDIR, ConfigError, FileError, UserError, render
 from digitsjax.files import LEDGER, OwnedFolder, a_few, cannot_write
 from digitsjax.run import backend, cluster
@@ -70,7 +71,9 @@ SWEEP_ENTRIES: dict[str, str] = {
 sweep.json, and a `run.workdir.Workdir` of its own)."""
 SUMMARY = (SUMMARY_CSV, SUMMARY_MARKDOWN, RESULTS_JSON)
 
-Grid = dict[str, list[Any]]
+Grid = dict[str, Any]
+"""Each key's list of values; as read, also ranges ({kind: bounds}) and their `samples` count,
+which `resolve_grid` draws into lists."""
 
 
 @dataclass(frozen=True)
@@ -137,15 +140,62 @@ def _read_table(pipeline_path: Path) -> Grid:
 
 
 def grid_from_table(table: Any, source: str) -> Grid:
-    """A `[sweep]` table (keys nested or dotted, each a non-empty list of values) as a grid."""
+    """A `[sweep]` table (keys nested or dotted) as a grid: each key a non-empty list of
+    values, or a range to draw `samples = N` points from (`core.sampling`)."""
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: [{SWEEP_TABLE}] must be a table of key = [values] lines")
     grid = dict(_flatten(table))
     for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{source}: [{SWEEP_TABLE}] {key} must be a non-empty "
-                              f"list of values, e.g. {key} = [[30], [100]]")
+        if key == SAMPLES:
+            _check_samples(values, source)
+        elif is_range(values):
+            check_range(key, values, source)
+        elif not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: [{SWEEP_TABLE}] {key} must be a non-empty list of "
+                              f"values or a range, e.g. {key} = [[30], [100]] or "
+                              f"{key} = {{choice = [[30], [100]]}}")
+    ranged = [key for key, values in grid.items() if is_range(values)]
+    if ranged and SAMPLES not in grid:
+        raise ConfigError(f"{source}: [{SWEEP_TABLE}] draws {', '.join(ranged)} from a range "
+                          "but says not how many points", f"add e.g. {SAMPLES} = 16 to it")
+    if SAMPLES in grid and not ranged:
+        raise ConfigError(f"{source}: [{SWEEP_TABLE}] {SAMPLES} is given, but no key has a "
+                          f"range to draw from (a table of one of {', '.join(SAMPLERS)})",
+                          "give a range, e.g. optimizer.learning_rate = "
+                          f"{{log_uniform = [1e-4, 1e-1]}}, or remove {SAMPLES}")
     return grid
+
+
+def _check_samples(count: Any, source: str) -> None:
+    if not (isinstance(count, int) and not isinstance(count, bool) and count >= 1):
+        raise ConfigError(f"{source}: [{SWEEP_TABLE}] {SAMPLES} must be a whole number >= 1, "
+                          f"got {count!r}", f"e.g. {SAMPLES} = 16")
+
+
+def resolve_grid(grid: Grid, seed: int) -> Grid:
+    """The grid with its ranges drawn (`samples` points, from the pipeline's `seed`): every key
+    a list, the drawn ones `Samples`. A resolved grid is returned as it is."""
+    ranges = {key: values for key, values in grid.items() if is_range(values)}
+    if not ranges:
+        return grid
+    drawn = draw(ranges, grid[SAMPLES], seed)
+    return {key: drawn.get(key, values) for key, values in grid.items() if key != SAMPLES}
+
+
+def grid_points(grid: Grid) -> list[dict[str, Any]]:
+    """Every point of a resolved grid, in its keys' order: the product of its lists, the drawn
+    keys read together (sample i of each) as one more factor, placed where the first is."""
+    drawn = [key for key, values in grid.items() if isinstance(values, Samples)]
+    axes: dict[str, list[dict[str, Any]]] = {}
+    for key, values in grid.items():
+        if key not in drawn:
+            axes[key] = [{key: value} for value in values]
+        elif key == drawn[0]:
+            axes[key] = [dict(zip(drawn, sample, strict=True))
+                         for sample in zip(*(grid[k] for k in drawn), strict=True)]
+    return [{key: merged[key] for key in grid}
+            for merged in (functools.reduce(dict.__or__, factors, {})
+                           for factors in itertools.product(*axes.values()))]
 
 
 def _compact(values: list[Any]) -> str:
@@ -156,7 +206,7 @@ def _compact(values: list[Any]) -> str:
 def _flatten(table: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
     """TOML's `model.hidden = [...]` inside [sweep] is a nested table: flatten it to keys."""
     for key, value in table.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and not is_range(value):
             yield from _flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
@@ -165,8 +215,7 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any
 def make_variants(base: Pipeline, grid: Grid) -> list[Variant]:
     """Every point of the grid as a validated pipeline, before anything is trained."""
     variants, base_raw = [], pipeline_to_dict(base)
-    for point in itertools.product(*grid.values()):
-        values = dict(zip(grid, point, strict=True))
+    for values in grid_points(resolve_grid(grid, base.seed)):
         name = ",".join(f"{key.rsplit('.', 1)[-1]}={_label(v)}" for key, v in values.items())
         raw = copy.deepcopy(base_raw)
         for key, value in values.items():
@@ -176,8 +225,10 @@ def make_variants(base: Pipeline, grid: Grid) -> list[Variant]:
         variants.append(Variant(name=name, values=values, pipeline=pipeline))
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
-        raise ConfigError(f"the grid gives two variants the same name ({', '.join(names)}); "
-                          "list each value once")
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise ConfigError(f"the grid gives two variants the same name ({', '.join(twice)})",
+                          "list each value once; a range that draws the same point twice "
+                          f"(few whole numbers or choices) needs fewer {SAMPLES}, or lists")
     return variants
 
 
@@ -229,6 +280,7 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
     programs in the same order, and process 0 alone writes the sweep folder's own files and
     says what happens; the others return no paths.
     """
+    grid = resolve_grid(grid, base.seed)
     variants = make_variants(base, grid)
     programs = plan_programs(variants, _shared_cap(max_models or (lambda _, wanted: wanted)),
                              separate)
@@ -569,13 +621,14 @@ def _plan_charts(folder: OwnedFolder, sweep: dict[str, Any],
                                        title=f"{name}: accuracy by {', '.join(keys)}")}
     numeric = [k for k in keys if all(isinstance(v, int | float) and not isinstance(v, bool)
                                       for v in sweep["grid"][k])]
+    few = [k for k in numeric if len(set(sweep["grid"][k])) <= HEATMAP_VALUES]
     if trained:
         for key in numeric:
             charts[f"sweep-{key}.png"] = functools.partial(
                 plot_sweep_key, trained, key, title=f"{name}: accuracy by {key}")
-        if len(numeric) >= 2:
+        if len(few) >= 2:
             charts["sweep-heatmap.png"] = functools.partial(
-                plot_sweep_heatmap, trained, (numeric[0], numeric[1]), title=name)
+                plot_sweep_heatmap, trained, (few[0], few[1]), title=name)
         best = sorted(trained, key=lambda r: r["val_accuracy"], reverse=True)[:BEST_CURVES]
         entries = {v["name"]: v for v in sweep["variants"]}
         curves = {r["variant"]: _curve(folder.path, entries[r["variant"]]) for r in best}
@@ -586,6 +639,8 @@ def _plan_charts(folder: OwnedFolder, sweep: dict[str, Any],
 
 
 BEST_CURVES = 5
+HEATMAP_VALUES = 12
+"""A heat map's keys have at most this many values each (drawn keys have one per sample)."""
 
 
 def _curve(sweep_dir: Path, entry: dict[str, Any]) -> list[tuple[int, float]]:

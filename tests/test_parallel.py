@@ -283,3 +283,27 @@ def test_cli_explains_a_half_given_cluster_in_one_line():
     assert result.stderr.startswith("digitsjax: error: --coordinator-address and --process-id "
                                     "missing")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_workdir_process_0_refuses_stops_both_processes_with_its_one_line(tmp_path):
+    """Process 0 alone prepares the workdir: its refusal is the other process's error too, at
+    once, instead of a wait for a process that has stopped (and its wait for the other)."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("the user's")
+    address = f"127.0.0.1:{free_port()}"
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "digitsjax", "train", str(PIPELINE), *SET_OVERRIDES,
+         "--workdir", str(a_file), "--coordinator-address", address, "--num-processes", "2",
+         "--process-id", str(i)], env=devices_env(2), cwd=REPO, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=120) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    last_lines = [err.strip().splitlines()[-1] for _, err in outputs]
+    assert [p.returncode for p in processes] == [2, 2], outputs
+    assert last_lines[0] == last_lines[1] == (
+        f"digitsjax: error: workdir {a_file} is a file, not a folder; choose another with "
+        "--workdir")
+    assert a_file.read_text() == "the user's"

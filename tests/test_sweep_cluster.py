@@ -145,3 +145,27 @@ def test_a_half_given_cluster_is_refused_in_one_line_before_anything_is_written(
                                     "missing")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_folder_process_0_refuses_stops_every_process_with_its_one_line(tmp_path):
+    """Process 0 alone prepares the sweep folder: its refusal (here, a folder of the user's) is
+    every process's error, at once, rather than a wait for a process that has stopped."""
+    sweep_dir = tmp_path / "users-folder"
+    sweep_dir.mkdir()
+    (sweep_dir / "thesis.tex").write_text("the user's")
+    logs = tmp_path / "logs"
+    started = time.monotonic()
+    processes = start_two(sweep_dir, free_port(), logs)
+    try:
+        codes = [process.wait(timeout=TIMEOUT) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    lines = [(logs / f"process-{i}.err").read_text().strip().splitlines() for i in range(2)]
+    assert codes == [2, 2], lines
+    assert lines[0][-1] == lines[1][-1], lines
+    assert lines[0][-1].startswith("digitsjax: error: ")
+    assert "is not a sweep folder" in lines[0][-1] and "--workdir" in lines[0][-1]
+    assert time.monotonic() - started < 60
+    assert (sweep_dir / "thesis.tex").read_text() == "the user's"
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["thesis.tex"]

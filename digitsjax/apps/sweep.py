@@ -24,7 +24,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,19 +329,18 @@ def _held_sweep_folder(sweep_dir: Path, base: Pipeline, grid: Grid,
     """The sweep folder, prepared, locked and described (sweep.json) by process 0 for as long
     as the `with` block lasts; the other processes wait until it is, as they wait for a
     workdir (`run.workdir.prepared_workdir`), and write nothing there."""
-    if not cluster.is_primary():
-        cluster.sync("sweep folder prepared")
-        yield OwnedFolder(sweep_dir)
-        return
-    folder = _prepare_sweep_folder(sweep_dir, programs)
-    with workdir_lock(folder.path, echo):
-        folder.record(LOCK)
-        _adopt_earlier_sweep(folder)
-        folder.write_json(SWEEP_JSON, {
-            "pipeline": pipeline_to_dict(base), "grid": grid,
-            "variants": [_variant_entry(v, p, k) for p in programs
-                         for k, v in enumerate(p.variants)]})
-        cluster.sync("sweep folder prepared")
+    folder = OwnedFolder(sweep_dir)
+    with ExitStack() as held:
+        with cluster.prepared_by_primary("sweep folder prepared"):
+            if cluster.is_primary():
+                folder = _prepare_sweep_folder(sweep_dir, programs)
+                held.enter_context(workdir_lock(folder.path, echo))
+                folder.record(LOCK)
+                _adopt_earlier_sweep(folder)
+                folder.write_json(SWEEP_JSON, {
+                    "pipeline": pipeline_to_dict(base), "grid": grid,
+                    "variants": [_variant_entry(v, p, k) for p in programs
+                                 for k, v in enumerate(p.variants)]})
         yield folder
 
 

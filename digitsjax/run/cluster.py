@@ -8,6 +8,7 @@ MPI and Kubernetes. On CPU, processes all-reduce through gloo, JAX's default CPU
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from digitsjax.errors import ClusterError
+from digitsjax import errors
+from digitsjax.errors import ClusterError, UserError
 
 ADDRESS_ENV = "DIGITSJAX_COORDINATOR_ADDRESS"
 NUM_PROCESSES_ENV = "DIGITSJAX_NUM_PROCESSES"
@@ -137,9 +139,54 @@ def least(value: int) -> int:
 
 @contextlib.contextmanager
 def primary_first(name: str) -> Iterator[None]:
-    """Process 0 runs the block before the others do, e.g. to fill a shared cache once."""
-    if not is_primary():
-        sync(name)
-    yield
+    """Process 0 runs the block before the others do, e.g. to fill a shared cache once; its
+    `UserError` there stops them all (`prepared_by_primary`)."""
     if is_primary():
-        sync(name)
+        with prepared_by_primary(name):
+            yield
+        return
+    with prepared_by_primary(name):
+        pass  # waits for process 0's block, and raises its error
+    yield
+
+
+@contextlib.contextmanager
+def prepared_by_primary(name: str) -> Iterator[None]:
+    """A block in which process 0 prepares what every process then uses (a workdir, a sweep
+    folder), at whose end the others wait for it. A `UserError` that process 0 raises there is
+    raised on every process: each says the same line and stops, where the others would wait for
+    a process that has stopped, and it for them at its exit."""
+    failure: UserError | None = None
+    try:
+        yield
+    except UserError as error:
+        if jax.process_count() == 1:
+            raise
+        failure = error
+    shared = _process_0s_failure(failure, name)
+    if shared is not None:
+        raise (failure or shared) from None
+
+
+FAILURE_BYTES = 8192
+"""Room for process 0's error as every process receives it (longer ones are cut)."""
+
+
+def _process_0s_failure(failure: UserError | None, name: str) -> UserError | None:
+    """Process 0's `failure` (None: it succeeded), on every process; also a barrier."""
+    if jax.process_count() == 1:
+        return failure
+    sent = np.zeros(FAILURE_BYTES, np.uint8)
+    if failure is not None and is_primary():
+        text = json.dumps([type(failure).__name__, failure.problem, failure.fix]).encode()
+        sent[:min(len(text), FAILURE_BYTES)] = np.frombuffer(text[:FAILURE_BYTES], np.uint8)
+    received = bytes(np.asarray(multihost_utils.broadcast_one_to_all(sent))).rstrip(b"\0")
+    if not received:
+        return None
+    try:
+        kind, problem, fix = json.loads(received)
+    except ValueError:  # cut in the middle
+        kind, problem, fix = "UserError", received.decode(errors="replace"), ""
+    rebuilt = getattr(errors, kind, UserError)
+    return (rebuilt if isinstance(rebuilt, type) and issubclass(rebuilt, UserError)
+            else UserError)(problem, fix)

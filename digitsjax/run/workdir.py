@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
@@ -228,21 +228,25 @@ def prepared_workdir(path: Path, restart: bool,
     """The workdir at `path`, created and locked for this run (by process 0), and with
     `restart` emptied of a previous run's files, for as long as the `with` block lasts. Its
     manifest is read once, here (None in a new or restarted workdir)."""
-    primary = cluster.is_primary()
     existing = _existing(path)
-    if primary:
-        _make_workdir(path)
-        _check_ours(path, existing is not None, restart)  # before writing anything, even the lock
-        _check_writable(path)
-    with workdir_lock(path, notice) if primary else nullcontext():
-        if primary:
-            files = OwnedFolder(path)
-            files.record(*_unlisted(files)[0])  # what runs wrote before it was listed
-            if restart:
-                files.remove(_run_files(path))
-                files.prune()
-        cluster.sync("workdir prepared")
+    with ExitStack() as held:
+        with cluster.prepared_by_primary("workdir prepared"):
+            if cluster.is_primary():
+                _make_workdir(path)
+                _check_ours(path, existing is not None, restart)  # before writing, even the lock
+                _check_writable(path)
+                held.enter_context(workdir_lock(path, notice))
+                _take_over(OwnedFolder(path), restart)
         yield existing if existing is not None and not restart else Workdir(path, None)
+
+
+def _take_over(files: OwnedFolder, restart: bool) -> None:
+    """List what runs wrote before the folder had a ledger; with `restart`, remove a previous
+    run's files."""
+    files.record(*_unlisted(files)[0])
+    if restart:
+        files.remove(_run_files(files.path))
+        files.prune()
 
 
 def _existing(path: Path) -> Workdir | None:

@@ -65,7 +65,9 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument("pipeline", type=Path, help="a pipelines/*.toml file")
     sweep.add_argument("--grid", dest="grid", action="append", default=[],
                        metavar="KEY=[V,...]", help="values of a pipeline key, e.g. "
-                       "model.hidden=[[30],[100]] (adds to the pipeline's [sweep] table)")
+                       "model.hidden=[[30],[100]], or a range to draw from, e.g. "
+                       "optimizer.learning_rate={log_uniform=[1e-4,1e-1]} with samples=16 "
+                       "(adds to the pipeline's [sweep] table)")
     sweep.add_argument("--workdir", type=Path,
                        help="sweep folder, one workdir per variant inside "
                        "(default: checkpoints/<pipeline name>)")

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from digitsjax.apps.sweep import grid_from_table, make_variants, run_sweep
+from digitsjax.apps.sweep import grid_from_table, make_variants, read_grid, run_sweep
 from digitsjax.core.config import load_pipeline
 from digitsjax.core.sampling import draw, halton
 from digitsjax.errors import ConfigError
@@ -121,3 +121,14 @@ def test_drawn_points_train_together_each_at_its_single_runs_fingerprint(tmp_pat
         tiny.optimizer, learning_rate=rates[1])), tmp_path / "alone",
         mnist_dir=str(mnist_dir), echo=lambda _: None)
     assert rows[1]["params_sha256"] == alone["params_sha256"]
+
+
+def test_grid_options_give_ranges_and_samples_as_the_table_does():
+    grid = read_grid(MNIST_MLP, ["optimizer.learning_rate={log_uniform=[1e-4,1e-1]}",
+                                 "samples=4", "seed=[0,1]"])
+    variants = make_variants(base(), grid)
+    assert len(variants) == 8 and {v.pipeline.seed for v in variants} == {0, 1}
+    with pytest.raises(ConfigError, match="says not how many points; add e.g. samples = 16"):
+        read_grid(MNIST_MLP, ["optimizer.learning_rate={log_uniform=[1e-4,1e-1]}"])
+    with pytest.raises(ConfigError, match="samples must be a whole number >= 1, got 'many'"):
+        read_grid(MNIST_MLP, ["model.dropout={uniform=[0,0.5]}", "samples=many"])

@@ -99,14 +99,17 @@ class SweepProgram:
                              name=f"{first.name.split('/')[0]}/{self.workdir}")
 
 
-def parse_grid_option(text: str) -> tuple[str, list[Any]]:
-    """`model.hidden=[[15], [30]]` -> ("model.hidden", [[15], [30]])."""
+def parse_grid_option(text: str) -> tuple[str, Any]:
+    """`model.hidden=[[15], [30]]` -> ("model.hidden", [[15], [30]]); as in a `[sweep]` table,
+    the value may also be a range (`{log_uniform = [1e-4, 1e-1]}`), or `samples=N`."""
     key, sep, value = text.partition("=")
-    values = parse_value(value) if sep else None
-    if not key.strip() or not isinstance(values, list) or not values:
-        raise ConfigError(f"--grid {text!r} must look like section.key=[value, ...], "
+    key, values = key.strip(), parse_value(value) if sep else None
+    listed = isinstance(values, list) and values
+    if not key or not (listed or is_range(values) or key == SAMPLES):
+        raise ConfigError(f"--grid {text!r} must look like section.key=[value, ...] (or a "
+                          "range, section.key={log_uniform=[1e-4,1e-1]}, with samples=N), "
                           "e.g. --grid model.hidden=[[30],[100]]")
-    return key.strip(), values
+    return key, values
 
 
 def read_grid(pipeline_path: Path, options: Iterable[str]) -> Grid:
@@ -124,13 +127,15 @@ def read_grid(pipeline_path: Path, options: Iterable[str]) -> Grid:
                               f"{pipeline_path}", "give its values in one place: edit the "
                               "table, or remove the key from it and list them all in one --grid")
         if key in grid:
+            both = [*grid[key], *values] if isinstance(values, list) and \
+                isinstance(grid[key], list) else values
             raise ConfigError(f"--grid {key!r} is given twice", "list all its values in one "
-                              f"--grid, e.g. --grid {key}={_compact([*grid[key], *values])}")
+                              f"--grid, e.g. --grid {key}={_compact(both)}")
         grid[key] = values
     if not grid:
         raise ConfigError(f"{pipeline_path} has no [{SWEEP_TABLE}] table; pass the grid, e.g. "
                           "--grid model.hidden=[[30],[100]]")
-    return grid
+    return grid_from_table(grid, f"{pipeline_path} with its --grid options")
 
 
 def _read_table(pipeline_path: Path) -> Grid:

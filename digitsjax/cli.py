@@ -64,10 +64,8 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     sweep = commands.add_parser("sweep", help="train a pipeline once per point of a grid")
     sweep.add_argument("pipeline", type=Path, help="a pipelines/*.toml file")
     sweep.add_argument("--grid", dest="grid", action="append", default=[],
-                       metavar="KEY=[V,...]", help="values of a pipeline key, e.g. "
-                       "model.hidden=[[30],[100]], or a range to draw from, e.g. "
-                       "optimizer.learning_rate={log_uniform=[1e-4,1e-1]} with samples=16 "
-                       "(adds to the pipeline's [sweep] table)")
+                       metavar="KEY=[V,...]", help="as a [sweep] table line (which it adds to): "
+                       "model.hidden=[[30],[100]], a range {log_uniform=[1e-4,1e-1]}, samples=16")
     sweep.add_argument("--workdir", type=Path,
                        help="sweep folder, one workdir per variant inside "
                        "(default: checkpoints/<pipeline name>)")

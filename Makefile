@@ -61,10 +61,13 @@ $(BIN)/.bench-installed: $(BIN)/.dev-installed-$(ACCEL)
 bench: $(BIN)/.bench-installed
 	$(BIN)/python bench/run.py $(ARGS)
 
-# A grid as one program against K seeds and separate runs, every way a whole digitsjax process,
-# and split over simulated CPU devices: Nielsen's 8 rates, about 3 minutes (ARGS="--devices
-# 2,4,8" for more device counts); ARGS="--long" adds lr_sweep's 32 points (about 10 more).
+# lr_sweep's 32 points searched as a grid and by successive halving, side by side (about 5
+# minutes); then a grid as one program against K seeds and separate runs, every way a whole
+# digitsjax process, and split over simulated CPU devices: Nielsen's 8 rates, about 3 minutes
+# (ARGS="--devices 2,4,8" for more device counts); ARGS="--long" adds lr_sweep's 32 points
+# (about 10 more).
 bench-sweeps: install
+	$(BIN)/python bench/search_cost.py
 	$(BIN)/python bench/sweep_cost.py $(ARGS)
 
 # Not part of `make test`: the paper pipelines and mnist_best, about an hour on 2 CPU cores

@@ -36,6 +36,7 @@ from digitsjax.apps.sweep import (
     grid_from_table,
     locate_point,
     make_variants,
+    merged_grid,
     run_sweep,
     summarize,
 )
@@ -98,7 +99,7 @@ def sweep(pipeline: PipelineSource, workdir: str | os.PathLike[str] | None = Non
     The folder defaults to checkpoints/<pipeline name>.
     """
     raw, name = _tables(pipeline)
-    points = _grid(grid_from_table(raw.pop(SWEEP_TABLE, {}), name), grid, name)
+    points = _grid(raw.pop(SWEEP_TABLE, {}), grid, name)
     base = pipeline_from_tables(raw, _listed(overrides), name)
     make_variants(base, points)  # every point is checked before JAX starts
     where = _workdir(workdir, base)
@@ -208,21 +209,19 @@ def _listed(overrides: Overrides | str) -> Overrides:
     return [overrides] if isinstance(overrides, str) else overrides
 
 
-def _grid(table: Grid, more: Mapping[str, list[Any]] | None, name: str) -> Grid:
+def _grid(table: Any, more: Mapping[str, list[Any]] | None, name: str) -> Grid:
     """The `[sweep]` table's grid and the `grid` argument's keys, each key given once."""
     if more is None:
         more = {}
     if not isinstance(more, Mapping):
         raise ConfigError(f"grid must be a dict {{'section.key': [values]}}, got {more!r}",
                           "e.g. grid={'optimizer.learning_rate': [0.01, 0.1]}")
-    extra = grid_from_table(dict(more), "grid")
-    if twice := sorted(extra.keys() & table.keys()):
-        raise ConfigError(f"grid key {twice[0]!r} is also in the [{SWEEP_TABLE}] table of "
-                          f"{name}", "give its values in one place")
-    if not table and not extra:
+    points = merged_grid(table, more.items(), name, lambda key: f"grid key {key!r}",
+                         "give them all in grid")
+    if not points:
         raise ConfigError(f"{name} has no [{SWEEP_TABLE}] table, and no grid was given",
                           "e.g. grid={'optimizer.learning_rate': [0.01, 0.1]}")
-    return table | extra
+    return grid_from_table(points, f"{name} with its grid" if more else name)
 
 
 def _workdir(workdir: Any, chosen: Pipeline) -> Path:

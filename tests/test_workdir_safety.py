@@ -269,3 +269,24 @@ def test_train_given_a_workdir_continues_it_with_its_own_pipeline(tmp_path):
     assert [r["epoch"] for r in read_metrics(workdir)] == [1, 2]
     assert json.loads((workdir / "manifest.json").read_text())["pipeline"]["model"][
         "hidden"] == [16]  # the workdir's pipeline, not the file's
+
+
+def test_what_a_run_killed_while_proving_a_new_folder_writable_left_does_not_refuse_it(
+        tmp_path):
+    """A SIGKILL between the probe's creation and its removal (where the system has no
+    unnamed files) leaves an empty probe: the folder is still a new workdir, and a file of the
+    user's under that name is still the user's."""
+    from digitsjax.run.workdir import WRITE_PROBE, prepared_workdir
+
+    left = tmp_path / "left"
+    left.mkdir()
+    (left / f"{WRITE_PROBE}k1ll3d").touch()
+    with prepared_workdir(left, False, print) as workdir:
+        assert workdir.manifest is None
+    assert (left / f"{WRITE_PROBE}k1ll3d").exists()  # not ours to delete
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / f"{WRITE_PROBE}notes").write_text("mine")
+    with pytest.raises(CheckpointError, match="holds files"), \
+            prepared_workdir(users, False, print):
+        pass

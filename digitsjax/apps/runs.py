@@ -87,7 +87,7 @@ def list_runs(root: Path) -> tuple[list[RunSummary], dict[Path, CheckpointError]
 def summarize(run: Workdir) -> RunSummary:
     """A run's state and results; a CheckpointError if its records are not a run's."""
     workdir, manifest, records = run.path, run.manifest, read_metrics(run.path)
-    total = manifest["pipeline"]["train"]["epochs"]  # a whole number: Workdir.open checks it
+    total = run.epochs[1]  # a whole number: Workdir.open checks it (and a stage's, its stop)
     holder = holder_of(workdir)
     try:  # records past read_metrics' own check (a step in each) are used as written
         done = records[-1]["epoch"] if records else 0

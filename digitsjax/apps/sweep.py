@@ -25,9 +25,12 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import jax
+import numpy as np
 
 from digitsjax.core import sharding
 from digitsjax.core.config import (
@@ -39,9 +42,38 @@ from digitsjax.core.config import (
     read_pipeline_file,
     set_key,
 )
+from digitsjax.core.halving import (
+    KEEP,
+    RUNGS,
+    Halving,
+    check_keep,
+    check_rungs,
+    halving_of,
+    survivors,
+)
+from digitsjax.core.hyper import PER_MODEL, SEED, with_values
 from digitsjax.core.model import parameter_count
-from digitsjax.core.program import Program, program_key, sweep_program
+from digitsjax.core.population import (
+    EVERY,
+    FRACTION,
+    PERTURB,
+    Exploit,
+    Population,
+    check_every,
+    check_fraction,
+    check_perturb,
+    exploit,
+    population_of,
+)
+from digitsjax.core.program import (
+    Program,
+    continued_state,
+    model_states,
+    program_key,
+    sweep_program,
+)
 from digitsjax.core.sampling import SAMPLERS, SAMPLES, Samples, check_range, draw, is_range
+from digitsjax.core.train import TrainState
 from digitsjax.errors import WORKDIR, ConfigError, FileError, UserError, render
 from digitsjax.files import LEDGER, OwnedFolder, a_few, cannot_write
 from digitsjax.run import backend, cluster
@@ -49,6 +81,7 @@ from digitsjax.run.lock import LOCK, workdir_lock
 from digitsjax.run.loop import train_program
 from digitsjax.run.records import last_evaluated, model_record, read_metrics
 from digitsjax.run.resources import check_memory
+from digitsjax.run.trained import trained_state
 from digitsjax.run.workdir import MANIFEST, PLOTS_DIR, Workdir
 
 SWEEP_JSON = "sweep.json"
@@ -59,17 +92,31 @@ CHART = "sweep.png"
 RESULT_COLUMNS = ("parameters", "epochs", "train_loss", "train_accuracy", "val_accuracy",
                   "test_loss", "test_accuracy", "train_seconds", "diverged_at", "params_sha256")
 PROGRAM_DIR = "program-{}"
+STAGE_DIR = "stage-{}-"
+"""What starts the name of a successive-halving stage's workdirs (`stage-2-program-1`)."""
 SWEEP_ENTRIES: dict[str, str] = {
     SWEEP_JSON: "the grid, and which workdir and model holds each point",
     SUMMARY_CSV: "one row per point", SUMMARY_MARKDOWN: "the same table to read",
     RESULTS_JSON: "the same rows, and the best point", PLOTS_DIR: "the sweep's charts",
     PROGRAM_DIR.format("*"): "a program's workdir: the points that train together",
+    STAGE_DIR.format("*"): "a successive-halving stage's workdir (a program's, or a point's)",
     LOCK: "who is running the sweep now (run.lock): a sweep folder is locked as a whole",
     LEDGER: "what digitsjax wrote here (files.OwnedFolder): what it may replace",
 }
 """What a sweep writes in its folder besides its points' own workdirs (each named in
 sweep.json, and a `run.workdir.Workdir` of its own)."""
 SUMMARY = (SUMMARY_CSV, SUMMARY_MARKDOWN, RESULTS_JSON)
+HALVING = "halving"
+"""sweep.json's record of a successive-halving schedule (`Halving.to_json`)."""
+POPULATION = "population"
+"""sweep.json's record of a population-based training schedule (`Population.to_json`)."""
+COPIED_FROM = "copied_from"
+"""A population member's exploit steps in the summary: [epoch, parent] each."""
+COPIED = "copied"
+"""A point's exploit steps in sweep.json (`Exploit.to_json`): whose state it took when, and its
+values before and after."""
+STOPPED_AT = "stopped_at"
+"""The rung (epoch) at which a point stopped, in sweep.json and the summary's rows."""
 
 Grid = dict[str, Any]
 """Each key's list of values; as read, also ranges ({kind: bounds}) and their `samples` count,
@@ -101,11 +148,12 @@ class SweepProgram:
 
 def parse_grid_option(text: str) -> tuple[str, Any]:
     """`model.hidden=[[15], [30]]` -> ("model.hidden", [[15], [30]]); as in a `[sweep]` table,
-    the value may also be a range (`{log_uniform = [1e-4, 1e-1]}`), or `samples=N`."""
+    the value may also be a range (`{log_uniform = [1e-4, 1e-1]}`), or a setting of the search
+    (`samples=N`, `rungs=[1,3]`, `keep=0.25`)."""
     key, sep, value = text.partition("=")
     key, values = key.strip(), parse_value(value) if sep else None
     listed = isinstance(values, list) and values
-    if not key or not (listed or is_range(values) or key == SAMPLES):
+    if not key or not (listed or is_range(values) or key in SETTINGS):
         raise ConfigError(f"--grid {text!r} must look like section.key=[value, ...] (or a "
                           "range, section.key={log_uniform=[1e-4,1e-1]}, with samples=N), "
                           "e.g. --grid model.hidden=[[30],[100]]")
@@ -113,52 +161,66 @@ def parse_grid_option(text: str) -> tuple[str, Any]:
 
 
 def read_grid(pipeline_path: Path, options: Iterable[str]) -> Grid:
-    """The pipeline file's `[sweep]` table, plus the keys of the `--grid` options.
-
-    A key may be given once: were a second list to replace the first, or add to it, one of
-    them would be silently ignored or the grid would not be the one the user read.
-    """
-    grid = _read_table(Path(pipeline_path))
-    from_table = set(grid)
-    for option in options:
-        key, values = parse_grid_option(option)
-        if key in from_table:
-            raise ConfigError(f"--grid {key!r} is also in the [{SWEEP_TABLE}] table of "
-                              f"{pipeline_path}", "give its values in one place: edit the "
-                              "table, or remove the key from it and list them all in one --grid")
-        if key in grid:
-            both = [*grid[key], *values] if isinstance(values, list) and \
-                isinstance(grid[key], list) else values
-            raise ConfigError(f"--grid {key!r} is given twice", "list all its values in one "
-                              f"--grid, e.g. --grid {key}={_compact(both)}")
-        grid[key] = values
+    """The pipeline file's `[sweep]` table, plus the keys of the `--grid` options, checked
+    together (a range in the table may take its `samples` from an option)."""
+    options = list(options)
+    table = read_pipeline_file(Path(pipeline_path)).get(SWEEP_TABLE, {})
+    grid = merged_grid(table, map(parse_grid_option, options), str(pipeline_path),
+                       lambda key: f"--grid {key!r}", "list them all in one --grid")
     if not grid:
         raise ConfigError(f"{pipeline_path} has no [{SWEEP_TABLE}] table; pass the grid, e.g. "
                           "--grid model.hidden=[[30],[100]]")
-    return grid_from_table(grid, f"{pipeline_path} with its --grid options")
+    return grid_from_table(grid, f"{pipeline_path} with its --grid options" if options
+                           else str(pipeline_path))
 
 
-def _read_table(pipeline_path: Path) -> Grid:
-    """The `[sweep]` table of a pipeline file as a grid ({} without one)."""
-    return grid_from_table(read_pipeline_file(pipeline_path).get(SWEEP_TABLE, {}),
-                           str(pipeline_path))
+def merged_grid(table: Any, extra: Iterable[tuple[str, Any]], source: str,
+                named: Callable[[str], str], instead: str) -> Grid:
+    """A `[sweep]` table's keys (flattened, not checked yet) and the `extra` ones (`--grid`
+    options, the Python API's `grid`), each key given once: were a second list to replace the
+    first, or add to it, one of them would be silently ignored or the grid would not be the one
+    the user read. `named` spells a key as the caller takes it; `instead` ends the remedy."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{SWEEP_TABLE}] must be a table of key = [values] lines")
+    grid = dict(_flatten(table))
+    from_table = set(grid)
+    for key, values in extra:
+        if key in from_table:
+            raise ConfigError(f"{named(key)} is also in the [{SWEEP_TABLE}] table of {source}",
+                              f"give its values in one place: edit the table, or remove the "
+                              f"key from it and {instead}")
+        if key in grid:
+            both = [*grid[key], *values] if isinstance(values, list) and \
+                isinstance(grid[key], list) else values
+            raise ConfigError(f"{named(key)} is given twice", "list all its values in one "
+                              f"--grid, e.g. --grid {key}={_compact(both)}")
+        grid[key] = values
+    return grid
 
 
 def grid_from_table(table: Any, source: str) -> Grid:
     """A `[sweep]` table (keys nested or dotted) as a grid: each key a non-empty list of
-    values, or a range to draw `samples = N` points from (`core.sampling`)."""
+    values, or a range to draw `samples = N` points from (`core.sampling`); and the search's
+    settings (`SETTINGS`)."""
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: [{SWEEP_TABLE}] must be a table of key = [values] lines")
     grid = dict(_flatten(table))
     for key, values in grid.items():
-        if key == SAMPLES:
-            _check_samples(values, source)
+        if key in SETTINGS:
+            SETTINGS[key](values, source)
         elif is_range(values):
             check_range(key, values, source)
         elif not isinstance(values, list) or not values:
             raise ConfigError(f"{source}: [{SWEEP_TABLE}] {key} must be a non-empty list of "
                               f"values or a range, e.g. {key} = [[30], [100]] or "
                               f"{key} = {{choice = [[30], [100]]}}")
+    _check_together(grid, source)
+    return grid
+
+
+def _check_together(grid: Grid, source: str) -> None:
+    """What a table's keys must say together: how many points to draw from its ranges, and
+    at least one key to search."""
     ranged = [key for key, values in grid.items() if is_range(values)]
     if ranged and SAMPLES not in grid:
         raise ConfigError(f"{source}: [{SWEEP_TABLE}] draws {', '.join(ranged)} from a range "
@@ -168,7 +230,9 @@ def grid_from_table(table: Any, source: str) -> Grid:
                           f"range to draw from (a table of one of {', '.join(SAMPLERS)})",
                           "give a range, e.g. optimizer.learning_rate = "
                           f"{{log_uniform = [1e-4, 1e-1]}}, or remove {SAMPLES}")
-    return grid
+    if grid and set(grid) <= set(SETTINGS):
+        raise ConfigError(f"{source}: [{SWEEP_TABLE}] says how to search but lists no key to "
+                          "search", "add one, e.g. optimizer.learning_rate = [1e-3, 3e-3]")
 
 
 def _check_samples(count: Any, source: str) -> None:
@@ -177,14 +241,18 @@ def _check_samples(count: Any, source: str) -> None:
                           f"got {count!r}", f"e.g. {SAMPLES} = 16")
 
 
+SETTINGS: dict[str, Callable[[Any, str], None]] = {
+    SAMPLES: _check_samples, RUNGS: check_rungs, KEEP: check_keep, EVERY: check_every,
+    FRACTION: check_fraction, PERTURB: check_perturb}
+"""The `[sweep]` keys that are no pipeline's keys but say how to search, and their checks."""
+
+
 def resolve_grid(grid: Grid, seed: int) -> Grid:
-    """The grid with its ranges drawn (`samples` points, from the pipeline's `seed`): every key
-    a list, the drawn ones `Samples`. A resolved grid is returned as it is."""
+    """The grid with its ranges drawn (`samples` points, from the pipeline's `seed`) and the
+    search's settings left out: every key a list, the drawn ones `Samples`."""
     ranges = {key: values for key, values in grid.items() if is_range(values)}
-    if not ranges:
-        return grid
-    drawn = draw(ranges, grid[SAMPLES], seed)
-    return {key: drawn.get(key, values) for key, values in grid.items() if key != SAMPLES}
+    drawn = draw(ranges, grid[SAMPLES], seed) if ranges else {}
+    return {key: drawn.get(key, values) for key, values in grid.items() if key not in SETTINGS}
 
 
 def grid_points(grid: Grid) -> list[dict[str, Any]]:
@@ -217,8 +285,54 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any
             yield f"{prefix}{key}", value
 
 
+SCHEDULES: dict[type, str] = {Halving: HALVING, Population: POPULATION}
+"""Each schedule's record in sweep.json."""
+SCHEDULE_NAMES: dict[type, str] = {Halving: "successive halving",
+                                   Population: "population-based training"}
+
+
+def schedule_of(base: Pipeline, grid: Grid) -> Schedule:
+    """How the `[sweep]` table's settings say to train its points: None for a grid."""
+    halving = halving_of(grid, base.train.epochs, base.name)
+    population = population_of(grid, base.train.epochs, base.name)
+    if halving and population:
+        raise ConfigError(f"{base.name}: [{SWEEP_TABLE}] asks for successive halving ({RUNGS}) "
+                          f"and population-based training ({EVERY}) at once",
+                          "choose one of them")
+    return halving or population
+
+
+def perturbed_bounds(grid: Grid) -> dict[str, tuple[float, float]]:
+    """The keys population-based training perturbs (the per-model numbers of the grid, the
+    seed aside), each with the least and the most value its list or range gives."""
+    bounds = {}
+    for key, values in grid.items():
+        if key in SETTINGS or key == SEED or key not in PER_MODEL:
+            continue
+        listed = next(iter(values.values())) if is_range(values) else values
+        bounds[key] = (min(listed), max(listed))
+    return bounds
+
+
+def _check_population(variants: list[Variant], grid: Grid) -> None:
+    """A population trains as one program, and exploits by copying states: its points may
+    differ only in per-model numbers, some of which it perturbs."""
+    shapes = [key for key in grid if key not in SETTINGS and key not in PER_MODEL]
+    if shapes:
+        raise ConfigError(f"population-based training copies states between points, but "
+                          f"{shapes[0]} changes their shapes or code",
+                          f"search {shapes[0]} with a grid or successive halving; a population "
+                          f"searches numbers: {', '.join(k for k in PER_MODEL if k != SEED)}")
+    if not perturbed_bounds(grid):
+        raise ConfigError("population-based training perturbs its points' numbers, but the "
+                          "grid gives none (a seed is not perturbed)",
+                          "add one, e.g. optimizer.learning_rate = {log_uniform = [1e-4, 1e-2]}")
+
+
 def make_variants(base: Pipeline, grid: Grid) -> list[Variant]:
-    """Every point of the grid as a validated pipeline, before anything is trained."""
+    """Every point of the grid as a validated pipeline, before anything is trained (and the
+    search's settings checked against it)."""
+    schedule = schedule_of(base, grid)
     variants, base_raw = [], pipeline_to_dict(base)
     for values in grid_points(resolve_grid(grid, base.seed)):
         name = ",".join(f"{key.rsplit('.', 1)[-1]}={_label(v)}" for key, v in values.items())
@@ -234,6 +348,8 @@ def make_variants(base: Pipeline, grid: Grid) -> list[Variant]:
         raise ConfigError(f"the grid gives two variants the same name ({', '.join(twice)})",
                           "list each value once; a range that draws the same point twice "
                           f"(few whole numbers or choices) needs fewer {SAMPLES}, or lists")
+    if isinstance(schedule, Population):
+        _check_population(variants, grid)
     return variants
 
 
@@ -250,9 +366,10 @@ def _listed(name: str) -> bool:
 
 
 def plan_programs(variants: list[Variant], max_models: Callable[[Pipeline, int], int],
-                  separate: bool = False) -> list[SweepProgram]:
+                  separate: bool = False, prefix: str = "") -> list[SweepProgram]:
     """Group the variants by program, in grid order, each group cut into runs of at most
-    `max_models(pipeline, wanted)` models; `separate` trains every variant alone."""
+    `max_models(pipeline, wanted)` models; `separate` trains every variant alone. `prefix`
+    starts each workdir's name (a successive-halving stage's, `stage-2-`)."""
     groups: dict[str, list[Variant]] = {}
     for variant in variants:
         key = variant.name if separate else program_key(variant.pipeline)
@@ -264,8 +381,47 @@ def plan_programs(variants: list[Variant], max_models: Callable[[Pipeline, int],
             chunk = members[start:start + size]
             workdir = chunk[0].name if len(chunk) == 1 else \
                 PROGRAM_DIR.format(sum(len(p.variants) > 1 for p in programs) + 1)
-            programs.append(SweepProgram(workdir, chunk))
+            programs.append(SweepProgram(prefix + workdir, chunk))
     return programs
+
+
+Schedule = Halving | Population | None
+"""How a sweep trains its points: a grid (None), successive halving or population-based
+training."""
+
+
+@dataclass(frozen=True)
+class _Search:
+    """What a sweep trains, stage by stage: a grid is one stage, to `train.epochs`; successive
+    halving (core/halving.py) has one more per rung, each over the survivors of the last;
+    population-based training (core/population.py) one per exploit step, each over the whole
+    population with the values and states its exploit step gave."""
+
+    variants: list[Variant]
+    schedule: Schedule
+    max_models: Callable[[Pipeline, int], int]
+    separate: bool
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Population-based training: the keys it perturbs, each within the values the grid
+    gives it."""
+
+    @property
+    def stops(self) -> tuple[int, ...]:
+        epochs = self.variants[0].pipeline.train.epochs
+        return self.schedule.stops(epochs) if self.schedule else (epochs,)
+
+    def programs(self, stage: int, variants: list[Variant]) -> list[SweepProgram]:
+        """Stage `stage`'s programs (from 1), over `variants` (the stage's points)."""
+        prefix = STAGE_DIR.format(stage) if self.schedule else ""
+        return plan_programs(variants, self.max_models, self.separate, prefix)
+
+    def work_after(self, stage: int, points: int) -> float:
+        """The model-epochs of the stages after `stage`, when `points` start it."""
+        counts = self.schedule.counts(points) if isinstance(self.schedule, Halving) else \
+            [points] * len(self.stops)
+        starts = (0, *self.stops)
+        return float(sum(counts[s] * (starts[s + 1] - starts[s])
+                         for s in range(stage, len(self.stops))))
 
 
 def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | None = None,
@@ -273,8 +429,9 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
               echo: Callable[[str], None] | None = None,
               max_models: Callable[[Pipeline, int], int] | None = None,
               separate: bool = False) -> list[Path]:
-    """Train every variant, the variants of one program together; write and return the
-    summary files. `max_models(pipeline, wanted)` caps the models per program (default: all).
+    """Train every variant, the variants of one program together (and, with successive
+    halving, stage by stage); write and return the summary files. `max_models(pipeline,
+    wanted)` caps the models per program (default: all).
 
     The sweep holds its folder's lock throughout (a sweep folder is locked as a whole, and its
     points' workdirs each by their own), and writes there only through the folder's ledger: a
@@ -285,25 +442,26 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
     programs in the same order, and process 0 alone writes the sweep folder's own files and
     says what happens; the others return no paths.
     """
+    schedule, bounds = schedule_of(base, grid), perturbed_bounds(grid)
     grid = resolve_grid(grid, base.seed)
-    variants = make_variants(base, grid)
-    programs = plan_programs(variants, _shared_cap(max_models or (lambda _, wanted: wanted)),
-                             separate)
+    search = _Search(make_variants(base, grid), schedule,
+                     _shared_cap(max_models or (lambda _, wanted: wanted)), separate, bounds)
+    first = search.programs(1, search.variants)
     backend.request_determinism(base.train.deterministic)  # before the check starts JAX
-    for planned in programs:  # one that cannot fit is refused before anything is written
+    for planned in first:  # one that cannot fit is refused before anything is written
         check_memory(planned.program, sharding.data_mesh())
     echo = echo or (lambda line: print(render(line)))  # remedies as Python spells them
     if not cluster.is_primary():
         echo = cluster.silent  # process 0 alone says what the sweep does
-    with _held_sweep_folder(Path(sweep_dir), base, grid, programs, echo) as folder:
-        echo(f"sweep: {len(variants)} points in {len(programs)} program(s)"
-             f"{'' if separate else ' (points that differ only in per-model keys train together)'}")
-        for i, planned in enumerate(programs, 1):
-            names = ", ".join(v.name for v in planned.variants)
-            echo(f"sweep program {i}/{len(programs)}: {planned.workdir} ({names})")
-            train_program(planned.program, _point_workdir(folder, planned.workdir),
-                          mnist_dir=mnist_dir, restart=restart, progress=progress, echo=echo,
-                          after=_work_after(programs, i))
+    record = {"pipeline": pipeline_to_dict(base), "grid": grid} | (
+        {SCHEDULES[type(schedule)]: schedule.to_json()} if schedule else {})
+    with _held_sweep_folder(Path(sweep_dir), first, echo) as folder:
+        echo(f"sweep: {len(search.variants)} points in {len(first)} program(s)"
+             f"{'' if separate else ' (points that differ only in per-model keys train together)'}"
+             + (f", {len(search.stops)} stages of {SCHEDULE_NAMES[type(schedule)]}"
+                if schedule else ""))
+        _train_stages(search, folder, record, echo,
+                      dict(mnist_dir=mnist_dir, restart=restart, progress=progress))
         if not cluster.is_primary():
             return []
         paths = write_summary(folder.path)
@@ -314,11 +472,170 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
     return paths
 
 
-def _work_after(programs: list[SweepProgram], i: int) -> float:
-    """The model-epochs of the programs after program `i` (from 1), in program i's epochs: what
-    its epoch lines add to their own to say the sweep's time left."""
-    later = sum(len(p.variants) * p.variants[0].pipeline.train.epochs for p in programs[i:])
-    return later / len(programs[i - 1].variants)
+def _train_stages(search: _Search, folder: OwnedFolder, record: dict[str, Any],
+                  echo: Callable[[str], None], options: dict[str, Any]) -> None:
+    """Train each stage's programs, each stage continuing its points' states from the last;
+    between stages, successive halving keeps the best points and population-based training
+    lets the worst copy the best (`_between`). sweep.json says, before each stage, where every
+    point is, and at the end, what the search did."""
+    entries = [{"name": v.name, "values": v.values} for v in search.variants]
+    now, start = {i: v for i, v in enumerate(search.variants)}, 0
+    parents: dict[int, int] = {}  # the point whose state each point continues (its own)
+    for stage, stop in enumerate(search.stops, 1):
+        programs = search.programs(stage, list(now.values()))
+        sources = {p: (entries[parents.get(p, p)]["stages"][-1], entries[p]["stages"][-1])
+                   for p in now} if stage > 1 else None
+        _place(entries, programs, search.schedule is not None, (start, stop))
+        if cluster.is_primary():
+            folder.write_json(SWEEP_JSON, record | {"variants": entries})
+        if search.schedule:
+            echo(f"sweep stage {stage}/{len(search.stops)}: {_count(len(now), 'point')}, "
+                 + (f"epoch {stop}" if stop == start + 1 else f"epochs {start + 1} to {stop}"))
+        later = search.work_after(stage, len(now))
+        for i, planned in enumerate(programs, 1):
+            echo(f"sweep program {i}/{len(programs)}: {planned.workdir} "
+                 f"({', '.join(v.name for v in planned.variants)})")
+            begin = None if sources is None else \
+                [sources[p] for p in _points_of(planned, search)]
+            train_program(planned.program, _point_workdir(folder, planned.workdir), echo=echo,
+                          after=_work_after(programs, i, stop - start, later), stop_epoch=stop,
+                          start=_continuing(folder.path, begin, start), **options)
+        if stop < search.stops[-1]:
+            now, parents = _between(search, folder.path, entries, now, stop, echo)
+        start = stop
+    if cluster.is_primary():
+        folder.write_json(SWEEP_JSON, record | {"variants": entries})
+
+
+def _between(search: _Search, sweep_dir: Path, entries: list[dict[str, Any]],
+             now: dict[int, Variant], epoch: int, echo: Callable[[str], None]
+             ) -> tuple[dict[int, Variant], dict[int, int]]:
+    """What the next stage trains after the one that ended at `epoch` (its points, as they are
+    now), and whose state each continues: for successive halving, the survivors, each its own;
+    for population-based training, every point, the copies their parents'."""
+    if isinstance(search.schedule, Halving):
+        going = _rung(sweep_dir, search.schedule, entries, list(now), epoch, echo)
+        return {p: now[p] for p in going}, {}
+    copies = _exploit(search, sweep_dir, entries, now, epoch, echo)
+    for taken in copies:
+        now[taken.member] = _with_values(now[taken.member], taken.after)
+    return now, {taken.member: taken.parent for taken in copies}
+
+
+def _exploit(search: _Search, sweep_dir: Path, entries: list[dict[str, Any]],
+             now: dict[int, Variant], epoch: int, echo: Callable[[str], None]) -> list[Exploit]:
+    """One exploit step of population-based training, recorded in the copies' entries: a pure
+    function of the validation accuracies recorded at `epoch`, the seed and the epoch."""
+    population, base = search.schedule, search.variants[0].pipeline
+    bounds = search.bounds
+    accuracies = [_accuracy_at(sweep_dir, entries[p], epoch) for p in sorted(now)]
+    values = [{key: now[p].values[key] for key in bounds} for p in sorted(now)]
+    copies = exploit(population, accuracies, values, bounds, base.seed, epoch)
+    for taken in copies:
+        entries[taken.member].setdefault(COPIED, []).append(taken.to_json())
+    echo(f"sweep exploit at epoch {epoch}: " + "; ".join(
+        f"{entries[c.member]['name']} takes {entries[c.parent]['name']}'s state, "
+        + ", ".join(f"{key.rsplit('.', 1)[-1]} {c.after[key]:g}" for key in c.after)
+        for c in copies))
+    return copies
+
+
+def _with_values(variant: Variant, values: dict[str, Any]) -> Variant:
+    """The variant with some of its values changed (its name, the point's, kept)."""
+    return Variant(variant.name, variant.values | values,
+                   with_values(variant.pipeline, values))
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" if n == 1 else f"{n} {thing[:-1]}ies" if thing.endswith("y") \
+        else f"{n} {thing}s"
+
+
+def _points_of(planned: SweepProgram, search: _Search) -> list[int]:
+    index = {v.name: i for i, v in enumerate(search.variants)}
+    return [index[v.name] for v in planned.variants]
+
+
+def _place(entries: list[dict[str, Any]], programs: list[SweepProgram], staged: bool,
+           epochs: tuple[int, int]) -> None:
+    """Record in each point's entry the workdir and model that train it now (with successive
+    halving, also as its latest stage)."""
+    entry_of = {entry["name"]: entry for entry in entries}
+    for planned in programs:
+        for k, variant in enumerate(planned.variants):
+            where = _variant_entry(planned, k)
+            entry_of[variant.name] |= where
+            if staged:
+                entry_of[variant.name].setdefault("stages", []).append(
+                    {"epochs": list(epochs), **where})
+
+
+def _rung(sweep_dir: Path, halving: Halving, entries: list[dict[str, Any]], points: list[int],
+          epoch: int, echo: Callable[[str], None]) -> list[int]:
+    """The points that go on past the rung at `epoch`; the others' entries say they stopped
+    there. A pure function of the validation accuracies the points recorded at the rung."""
+    accuracies = [_accuracy_at(sweep_dir, entries[p], epoch) for p in points]
+    kept = survivors(accuracies, halving.kept(len(points)))
+    for j, p in enumerate(points):
+        if j not in kept:
+            entries[p][STOPPED_AT] = epoch
+    going = [points[j] for j in kept]
+    echo(f"sweep rung at epoch {epoch}: the best {len(going)} of {len(points)} points by "
+         f"validation accuracy go on ({', '.join(entries[p]['name'] for p in going)})")
+    return going
+
+
+def _accuracy_at(sweep_dir: Path, entry: dict[str, Any], epoch: int) -> float | None:
+    """A point's validation accuracy at `epoch`, None if it diverged or has none recorded."""
+    for record in read_metrics(_workdir_of(sweep_dir, entry)):
+        if record["epoch"] == epoch:
+            own = record if entry.get("model") is None else model_record(record, entry["model"])
+            if own.get("diverged_at", -1) >= 0:
+                return None
+            return own.get("val_accuracy")
+    return None
+
+
+def _continuing(sweep_dir: Path, sources: list[tuple[dict[str, Any], dict[str, Any]]] | None,
+                epoch: int) -> Callable[[Program], TrainState] | None:
+    """How a stage's program starts (None: the first stage, from step 0): each point from the
+    state at `epoch` of its parent (itself, but for a copy of population-based training), each
+    read from the workdir and model that trained it there, with its own root key. A point
+    whose parent is itself keeps where it diverged, if it did; a copy starts alive."""
+    if sources is None:
+        return None
+
+    def start(program: Program) -> TrainState:
+        states: dict[str, tuple[list[TrainState], list[int]]] = {}
+
+        def state_of(where: dict[str, Any]) -> tuple[TrainState, int]:
+            name = where["workdir"]
+            if name not in states:
+                workdir = Workdir.open(Path(sweep_dir) / name)
+                state = jax.device_get(trained_state(  # sliced on the host: one copy
+                    workdir, epoch * workdir.pipeline.steps_per_epoch))
+                models = workdir.program.num_models
+                states[name] = (model_states(state, models), [-1] * models
+                                if state.diverged_at is None else
+                                np.asarray(state.diverged_at).tolist())
+            models, diverged = states[name]
+            return models[where["model"] or 0], diverged[where["model"] or 0]
+
+        parts, diverged = [], []
+        for parent, own in sources:
+            (taken, _), (kept, stopped) = state_of(parent), state_of(own)
+            parts.append(taken.replace(key=kept.key))
+            diverged.append(stopped if parent == own else -1)
+        return continued_state(program, parts, diverged)
+    return start
+
+
+def _work_after(programs: list[SweepProgram], i: int, epochs: int, later: float) -> float:
+    """The model-epochs after program `i` (from 1) of a stage whose programs train `epochs`
+    epochs, and the `later` stages', in program i's epochs: what its epoch lines add to their
+    own to say the sweep's time left."""
+    this_stage = sum(len(p.variants) * epochs for p in programs[i:])
+    return (this_stage + later) / len(programs[i - 1].variants)
 
 
 def _shared_cap(max_models: Callable[[Pipeline, int], int]) -> Callable[[Pipeline, int], int]:
@@ -328,12 +645,11 @@ def _shared_cap(max_models: Callable[[Pipeline, int], int]) -> Callable[[Pipelin
 
 
 @contextmanager
-def _held_sweep_folder(sweep_dir: Path, base: Pipeline, grid: Grid,
-                       programs: list[SweepProgram],
+def _held_sweep_folder(sweep_dir: Path, programs: list[SweepProgram],
                        echo: Callable[[str], None]) -> Iterator[OwnedFolder]:
-    """The sweep folder, prepared, locked and described (sweep.json) by process 0 for as long
-    as the `with` block lasts; the other processes wait until it is, as they wait for a
-    workdir (`run.workdir.prepared_workdir`), and write nothing there."""
+    """The sweep folder, prepared and locked by process 0 for as long as the `with` block
+    lasts; the other processes wait until it is, as they wait for a workdir
+    (`run.workdir.prepared_workdir`), and write nothing there."""
     folder = OwnedFolder(sweep_dir)
     with ExitStack() as held:
         with cluster.prepared_by_primary("sweep folder prepared"):
@@ -342,10 +658,6 @@ def _held_sweep_folder(sweep_dir: Path, base: Pipeline, grid: Grid,
                 held.enter_context(workdir_lock(folder.path, echo))
                 folder.record(LOCK)
                 _adopt_earlier_sweep(folder)
-                folder.write_json(SWEEP_JSON, {
-                    "pipeline": pipeline_to_dict(base), "grid": grid,
-                    "variants": [_variant_entry(v, p, k) for p in programs
-                                 for k, v in enumerate(p.variants)]})
         yield folder
 
 
@@ -386,11 +698,10 @@ def _point_workdir(folder: OwnedFolder, name: str) -> Path:
     return path
 
 
-def _variant_entry(variant: Variant, program: SweepProgram, model: int) -> dict[str, Any]:
+def _variant_entry(program: SweepProgram, model: int) -> dict[str, Any]:
     """Where a variant's results live: its program's workdir and, in a program of several,
     its model there (`model`, its place in the program)."""
-    return {"name": variant.name, "values": variant.values, "workdir": program.workdir,
-            "model": model if len(program.variants) > 1 else None}
+    return {"workdir": program.workdir, "model": model if len(program.variants) > 1 else None}
 
 
 def best_point(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -400,8 +711,10 @@ def best_point(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _finished(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of points that trained and did not diverge: those with results to compare."""
-    return [r for r in rows if r["val_accuracy"] is not None and not _diverged(r)]
+    """The rows of points that trained to the end and did not diverge: those with results to
+    compare (a point stopped at a rung has its results of an earlier epoch)."""
+    return [r for r in rows if r["val_accuracy"] is not None and not _diverged(r)
+            and r.get(STOPPED_AT) is None]
 
 
 def _diverged(row: dict[str, Any]) -> bool:
@@ -446,17 +759,40 @@ def point_name(sweep_dir: Path, point: int) -> str:
 
 def summarize(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The sweep's description and one row per variant, read from the variants' workdirs
-    (each once: a program's K points share its files)."""
+    (each once: a program's K points share its files). With successive halving, a row also
+    says at which rung its point stopped (`stopped_at`, None for one trained to the end), and
+    its training time is its stages'."""
     sweep = _read_sweep(sweep_dir)
     runs: dict[Path, _TrainedRun | None] = {}
-    rows = []
-    for variant in sweep["variants"]:
-        workdir = _workdir_of(sweep_dir, variant)
+
+    def run_of(entry: dict[str, Any]) -> _TrainedRun | None:
+        workdir = _workdir_of(sweep_dir, entry)
         if workdir not in runs:
             runs[workdir] = _read_run(workdir)
+        return runs[workdir]
+
+    rows = []
+    for variant in sweep["variants"]:
         row = {"variant": variant["name"], **variant["values"], **dict.fromkeys(RESULT_COLUMNS)}
-        rows.append(row | _results(runs[workdir], variant.get("model")))
+        row |= _results(run_of(variant), variant.get("model"))
+        if "stages" in variant:
+            seconds = [run.seconds for stage in variant["stages"]
+                       if (run := run_of(stage)) is not None]
+            row["train_seconds"] = sum(seconds) if seconds else None
+        if HALVING in sweep:
+            row[STOPPED_AT] = variant.get(STOPPED_AT)
+        if POPULATION in sweep:
+            row |= _lineage_columns(variant)
+        rows.append(row)
     return sweep, rows
+
+
+def _lineage_columns(entry: dict[str, Any]) -> dict[str, Any]:
+    """A population member's values at the end, and whose state it took at which epoch."""
+    copies = entry.get(COPIED, [])
+    final = functools.reduce(lambda values, c: values | c["after"], copies, entry["values"])
+    return {f"final_{key}": value for key, value in final.items()} | {
+        COPIED_FROM: [[c["epoch"], c["parent"]] for c in copies]}
 
 
 def _read_sweep(sweep_dir: Path) -> dict[str, Any]:
@@ -535,7 +871,7 @@ def _earlier_sweep(sweep_dir: Path) -> bool:
 
 def _workdir_of(sweep_dir: Path, entry: dict[str, Any]) -> Path:
     """The workdir holding a variant of sweep.json (an entry without one: its own folder)."""
-    return Path(sweep_dir) / entry.get("workdir", entry["name"])
+    return Path(sweep_dir) / (entry["workdir"] if "workdir" in entry else entry["name"])
 
 
 @dataclass(frozen=True)
@@ -548,6 +884,11 @@ class _TrainedRun:
     @property
     def parameters(self) -> int:
         return parameter_count(self.workdir.pipeline.model)
+
+    @property
+    def seconds(self) -> float:
+        """The time its epochs took, evaluation and checkpoints aside."""
+        return sum(r["epoch_seconds"] for r in self.records)
 
 
 def _read_run(workdir: Path) -> _TrainedRun | None:
@@ -565,8 +906,7 @@ def _results(run: _TrainedRun | None, model: int | None) -> dict[str, Any]:
     final = last_evaluated(run.records)
     if final is None:
         return row
-    row |= {"epochs": final["epoch"],
-            "train_seconds": sum(r["epoch_seconds"] for r in run.records)}
+    row |= {"epochs": final["epoch"], "train_seconds": run.seconds}
     result = run.workdir.result
     own = final if model is None else model_record(final, model)
     row |= {key: own[key] for key in RESULT_COLUMNS if key in own}
@@ -584,12 +924,16 @@ def write_summary(sweep_dir: Path, plots: bool = False) -> list[Path]:
     folder = sweep_folder(sweep_dir)
     sweep, rows = summarize(folder.path)
     keys = list(sweep["grid"])
-    columns = ["variant", *keys, *RESULT_COLUMNS]
+    columns = ["variant", *keys, *RESULT_COLUMNS, *([STOPPED_AT] if HALVING in sweep else []),
+               *([f"final_{key}" for key in keys] + [COPIED_FROM] if POPULATION in sweep
+                 else [])]
     texts = {SUMMARY_CSV: _csv_text(rows, columns),
-             SUMMARY_MARKDOWN: _markdown_table(rows, keys),
+             SUMMARY_MARKDOWN: _markdown_table(rows, keys) + _halving_line(sweep, rows)
+             + _population_line(sweep),
              RESULTS_JSON: json.dumps({"grid": sweep["grid"], "points": rows,
-                                       "best": (best_point(rows) or {}).get("variant")},
-                                      indent=2) + "\n"}
+                                       "best": (best_point(rows) or {}).get("variant")}
+                                      | ({"lineage": lineage(sweep)} if POPULATION in sweep
+                                         else {}), indent=2) + "\n"}
     for name in texts:
         folder.checked(name)
     charts = _plan_charts(folder, sweep, rows) if plots else []
@@ -648,11 +992,45 @@ HEATMAP_VALUES = 12
 
 
 def _curve(sweep_dir: Path, entry: dict[str, Any]) -> list[tuple[int, float]]:
-    """A point's validation accuracy per evaluated epoch."""
-    records = read_metrics(_workdir_of(sweep_dir, entry))
-    model = entry.get("model")
-    own = records if model is None else [model_record(r, model) for r in records]
-    return [(r["epoch"], r["val_accuracy"]) for r in own if "val_accuracy" in r]
+    """A point's validation accuracy per evaluated epoch (over its stages, if it has any)."""
+    curve = []
+    for where in entry.get("stages", [entry]):
+        records = read_metrics(_workdir_of(sweep_dir, where))
+        model = where.get("model")
+        own = records if model is None else [model_record(r, model) for r in records]
+        curve += [(r["epoch"], r["val_accuracy"]) for r in own if "val_accuracy" in r]
+    return curve
+
+
+def lineage(sweep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every exploit step of a population, by epoch and member: who took whose state, and
+    their values before and after."""
+    return sorted((c for entry in sweep["variants"] for c in entry.get(COPIED, [])),
+                  key=lambda c: (c["epoch"], c["member"]))
+
+
+def _population_line(sweep: dict[str, Any]) -> str:
+    """What population-based training did: when it exploited, and how many points copied."""
+    if POPULATION not in sweep:
+        return ""
+    steps: dict[int, int] = {}
+    for c in lineage(sweep):
+        steps[c["epoch"]] = steps.get(c["epoch"], 0) + 1
+    said = ", ".join(f"epoch {epoch}: {_count(n, 'copy')}" for epoch, n in steps.items())
+    return (f"\nPopulation-based training: the worst took the state of the best every "
+            f"{sweep[POPULATION][EVERY]} epochs ({said or 'no exploit step yet'}); the "
+            f"final values and parents are in sweep.csv.\n")
+
+
+def _halving_line(sweep: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """What successive halving did: its rungs, and how many points each stage trained."""
+    if HALVING not in sweep:
+        return ""
+    rungs, keep = sweep[HALVING][RUNGS], sweep[HALVING][KEEP]
+    counts = [len(rows)] + [sum(r[STOPPED_AT] is None or r[STOPPED_AT] > rung for r in rows)
+                            for rung in rungs]
+    return (f"\nSuccessive halving: ranked at epochs {', '.join(map(str, rungs))}, keeping "
+            f"{keep:g} of the points each time: {' -> '.join(map(str, counts))} points.\n")
 
 
 def _csv_value(value: Any) -> Any:

@@ -49,19 +49,25 @@ class Verification:
 
 def verify_workdir(workdir: Workdir, *, mnist_dir: str | None = None,
                    echo: Callable[[str], None] = print) -> Verification:
-    """Re-run `workdir`'s program into a temporary workdir and compare the final params."""
+    """Re-run `workdir`'s program into a temporary workdir and compare the final params.
+
+    A successive-halving stage's workdir, which continued its points' states at a rung, is
+    replayed from step 0 to its stop: each of its points ends at its single run's bits, so the
+    replay must reach the recorded fingerprint without the stages before."""
     network = load_network(workdir, "latest")
     manifest, recorded_metrics = workdir.manifest, read_metrics(workdir.path)  # before a replay
-    pipeline = network.pipeline
-    if network.step != pipeline.total_steps:
+    pipeline, stop_epoch = network.pipeline, workdir.epochs[1]
+    if network.step != stop_epoch * pipeline.steps_per_epoch:
         raise CheckpointError(
-            f"{workdir.path} stopped at step {network.step} of {pipeline.total_steps}",
+            f"{workdir.path} stopped at step {network.step} of "
+            f"{stop_epoch * pipeline.steps_per_epoch}",
             f"finish it first (re-running `{manifest.get('command', 'digitsjax train')}` "
             "continues it), then verify")
     echo(f"replaying {workdir.path}'s pipeline {pipeline.name!r} into a temporary workdir")
     with tempfile.TemporaryDirectory(prefix="digitsjax-verify-") as replay_dir:
         try:
-            replayed = train_program(network.program, replay_dir, mnist_dir=mnist_dir, echo=echo)
+            replayed = train_program(network.program, replay_dir, mnist_dir=mnist_dir, echo=echo,
+                                     stop_epoch=stop_epoch)
         except Preempted as e:  # its checkpoint is in the folder about to be removed
             raise ReplayStopped(e.signum, e.step) from None
         replay = Workdir.open(replay_dir)

@@ -215,6 +215,31 @@ def init_state(program: Program) -> TrainState:
                            diverged_at=jnp.full((len(seeds),), -1, jnp.int32))
 
 
+def model_states(state: TrainState, num_models: int) -> list[TrainState]:
+    """A program's state as each of its models' own, as its single run holds it at that step:
+    no model axis, and none of a sweep's per-model values (its program gives them)."""
+    alone = state.replace(hyper=None, diverged_at=None)
+    if num_models == 1:
+        return [alone]
+    return [_per_model_map(lambda leaf, k=k: leaf[k], alone) for k in range(num_models)]
+
+
+def continued_state(program: Program, states: list[TrainState],
+                    diverged_at: list[int] | None = None) -> TrainState:
+    """The state of `program` whose model k continues `states[k]` (single runs' states at one
+    step, `model_states`): `init_state`'s layout, at their step, as host arrays; for a sweep's
+    program, model k stopped at step `diverged_at[k]` if that is not -1."""
+    if len(states) == 1:
+        return states[0]
+    stacked = jax.tree.map(lambda *leaves: np.stack(leaves),  # on the host: no compiling
+                           *(s.replace(step=None) for s in states)).replace(step=states[0].step)
+    if program.per_model is None:
+        return stacked
+    stopped = [-1] * len(states) if diverged_at is None else diverged_at
+    return stacked.replace(hyper=program.per_model.state_values(),
+                           diverged_at=np.asarray(stopped, np.int32))
+
+
 def _stacked_initial_states(pipeline: Pipeline, seeds: list[int]) -> TrainState:
     """The single runs' initial states, stacked on a model axis, bit for bit either way: the
     normal initializers finish their draw before scaling it (model.py), so compiled, XLA

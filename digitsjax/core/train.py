@@ -228,15 +228,17 @@ def make_evaluate(pipeline: Pipeline, predictions: bool = False,
     return evaluate
 
 
-def chunk_plan(pipeline: Pipeline, start_step: int) -> Iterator[tuple[int, int]]:
-    """(first step, number of steps) of every chunk from `start_step` to the end of training.
+def chunk_plan(pipeline: Pipeline, start_step: int,
+               stop_step: int | None = None) -> Iterator[tuple[int, int]]:
+    """(first step, number of steps) of every chunk from `start_step` to the end of training
+    (or to `stop_step`, an epoch's end before it).
 
     Chunks end at epoch ends and, with `checkpoint.every_steps`, at its multiples, so each
     checkpoint falls on a chunk boundary and no chunk crosses an epoch. Yielded one at a time,
     by arithmetic: a run may have up to 2**31 steps.
     """
-    every, spe, total = pipeline.checkpoint.every_steps, pipeline.steps_per_epoch, \
-        pipeline.total_steps
+    every, spe = pipeline.checkpoint.every_steps, pipeline.steps_per_epoch
+    total = pipeline.total_steps if stop_step is None else stop_step
     current = start_step
     while current < total:
         end = min((current // spe + 1) * spe, total)

@@ -74,7 +74,8 @@ def train_pipeline(pipeline: Pipeline, workdir: str | Path, **options: Any) -> d
 def train_program(program: Program, workdir: str | Path, *, mnist_dir: str | None = None,
                   restart: bool = False, progress: bool = False,
                   echo: Callable[[str], None] | None = None,
-                  after: float = 0.0) -> dict[str, Any]:
+                  after: float = 0.0, stop_epoch: int | None = None,
+                  start: Callable[[Program], TrainState] | None = None) -> dict[str, Any]:
     """Train into `workdir`, continuing from its newest intact checkpoint; return the final record.
 
     A sweep's program trains grid points, each with its own values of the per-model keys; one
@@ -87,6 +88,11 @@ def train_program(program: Program, workdir: str | Path, *, mnist_dir: str | Non
 
     `after`: the work a sweep has left after this program, in this program's epochs, so that
     its epoch lines say the sweep's time left too.
+
+    `stop_epoch` ends this run at that epoch (evaluated and checkpointed) rather than at
+    `train.epochs`, which still sets the schedule: a successive-halving stage (core/halving.py).
+    `start(program)` gives the state a new workdir starts from, instead of step 0's: the state
+    the stage's points reached in the stage before.
 
     `echo` takes each line of progress. A line may name a remedy by its marker
     (`errors.RESTART`), which the caller spells its own way (`errors.render`); without an
@@ -116,8 +122,9 @@ def train_program(program: Program, workdir: str | Path, *, mnist_dir: str | Non
             check_compatible(workdir, program)
         manager = checkpoint.open_manager(workdir.path, pipeline.checkpoint)
         try:
-            run = _Run(program, workdir, manager, guard, mesh, placement, echo, started, after)
-            state, sums = _restore_or_init(run, data)
+            run = _Run(program, workdir, manager, guard, mesh, placement, echo, started, after,
+                       stop_epoch or pipeline.train.epochs)
+            state, sums = _restore_or_init(run, data, start)
             return _train(run, state, sums, data, progress)
         finally:
             checkpoint.close(manager)
@@ -138,30 +145,44 @@ class _Run:
     started: float
     after: float = 0.0
     """A sweep's work after this program, in this program's epochs (`train_program`)."""
+    stop_epoch: int = 0
+    """Where this run ends: `train.epochs`, or a successive-halving rung before it."""
     primary: bool = field(default_factory=cluster.is_primary)
 
     @property
     def pipeline(self) -> Pipeline:
         return self.program.pipeline
 
+    @property
+    def stop_step(self) -> int:
+        return self.stop_epoch * self.pipeline.steps_per_epoch
 
-def _restore_or_init(run: _Run, data: MNIST) -> tuple[TrainState, EpochSums]:
-    """The newest intact checkpoint's state, or step 0's (and the manifest of a new run), as
-    the chunks take it (`_placed`)."""
+
+def _restore_or_init(run: _Run, data: MNIST, start: Callable[[Program], TrainState] | None
+                     ) -> tuple[TrainState, EpochSums]:
+    """The newest intact checkpoint's state, or step 0's (or `start`'s), and the manifest of a
+    new run, as the chunks take it (`_placed`)."""
     like = _restore_target(run, init_state(run.program))
     # Onto this run's devices, whatever the devices that saved it.
     resumed = checkpoint.restore_newest_intact(run.manager, like, warn=run.echo)
     if resumed is None:
+        state = like if start is None else _restore_target(run, start(run.program))
         if run.primary:
-            run.workdir = run.workdir.write_manifest(
-                build_manifest(run.program, data.checksums, run.placement))
-        return _placed(run, like), _no_sums()
+            run.workdir = run.workdir.write_manifest(build_manifest(
+                run.program, data.checksums, run.placement, _stage(run, int(state.step))))
+        return _placed(run, state), _no_sums()
     step, state, meta = resumed
     run.echo(f"resuming {run.workdir.path} from step {step} (epoch {meta['epoch']:.2f})")
     if run.primary and run.workdir.pipeline.train.epochs != run.pipeline.train.epochs:
         run.workdir = run.workdir.record_extension(run.program, step)
         run.echo(f"extended to {run.pipeline.train.epochs} epochs")
     return _placed(run, state), meta["epoch_sums"]
+
+
+def _stage(run: _Run, step: int) -> tuple[int, int] | None:
+    """The epochs a successive-halving stage trains, (after, to); None for a whole run."""
+    epochs = (step // run.pipeline.steps_per_epoch, run.stop_epoch)
+    return None if epochs == (0, run.pipeline.train.epochs) else epochs
 
 
 def _restore_target(run: _Run, state: TrainState) -> TrainState:
@@ -184,23 +205,23 @@ def _train(run: _Run, state: TrainState, epoch_sums: EpochSums, data: MNIST,
            progress: bool) -> dict[str, Any]:
     """The chunk loop: dispatch, and at each sync point check, record, save or stop."""
     pipeline, start = run.pipeline, int(state.step)
-    if start == pipeline.total_steps:
+    if start >= run.stop_step:
         run.echo(f"{run.workdir.path} is already trained ({start} steps); "
                  f"pass {RESTART} to train again")
-    bar = tqdm(total=pipeline.total_steps, initial=start, unit="step", disable=not progress,
+    bar = tqdm(total=run.stop_step, initial=start, unit="step", disable=not progress,
                dynamic_ncols=True, leave=False)
     writer = RecordWriter(run.workdir.path, start, pipeline.train.epochs, run.primary,
-                          bar.write if progress else run.echo, run.after)
+                          bar.write if progress else run.echo, run.after, run.stop_epoch)
     with contextlib.closing(_Chunks(run, data)) as chunks:
         record: dict[str, Any] = {}
-        for first, num_steps in chunk_plan(pipeline, start):
+        for first, num_steps in chunk_plan(pipeline, start, run.stop_step):
             state = chunks.run(state, num_steps)
             end = first + num_steps
             if not _is_sync_point(run, end):
                 continue
             epoch_sums = _add_sums(epoch_sums, chunks.collect(run))
             stopping = cluster.any_process(run.guard.signum is not None) and \
-                end < pipeline.total_steps
+                end < run.stop_step
             if end % pipeline.steps_per_epoch == 0:
                 record = _end_epoch(run, chunks, state, end, epoch_sums, writer, stopping)
                 epoch_sums = _no_sums()
@@ -369,7 +390,7 @@ def _end_epoch(run: _Run, chunks: _Chunks, state: TrainState, end: int, epoch_su
         "epoch": end // spe, "step": end,
         "train_loss": float(np.mean(epoch_sums["loss_sum"]) / spe),
         "train_accuracy": float(np.mean(epoch_sums["correct"]) / (spe * batch))}
-    if record["epoch"] % pipeline.train.eval_every_epochs == 0 or end == pipeline.total_steps:
+    if record["epoch"] % pipeline.train.eval_every_epochs == 0 or end == run.stop_step:
         for name, (x, y) in chunks.splits.items():
             result = jax.device_get(chunks.evaluate(state.params, x, y))
             record |= {f"{name}_{key}": value.tolist() for key, value in result.items()}
@@ -379,7 +400,7 @@ def _end_epoch(run: _Run, chunks: _Chunks, state: TrainState, end: int, epoch_su
                "examples_per_second": steps * batch * pipeline.train.num_models / seconds,
                "wall_seconds": time.perf_counter() - run.started}
     writer.write(record)
-    if pipeline.checkpoint.every_epoch or end == pipeline.total_steps or \
+    if pipeline.checkpoint.every_epoch or end == run.stop_step or \
             _is_step_save(pipeline, end) or stopping:
         checkpoint.save(run.manager, chunks.host(state), _meta(pipeline, end, _no_sums()),
                         _best_metric(record, run.program))

@@ -233,13 +233,14 @@ def format_duration(seconds: float) -> str:
 class RecordWriter:
     """Where each finished epoch's record goes: metrics.jsonl and TensorBoard (process 0 only),
     and one console line (`log`), which from the second epoch of this process on says the time
-    left (`time_left`, by `clock`; `after`: a sweep's later programs, in this run's epochs)."""
+    left (`time_left`, by `clock`; `after`: a sweep's later programs, in this run's epochs;
+    `stop_epoch`: where this run ends, if before `epochs`)."""
 
     def __init__(self, workdir: Path, start_step: int, epochs: int, primary: bool,
-                 log: Callable[[str], None], after: float = 0.0,
+                 log: Callable[[str], None], after: float = 0.0, stop_epoch: int | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._workdir, self._epochs, self._primary, self._log = workdir, epochs, primary, log
-        self._after, self._clock = after, clock
+        self._after, self._clock, self._stop = after, clock, stop_epoch or epochs
         self._moments: list[float] = []  # when this process logged each epoch
         self._scalars = ScalarWriter(  # creates its file on the first write
             workdir, start_step, missing=lambda error: log(
@@ -256,7 +257,7 @@ class RecordWriter:
 
     def log(self, record: EpochRecord) -> None:
         self._moments.append(self._clock())
-        left = time_left(self._moments, record["epoch"], self._epochs, self._after)
+        left = time_left(self._moments, record["epoch"], self._stop, self._after)
         line = format_record(record, self._epochs)
         self._log(line if left is None else f"{line} | {left}")
 

@@ -22,7 +22,7 @@ from digitsjax.core.config import Pipeline
 from digitsjax.core.data import NUM_PIXELS
 from digitsjax.core.model import make_classify, params_sha256
 from digitsjax.core.program import Program, init_state
-from digitsjax.core.train import model_params
+from digitsjax.core.train import TrainState, model_params
 from digitsjax.errors import CHECKPOINT, POINT, RESTART, CheckpointError, ImageError
 from digitsjax.run import backend, checkpoint
 from digitsjax.run.lock import holder_of
@@ -157,6 +157,18 @@ def _read(workdir: Path, program: Program, which: str,
     finally:
         manager.close()
     return state.params, step, meta
+
+
+def trained_state(workdir: Workdir, step: int) -> TrainState:
+    """The whole train state (every model's) that `workdir`'s checkpoint `step` holds: where a
+    successive-halving stage's points continue from (apps/sweep.py)."""
+    manager = checkpoint.open_manager(workdir.path, workdir.pipeline.checkpoint, read_only=True)
+    try:
+        return checkpoint.restore(manager, step, init_state(workdir.program))[0]
+    except CheckpointError as e:
+        raise CheckpointError(e.problem, f"run the sweep again with {RESTART}") from None
+    finally:
+        manager.close()
 
 
 def _steps_on_disk(workdir: Path) -> list[int]:

@@ -102,14 +102,17 @@ def platform_info() -> dict[str, Any]:
 
 
 def build_manifest(program: Program, dataset_checksums: dict[str, Any],
-                   placement: Placement | None = None) -> dict[str, Any]:
+                   placement: Placement | None = None,
+                   epochs: tuple[int, int] | None = None) -> dict[str, Any]:
     """A new run's manifest: its program (the pipeline, and a sweep's per-model values) and
-    where it runs (with `placement`, how its models were placed when it started)."""
+    where it runs (with `placement`, how its models were placed when it started). `epochs`:
+    a successive-halving stage's first and last epochs, when it trains only part of the run."""
     pipeline = program.pipeline
     return {
         "pipeline": pipeline_to_dict(pipeline),
         "pipeline_sha256": pipeline_sha256(pipeline),
         **({PER_MODEL: program.to_json()} if program.is_sweep else {}),
+        **({STAGE: {"epochs": list(epochs)}} if epochs else {}),
         "versions": package_versions(),
         "platform": platform_info(),
         **({"placement": placement.to_json()} if placement is not None else {}),
@@ -121,6 +124,9 @@ def build_manifest(program: Program, dataset_checksums: dict[str, Any],
 
 PER_MODEL = "per_model"
 """The manifest's record of a sweep program's per-model values (absent for other runs)."""
+STAGE = "stage"
+"""The manifest's record of a successive-halving stage: the epochs after which it starts (from
+the stage before's states) and at which it stops (absent for other runs)."""
 
 
 def _not_a_manifest(manifest: Any) -> str:
@@ -136,6 +142,12 @@ def _not_a_manifest(manifest: Any) -> str:
         return "its pipeline's train.epochs is not a whole number of epochs"
     if not isinstance(manifest.get("result", {}), dict):
         return "its result is not a table"
+    stage = manifest.get(STAGE, {"epochs": [0, epochs]})
+    bounds = stage.get("epochs") if isinstance(stage, dict) else None
+    if not (isinstance(bounds, list) and len(bounds) == 2
+            and all(isinstance(e, int) and not isinstance(e, bool) for e in bounds)
+            and 0 <= bounds[0] < bounds[1] <= epochs):
+        return f"its {STAGE} is not a stage's first and last epochs"
     return ""
 
 
@@ -179,6 +191,14 @@ class Workdir:
     def program(self) -> Program:
         """The recorded pipeline and, for a sweep's program, its recorded per-model values."""
         return recorded_program(self.pipeline, self.manifest.get(PER_MODEL))
+
+    @property
+    def epochs(self) -> tuple[int, int]:
+        """The epochs this workdir trains: after which it starts (0 but for a successive-
+        halving stage's, which continues the last stage's states) and at which it stops."""
+        default = [0, self.manifest["pipeline"]["train"]["epochs"]]
+        start, stop = self.manifest.get(STAGE, {}).get("epochs", default)
+        return start, stop
 
     @property
     def result(self) -> dict[str, Any]:
@@ -269,10 +289,9 @@ def _make_workdir(workdir: Path) -> None:
 
 
 def _check_writable(workdir: Path) -> None:
-    try:  # a new name of its own: never a link or a file that is there
-        fd, probe = tempfile.mkstemp(prefix=WRITE_PROBE, dir=workdir)
-        os.close(fd)
-        os.unlink(probe)
+    try:  # unnamed where the system allows (O_TMPFILE): a kill leaves nothing behind
+        with tempfile.TemporaryFile(prefix=WRITE_PROBE, dir=workdir):
+            pass
     except OSError as e:
         raise CheckpointError(f"workdir {workdir} is not writable ({e.strerror})",
                               f"choose another with {WORKDIR}") from None
@@ -325,7 +344,8 @@ def _check_ours(workdir: Path, ours: bool, restart: bool) -> None:
     """
     folders = (checkpoint.CHECKPOINT_DIR, checkpoint.UNREADABLE_DIR)
     if not ours:
-        others = sorted(p.name for p in workdir.iterdir() if p.name not in (LOCK, LEDGER, *folders))
+        others = sorted(p.name for p in workdir.iterdir()
+                        if p.name not in (LOCK, LEDGER, *folders) and not _left_probe(p))
         entries = [f"{folder}/{entry}" for folder in folders if (workdir / folder).is_dir()
                    for entry in sorted(os.listdir(workdir / folder))]
         if others or entries:
@@ -339,6 +359,13 @@ def _check_ours(workdir: Path, ours: bool, restart: bool) -> None:
         raise CheckpointError(
             f"{workdir} holds files that no run wrote ({a_few(named)}), which a restart would "
             f"delete", f"move them away first, or choose another with {WORKDIR}")
+
+
+def _left_probe(path: Path) -> bool:
+    """Whether `path` is what a run killed while it proved the folder writable left: an empty
+    file named as `_check_writable`'s probe (where the system has no unnamed files)."""
+    return path.name.startswith(WRITE_PROBE) and path.is_file() and not path.is_symlink() \
+        and path.stat().st_size == 0
 
 
 def check_compatible(workdir: Workdir, program: Program) -> None:

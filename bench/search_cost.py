@@ -1,12 +1,13 @@
 """What a search costs, and what it finds: lr_sweep's 32 points searched as a full grid and by
-successive halving, side by side in one run, each a whole `digitsjax sweep` process timed from
-launch to exit.
+successive halving, and lr_pbt's population of 16, side by side in one run, each a whole
+`digitsjax sweep` process timed from launch to exit.
 
 `make bench-sweeps` (first), or `python bench/sweep_cost.py` for the rest; here
 `python bench/search_cost.py`. For each way: its wall seconds and their ratio to the grid's,
 the model-epochs it trained (a model of a program trained for an epoch counts one, whichever
 stage), the point it picks by validation accuracy, that point's test accuracy, and whether the
-point ends at the fingerprint the grid gave it. The ways run one after the other on the same
+point ends at the fingerprint the grid gave it (a population's members are not the grid's
+points: no such fingerprint). The ways run one after the other on the same
 machine, each with a compilation cache of its own, so that neither reads what the other
 compiled.
 """
@@ -26,7 +27,8 @@ from digitsjax.run.records import read_metrics
 from digitsjax.run.workdir import Workdir
 
 REPO = Path(__file__).resolve().parents[1]
-WAYS = {"grid": "lr_sweep.toml", "successive halving": "lr_halving.toml"}
+WAYS = {"grid": "lr_sweep.toml", "successive halving": "lr_halving.toml",
+        "population-based training": "lr_pbt.toml"}
 
 
 def searched(pipeline: Path, sweep_dir: Path, cache: Path) -> dict[str, object]:
@@ -58,15 +60,16 @@ def main() -> int:
         found = {way: searched(REPO / "pipelines" / name, root / way, root / f"cache-{i}")
                  for i, (way, name) in enumerate(WAYS.items())}
     grid = found["grid"]
-    print("| lr_sweep's 32 points, 15 epochs | seconds | / grid | model-epochs | picks by "
-          "validation | its test accuracy | its fingerprint is the grid's |")
+    print("| mnist_mlp, 15 epochs | seconds | / grid | model-epochs | picks by validation | "
+          "its test accuracy | its fingerprint is the grid's |")
     print("|---|---|---|---|---|---|---|")
     for way, result in found.items():
-        same = result["params_sha256"] == grid["fingerprints"][result["best"]]
+        same = "—" if result["best"] not in grid["fingerprints"] else \
+            "yes" if result["params_sha256"] == grid["fingerprints"][result["best"]] else "NO"
         print(f"| {way} (`pipelines/{WAYS[way]}`) | {result['seconds']:.1f} | "
               f"{result['seconds'] / grid['seconds']:.2f} | {result['model_epochs']} | "
               f"{result['best']} | {100 * result['test_accuracy']:.2f}% | "
-              f"{'yes' if same else 'NO'} |")
+              f"{same} |")
     return 0
 
 

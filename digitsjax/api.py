@@ -94,8 +94,9 @@ def sweep(pipeline: PipelineSource, workdir: str | os.PathLike[str] | None = Non
     dicts (row N is point N: `load(workdir, point=N)`).
 
     The grid is the pipeline's `[sweep]` table (a file's, or the dict's "sweep" table) plus
-    `grid`, {"section.key": [values]} (or ranges and "samples", as the table takes them); a
-    `Pipeline` has no table, so it takes `grid` alone.
+    `grid`, {"section.key": [values]} (or ranges, "samples", and the settings of successive
+    halving or population-based training, as the table takes them); a `Pipeline` has no
+    table, so it takes `grid` alone.
     The folder defaults to checkpoints/<pipeline name>.
     """
     raw, name = _tables(pipeline)

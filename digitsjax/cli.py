@@ -92,7 +92,8 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
                          help="the plot (default: FIRST_WORKDIR/plots/compare.png)")
 
     verify = commands.add_parser(
-        "verify", help="replay a finished workdir's pipeline; check it ends bit for bit the same")
+        "verify", help="replay a finished workdir's pipeline, or a sweep's whole search; check "
+        "it ends bit for bit the same")
     verify.add_argument("workdir", type=Path)
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     _add_mnist_dir(verify)
@@ -377,12 +378,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from digitsjax.apps.verify import summary_lines, verify_workdir
+    from digitsjax.apps.verify import summary_lines, verify_folder
 
     progress = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    workdir = arguments.named_workdir(args)
-    arguments.start_backend_for(workdir)
-    result = verify_workdir(workdir, mnist_dir=args.mnist_dir, echo=progress)
+    result = verify_folder(args.workdir, mnist_dir=args.mnist_dir, echo=progress)
     _print_lines([json.dumps(result.to_dict())] if args.json else summary_lines(result))
     return 0 if result.reproduced else EXIT_NOT_REPRODUCED
 

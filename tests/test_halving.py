@@ -220,3 +220,12 @@ def test_verify_replays_a_later_stage_from_step_0_to_its_fingerprints(halved):
     replay of the stage's program from scratch must end where the stages did."""
     verification = verify_workdir(Workdir.open(halved[0] / "stage-3-program-1"), echo=print)
     assert verification.reproduced and verification.step == 4 * SPE
+
+
+def test_a_search_cut_into_programs_by_the_memory_cap_stops_the_same_points_at_the_same_bits(
+        halved, tmp_path):
+    capped = tmp_path / "capped"
+    result = run_cli(*sweep_args(capped, *GRID, *HALVING), "--max-models-per-program=3")
+    assert result.returncode == 0, result.stderr
+    assert [(r["params_sha256"], r["stopped_at"]) for r in rows(capped)] == \
+        [(r["params_sha256"], r["stopped_at"]) for r in rows(halved[0])]

@@ -55,7 +55,7 @@ BOUNDS = {"optimizer.learning_rate": (1e-4, 1e-1)}
 
 def test_the_worst_take_a_state_of_the_best_and_perturb_its_values():
     values = [{"optimizer.learning_rate": lr} for lr in (1e-3, 2e-3, 3e-3, 4e-3)]
-    copies = exploit(Population(1, 0.5, (2.0,)), [0.9, 0.5, 0.95, 0.7], values, BOUNDS,
+    copies = exploit(Population(1, 0.5, (2.0,), BOUNDS), [0.9, 0.5, 0.95, 0.7], values,
                      seed=0, epoch=1)
     assert [c.member for c in copies] == [1, 3]  # the worst two, in member order
     assert all(c.parent in (0, 2) for c in copies)  # each takes one of the best two
@@ -67,7 +67,7 @@ def test_the_worst_take_a_state_of_the_best_and_perturb_its_values():
 
 def test_a_diverged_member_is_the_worst_and_values_stay_within_their_bounds():
     values = [{"optimizer.learning_rate": 0.08}] * 4
-    copies = exploit(Population(1, 0.25, (1.25,)), [0.9, None, 0.95, 0.7], values, BOUNDS,
+    copies = exploit(Population(1, 0.25, (1.25,), BOUNDS), [0.9, None, 0.95, 0.7], values,
                      seed=0, epoch=1)
     assert [(c.member, c.parent) for c in copies] == [(1, 2)]
     assert copies[0].after == {"optimizer.learning_rate": 0.1}  # 0.1, not 0.08 x 1.25
@@ -76,10 +76,10 @@ def test_a_diverged_member_is_the_worst_and_values_stay_within_their_bounds():
 def test_the_draws_are_the_seeds_and_the_epochs_alone():
     values = [{"optimizer.learning_rate": 1e-3 * (i + 1)} for i in range(16)]
     accuracies = [0.9 + i / 1000 for i in range(16)]
-    population = Population(1, 0.25, (0.8, 1.25))
+    population = Population(1, 0.25, (0.8, 1.25), BOUNDS)
 
     def step(seed, epoch):
-        return [c.to_json() for c in exploit(population, accuracies, values, BOUNDS, seed, epoch)]
+        return [c.to_json() for c in exploit(population, accuracies, values, seed, epoch)]
     assert step(0, 1) == step(0, 1)
     assert len({json.dumps(step(seed, epoch)) for seed in (0, 1) for epoch in (1, 2)}) > 1
 
@@ -159,3 +159,39 @@ def test_a_second_run_and_a_run_killed_after_an_exploit_step_end_at_the_same_fin
     proc.wait(timeout=60)
     assert main(sweep_args(killed)) == 0
     assert [r["params_sha256"] for r in rows(killed)] == reference
+
+
+def test_verify_replays_the_whole_search_and_names_a_point_that_ends_elsewhere(searched,
+                                                                               tmp_path):
+    import shutil
+
+    from digitsjax.apps.verify import summary_lines, verify_folder
+    from digitsjax.run.workdir import MANIFEST
+
+    copy = tmp_path / "copy"
+    shutil.copytree(searched[0], copy)
+    manifest = copy / "stage-3-program-1" / MANIFEST
+    recorded = json.loads(manifest.read_text())
+    recorded["result"]["model_params_sha256"][5] = "0" * 64  # as if point 5 had ended elsewhere
+    manifest.write_text(json.dumps(recorded))
+
+    assert verify_folder(searched[0], echo=print).reproduced
+    verification = verify_folder(copy, echo=print)
+    assert verification.differing == [5]
+    assert summary_lines(verification)[1].startswith(
+        f"point 5 ({rows(copy)[5]['variant']}): params_sha256 recorded {'0' * 64}, replayed ")
+
+
+@pytest.mark.parametrize("how", ["--max-models-per-program=3", "2 devices"])
+def test_a_population_split_into_programs_or_over_devices_ends_at_the_same_fingerprints(
+        searched, tmp_path, how):
+    """A member's bits depend neither on the programs the memory cap cuts the population
+    into (here 3, 3 and 2 members, copies crossing between them) nor on the devices."""
+    from .test_parallel import devices_env
+
+    split = tmp_path / "split"
+    options, env = ([how], None) if how.startswith("--") else ([], devices_env(2))
+    result = run_cli(*sweep_args(split), *options, env=env)
+    assert result.returncode == 0, result.stderr
+    assert [(r["params_sha256"], r["copied_from"]) for r in rows(split)] == \
+        [(r["params_sha256"], r["copied_from"]) for r in rows(searched[0])]

@@ -371,6 +371,55 @@ def plot_sweep_curves(curves: dict[str, list[tuple[int, float]]], path: Path,
     return _save(figure, path)
 
 
+def plot_population_schedules(schedules: dict[str, list[tuple[int, dict[str, float]]]],
+                              keys: list[str], epochs: int, best: str | None, path: Path,
+                              title: str) -> Path:
+    """Each population member's values over the epochs (one panel per perturbed key): a step
+    where it took another's state and perturbed values; the best member drawn bold."""
+    figure = Figure(figsize=(7.0, 2.6 * len(keys) + 0.8), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(len(keys), 1, sharex=True))
+    for ax, key in zip(axes, keys, strict=True):
+        for name, steps in schedules.items():
+            xs = [epoch for epoch, _ in steps] + [epochs]
+            ys = [values[key] for _, values in steps] + [steps[-1][1][key]]
+            bold = name == best
+            ax.step(xs, ys, where="post", linewidth=2.2 if bold else 0.8,
+                    alpha=1.0 if bold else 0.5, label=f"{name} (best)" if bold else None)
+        values = [values[key] for steps in schedules.values() for _, values in steps]
+        if min(values) > 0 and max(values) >= 10 * min(values):
+            ax.set_yscale("log")
+        ax.set(ylabel=key)
+        ax.grid(alpha=0.3)
+    if best is not None:
+        axes[0].legend(fontsize=8)
+    axes[-1].set(xlabel="epoch")
+    axes[0].set(title=title)
+    return _save(figure, path)
+
+
+def plot_population_lineage(lineage: list[dict[str, Any]], members: list[str], epochs: int,
+                            path: Path, title: str) -> Path:
+    """Who took whose state when: a row per member, an arrow from the parent's row to the
+    copy's at each exploit step's epoch."""
+    figure = Figure(figsize=(max(8.0, 0.5 * epochs + 5), 0.3 * len(members) + 1.8),
+                    layout="constrained")
+    ax = figure.subplots()
+    for row in range(len(members)):
+        ax.axhline(row, color="0.85", linewidth=0.8, zorder=0)
+    for copy in lineage:
+        ax.annotate("", xy=(copy["epoch"], copy["member"]),
+                    xytext=(copy["epoch"] - 0.35, copy["parent"]),
+                    arrowprops={"arrowstyle": "->", "color": "tab:blue", "alpha": 0.7})
+    ax.set_yticks(range(len(members)), [f"{n}: {name}" for n, name in enumerate(members)],
+                  fontsize=7)
+    ax.set_xlim(0, epochs)
+    ax.set_ylim(len(members) - 0.5, -0.5)
+    ax.set(xlabel="epoch")
+    ax.set_title(f"{title}\n(an arrow: the member at its head took the state of the one at "
+                 "its tail)", fontsize=9)
+    return _save(figure, path)
+
+
 def plot_comparison(records: dict[str, list[EpochRecord]], path: Path) -> Path:
     """Validation and test accuracy per epoch of several runs, one colour per run."""
     figure = Figure(figsize=(11, 4.2), layout="constrained")

@@ -11,12 +11,18 @@ at a time as fit in memory. A variant alone in its program trains as a plain run
 `SWEEPDIR/<variant>`. `sweep.json` records which workdir and model holds each variant; the
 summary is read back from the workdirs, so re-running an interrupted sweep resumes what is
 unfinished and rewrites the same table.
+
+The table may also say how to search (`SETTINGS`): successive halving (core/halving.py) and
+population-based training (core/population.py) train in stages, each a program of the stage's
+points continuing their states from the stage before (`SWEEPDIR/stage-<n>-...`), and decide
+between stages from the validation accuracies the points recorded, never from timing.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import fnmatch
 import functools
 import io
@@ -25,7 +31,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +60,7 @@ from digitsjax.core.halving import (
 from digitsjax.core.hyper import PER_MODEL, SEED, with_values
 from digitsjax.core.model import parameter_count
 from digitsjax.core.population import (
+    BOUNDS,
     EVERY,
     FRACTION,
     PERTURB,
@@ -99,7 +106,7 @@ SWEEP_ENTRIES: dict[str, str] = {
     SUMMARY_CSV: "one row per point", SUMMARY_MARKDOWN: "the same table to read",
     RESULTS_JSON: "the same rows, and the best point", PLOTS_DIR: "the sweep's charts",
     PROGRAM_DIR.format("*"): "a program's workdir: the points that train together",
-    STAGE_DIR.format("*"): "a successive-halving stage's workdir (a program's, or a point's)",
+    STAGE_DIR.format("*"): "a stage's workdir (successive halving, population-based training)",
     LOCK: "who is running the sweep now (run.lock): a sweep folder is locked as a whole",
     LEDGER: "what digitsjax wrote here (files.OwnedFolder): what it may replace",
 }
@@ -299,7 +306,9 @@ def schedule_of(base: Pipeline, grid: Grid) -> Schedule:
         raise ConfigError(f"{base.name}: [{SWEEP_TABLE}] asks for successive halving ({RUNGS}) "
                           f"and population-based training ({EVERY}) at once",
                           "choose one of them")
-    return halving or population
+    if population:
+        return dataclasses.replace(population, bounds=perturbed_bounds(grid))
+    return halving
 
 
 def perturbed_bounds(grid: Grid) -> dict[str, tuple[float, float]]:
@@ -401,9 +410,6 @@ class _Search:
     schedule: Schedule
     max_models: Callable[[Pipeline, int], int]
     separate: bool
-    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
-    """Population-based training: the keys it perturbs, each within the values the grid
-    gives it."""
 
     @property
     def stops(self) -> tuple[int, ...]:
@@ -442,11 +448,22 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
     programs in the same order, and process 0 alone writes the sweep folder's own files and
     says what happens; the others return no paths.
     """
-    schedule, bounds = schedule_of(base, grid), perturbed_bounds(grid)
-    grid = resolve_grid(grid, base.seed)
-    search = _Search(make_variants(base, grid), schedule,
-                     _shared_cap(max_models or (lambda _, wanted: wanted)), separate, bounds)
-    first = search.programs(1, search.variants)
+    schedule = schedule_of(base, grid)
+    return search(base, resolve_grid(grid, base.seed), schedule, sweep_dir, max_models=max_models,
+                  separate=separate, echo=echo,
+                  options=dict(mnist_dir=mnist_dir, restart=restart, progress=progress))
+
+
+def search(base: Pipeline, grid: Grid, schedule: Schedule, sweep_dir: Path, *,
+           max_models: Callable[[Pipeline, int], int] | None = None, separate: bool = False,
+           echo: Callable[[str], None] | None = None,
+           options: dict[str, Any] | None = None) -> list[Path]:
+    """`run_sweep` of a resolved grid (every key a list), with its `schedule` given: what a
+    replay of a recorded sweep runs (apps/verify.py). `options` go to `train_program`."""
+    variants = make_variants(base, grid)
+    found = _Search(variants, schedule, _shared_cap(max_models or (lambda _, wanted: wanted)),
+                    separate)
+    first = found.programs(1, found.variants)
     backend.request_determinism(base.train.deterministic)  # before the check starts JAX
     for planned in first:  # one that cannot fit is refused before anything is written
         check_memory(planned.program, sharding.data_mesh())
@@ -456,20 +473,35 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
     record = {"pipeline": pipeline_to_dict(base), "grid": grid} | (
         {SCHEDULES[type(schedule)]: schedule.to_json()} if schedule else {})
     with _held_sweep_folder(Path(sweep_dir), first, echo) as folder:
-        echo(f"sweep: {len(search.variants)} points in {len(first)} program(s)"
+        echo(f"sweep: {len(variants)} points in {len(first)} program(s)"
              f"{'' if separate else ' (points that differ only in per-model keys train together)'}"
-             + (f", {len(search.stops)} stages of {SCHEDULE_NAMES[type(schedule)]}"
+             + (f", {len(found.stops)} stages of {SCHEDULE_NAMES[type(schedule)]}"
                 if schedule else ""))
-        _train_stages(search, folder, record, echo,
-                      dict(mnist_dir=mnist_dir, restart=restart, progress=progress))
+        _train_stages(found, folder, record, echo, options or {})
         if not cluster.is_primary():
             return []
         paths = write_summary(folder.path)
     best = best_point(summarize(folder.path)[1])
     if best is not None:
+        now = [f"{key.removeprefix('final_').rsplit('.', 1)[-1]} {value:g}"
+               for key, value in best.items() if key.startswith("final_")]
         echo(f"best point by validation accuracy: {best['variant']} "
-             f"({100 * best['val_accuracy']:.2f}%, test {100 * best['test_accuracy']:.2f}%)")
+             + (f"(its values now: {', '.join(now)}) " if now else "")
+             + f"({100 * best['val_accuracy']:.2f}%, test {100 * best['test_accuracy']:.2f}%)")
     return paths
+
+
+def recorded_search(sweep_dir: Path) -> tuple[Pipeline, Grid, Schedule]:
+    """What a sweep folder's sweep.json says was searched: its base pipeline, its points (as a
+    grid whose keys are read together, point i of each: exactly the recorded points) and its
+    schedule; what `search` takes to replay it."""
+    record = _read_sweep(sweep_dir)
+    base = pipeline_from_dict(record["pipeline"], source=str(Path(sweep_dir) / SWEEP_JSON))
+    grid = {key: Samples(entry["values"][key] for entry in record["variants"])
+            for key in record["grid"]}
+    schedule = next((kind.from_json(record[name]) for kind, name in SCHEDULES.items()
+                     if name in record), None)
+    return base, grid, schedule
 
 
 def _train_stages(search: _Search, folder: OwnedFolder, record: dict[str, Any],
@@ -527,14 +559,14 @@ def _exploit(search: _Search, sweep_dir: Path, entries: list[dict[str, Any]],
     """One exploit step of population-based training, recorded in the copies' entries: a pure
     function of the validation accuracies recorded at `epoch`, the seed and the epoch."""
     population, base = search.schedule, search.variants[0].pipeline
-    bounds = search.bounds
+    bounds = population.bounds
     accuracies = [_accuracy_at(sweep_dir, entries[p], epoch) for p in sorted(now)]
     values = [{key: now[p].values[key] for key in bounds} for p in sorted(now)]
-    copies = exploit(population, accuracies, values, bounds, base.seed, epoch)
+    copies = exploit(population, accuracies, values, base.seed, epoch)
     for taken in copies:
         entries[taken.member].setdefault(COPIED, []).append(taken.to_json())
     echo(f"sweep exploit at epoch {epoch}: " + "; ".join(
-        f"{entries[c.member]['name']} takes {entries[c.parent]['name']}'s state, "
+        f"point {c.member} takes point {c.parent}'s state, "
         + ", ".join(f"{key.rsplit('.', 1)[-1]} {c.after[key]:g}" for key in c.after)
         for c in copies))
     return copies
@@ -967,6 +999,9 @@ def _plan_charts(folder: OwnedFolder, sweep: dict[str, Any],
     keys = list(sweep["grid"])
     charts = {CHART: functools.partial(plot_sweep, [r for r in rows if r["parameters"] is not None],
                                        title=f"{name}: accuracy by {', '.join(keys)}")}
+    if POPULATION in sweep:  # its members' values changed: charts of their schedules instead
+        charts |= _population_charts(sweep, rows)
+        keys = []
     numeric = [k for k in keys if all(isinstance(v, int | float) and not isinstance(v, bool)
                                       for v in sweep["grid"][k])]
     few = [k for k in numeric if len(set(sweep["grid"][k])) <= HEATMAP_VALUES]
@@ -984,6 +1019,25 @@ def _plan_charts(folder: OwnedFolder, sweep: dict[str, Any],
             plot_sweep_curves, curves, title=f"{name}: the {len(curves)} best points")
     paths = figure_paths(folder, PLOTS_DIR, list(charts))
     return list(zip(charts.values(), paths, strict=True))
+
+
+def _population_charts(sweep: dict[str, Any], rows: list[dict[str, Any]]
+                       ) -> dict[str, Callable[[Path], Path]]:
+    """A population's schedules (each member's values over the epochs) and its lineage."""
+    from digitsjax.apps.plots import plot_population_lineage, plot_population_schedules
+
+    name, epochs = sweep["pipeline"]["name"], sweep["pipeline"]["train"]["epochs"]
+    keys = sorted(sweep[POPULATION][BOUNDS])
+    schedules = {entry["name"]: [(0, entry["values"])] + [
+        (c["epoch"], entry["values"] | c["after"]) for c in entry.get(COPIED, [])]
+        for entry in sweep["variants"]}
+    best = (best_point(rows) or {}).get("variant")
+    return {"sweep-schedules.png": functools.partial(
+                plot_population_schedules, schedules, keys, epochs, best,
+                title=f"{name}: each member's values"),
+            "sweep-lineage.png": functools.partial(
+                plot_population_lineage, lineage(sweep), [e["name"] for e in sweep["variants"]],
+                epochs, title=f"{name}: who took whose state")}
 
 
 BEST_CURVES = 5
@@ -1017,9 +1071,10 @@ def _population_line(sweep: dict[str, Any]) -> str:
     for c in lineage(sweep):
         steps[c["epoch"]] = steps.get(c["epoch"], 0) + 1
     said = ", ".join(f"epoch {epoch}: {_count(n, 'copy')}" for epoch, n in steps.items())
-    return (f"\nPopulation-based training: the worst took the state of the best every "
-            f"{sweep[POPULATION][EVERY]} epochs ({said or 'no exploit step yet'}); the "
-            f"final values and parents are in sweep.csv.\n")
+    every = sweep[POPULATION][EVERY]
+    return (f"\nPopulation-based training: the worst took the state of the best after every "
+            f"{'epoch' if every == 1 else f'{every} epochs'} ({said or 'no exploit step yet'}); "
+            "a row's values are its point's first and, after an arrow, last.\n")
 
 
 def _halving_line(sweep: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -1042,7 +1097,8 @@ def _markdown_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
               "train s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [_csv_value(row[k]) for k in keys]
+        cells = [_csv_value(row[k]) if row.get(f"final_{k}", row[k]) == row[k] else
+                 f"{_csv_value(row[k])} → {_csv_value(row[f'final_{k}'])}" for k in keys]
         cells += [f"{row['parameters']:,}" if row["parameters"] else "",
                   row["epochs"] or "", _percent(row["train_accuracy"]),
                   _percent(row["val_accuracy"]), _percent(row["test_accuracy"]),

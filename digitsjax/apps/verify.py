@@ -12,10 +12,13 @@ import signal
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from digitsjax.apps.sweep import is_sweep, recorded_search, search, summarize
 from digitsjax.core.model import params_sha256
 from digitsjax.errors import CheckpointError
+from digitsjax.run.backend import start_backend
 from digitsjax.run.loop import train_program
 from digitsjax.run.preemption import Preempted
 from digitsjax.run.records import EpochRecord, read_metrics, without_timings
@@ -80,6 +83,70 @@ def verify_workdir(workdir: Workdir, *, mnist_dir: str | None = None,
         manifest_differences=differences(manifest, replay_manifest, ignore=MANIFEST_INVOCATION))
 
 
+@dataclass(frozen=True)
+class SweepVerification:
+    """A sweep replayed whole (its grid, successive halving or population-based training, from
+    its sweep.json) beside what it recorded: every point's fingerprint, and where it stopped or
+    whose state it took."""
+
+    recorded: list[dict[str, Any]]
+    replayed: list[dict[str, Any]]
+
+    @property
+    def differing(self) -> list[int]:
+        """The points (rows) whose replay ended elsewhere, or went another way."""
+        return [n for n, (a, b) in enumerate(zip(self.recorded, self.replayed, strict=True))
+                if any(a.get(k) != b.get(k) for k in SEARCHED)]
+
+    @property
+    def reproduced(self) -> bool:
+        return not self.differing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reproduced": self.reproduced, "points": len(self.recorded),
+                "differing": [{"point": n, "variant": self.recorded[n]["variant"],
+                               **{f"recorded_{k}": self.recorded[n].get(k) for k in SEARCHED},
+                               **{f"replayed_{k}": self.replayed[n].get(k) for k in SEARCHED}}
+                              for n in self.differing]}
+
+
+SEARCHED = ("params_sha256", "stopped_at", "copied_from")
+"""What a replayed search must give each point again: its fingerprint, the rung at which it
+stopped (successive halving) and whose states it took (population-based training)."""
+
+
+def verify_folder(path: Path, *, mnist_dir: str | None = None,
+                  echo: Callable[[str], None] = print) -> Verification | SweepVerification:
+    """`digitsjax verify PATH`: a workdir's replay, or a whole sweep's."""
+    if is_sweep(path):
+        return verify_sweep(path, mnist_dir=mnist_dir, echo=echo)
+    workdir = Workdir.open(path)
+    start_backend(workdir.pipeline.train.deterministic)
+    return verify_workdir(workdir, mnist_dir=mnist_dir, echo=echo)
+
+
+def verify_sweep(sweep_dir: Path, *, mnist_dir: str | None = None,
+                 echo: Callable[[str], None] = print) -> SweepVerification:
+    """Replay a sweep from its sweep.json into a temporary folder: the same points, schedule
+    and decisions, each taken again from the replay's own records."""
+    base, grid, schedule = recorded_search(sweep_dir)
+    recorded = summarize(sweep_dir)[1]
+    if any(row["params_sha256"] is None for row in recorded):
+        raise CheckpointError(f"{sweep_dir} is not finished: some of its points have no "
+                              "fingerprint yet", "finish it first (re-running the same "
+                              "`digitsjax sweep` continues it), then verify")
+    start_backend(base.train.deterministic)
+    echo(f"replaying {sweep_dir}'s search ({len(recorded)} points) into a temporary folder")
+    with tempfile.TemporaryDirectory(prefix="digitsjax-verify-") as replay_dir:
+        try:
+            search(base, grid, schedule, Path(replay_dir) / "sweep", echo=echo,
+                   options={"mnist_dir": mnist_dir})
+        except Preempted as e:
+            raise ReplayStopped(e.signum, e.step) from None
+        replayed = summarize(Path(replay_dir) / "sweep")[1]
+    return SweepVerification(recorded, replayed)
+
+
 class ReplayStopped(Preempted):
     """The replay stopped on a signal. What it checkpointed was in its temporary folder, gone
     with it: unlike a stopped training, nothing is kept to continue from."""
@@ -98,8 +165,10 @@ def _first_divergent_epoch(recorded: list[EpochRecord],
     return None
 
 
-def summary_lines(verification: Verification) -> list[str]:
+def summary_lines(verification: Verification | SweepVerification) -> list[str]:
     """The verdict as a person reads it: reproduced bit for bit, or where to look."""
+    if isinstance(verification, SweepVerification):
+        return _sweep_lines(verification)
     v = verification
     if v.reproduced:
         return [f"reproduced: params_sha256 {v.recorded_sha256} at step {v.step}, bit for bit"]
@@ -109,4 +178,17 @@ def summary_lines(verification: Verification) -> list[str]:
         lines.append(f"metrics first differ at epoch {v.first_divergent_epoch}")
     lines.append("manifest differences: " + ("; ".join(v.manifest_differences) or
                                              "none (same versions and platform)"))
+    return lines
+
+
+def _sweep_lines(v: SweepVerification) -> list[str]:
+    if v.reproduced:
+        return [f"reproduced: all {len(v.recorded)} points' params_sha256 (and the search's "
+                "decisions), bit for bit"]
+    lines = [f"NOT reproduced: {len(v.differing)} of {len(v.recorded)} points differ"]
+    for n in v.differing:
+        a, b = v.recorded[n], v.replayed[n]
+        lines.append(f"point {n} ({a['variant']}): " + "; ".join(
+            f"{k} recorded {a.get(k)}, replayed {b.get(k)}" for k in SEARCHED
+            if a.get(k) != b.get(k)))
     return lines

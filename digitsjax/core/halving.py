@@ -53,6 +53,10 @@ class Halving:
     def to_json(self) -> dict[str, Any]:
         return {RUNGS: list(self.rungs), KEEP: self.keep}
 
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> Halving:
+        return cls(tuple(record[RUNGS]), record[KEEP])
+
 
 def survivors(accuracies: Sequence[float | None], keep: int) -> list[int]:
     """The `keep` best points by validation accuracy, in their order: a point without one (it

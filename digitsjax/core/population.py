@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,8 @@ FRACTION = "exploit_fraction"
 """The `[sweep]` key: which fraction of the population copies the best as many."""
 PERTURB = "perturb"
 """The `[sweep]` key: the factors a copied value is multiplied by, one drawn per value."""
+BOUNDS = "bounds"
+"""The record's key (not the table's) of the perturbed keys' bounds."""
 DEFAULT_FRACTION = 0.25
 DEFAULT_PERTURB = (0.8, 1.25)
 EXPLOIT_STREAM = 0x9B7
@@ -45,6 +47,8 @@ class Population:
     every: int
     fraction: float = DEFAULT_FRACTION
     perturb: tuple[float, ...] = DEFAULT_PERTURB
+    bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    """The keys it perturbs, each kept within the least and the most value the grid gives."""
 
     def stops(self, epochs: int) -> tuple[int, ...]:
         """The epoch at which each stage ends: every `every` epochs, then the end of training."""
@@ -55,7 +59,13 @@ class Population:
         return min(members // 2, max(1, math.floor(members * self.fraction + 1e-9)))
 
     def to_json(self) -> dict[str, Any]:
-        return {EVERY: self.every, FRACTION: self.fraction, PERTURB: list(self.perturb)}
+        return {EVERY: self.every, FRACTION: self.fraction, PERTURB: list(self.perturb),
+                BOUNDS: {key: list(b) for key, b in self.bounds.items()}}
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> Population:
+        return cls(record[EVERY], record[FRACTION], tuple(record[PERTURB]),
+                   {key: tuple(b) for key, b in record[BOUNDS].items()})
 
 
 @dataclass(frozen=True)
@@ -74,13 +84,12 @@ class Exploit:
 
 
 def exploit(population: Population, accuracies: Sequence[float | None],
-            values: Sequence[Mapping[str, float]], bounds: Mapping[str, tuple[float, float]],
-            seed: int, epoch: int) -> list[Exploit]:
+            values: Sequence[Mapping[str, float]], seed: int, epoch: int) -> list[Exploit]:
     """The copies of one exploit step, by member: the worst members (a diverged one, with no
     accuracy, is the worst of all; ties go against the later member) each copy a member drawn
     from the best as many, and their values become the parent's, each times a drawn factor,
-    rounded to 4 significant digits and kept within its key's `bounds`."""
-    count = population.copies(len(accuracies))
+    rounded to 4 significant digits and kept within its key's bounds."""
+    count, bounds = population.copies(len(accuracies)), population.bounds
     if count == 0:
         return []
     ranked = sorted(range(len(accuracies)),

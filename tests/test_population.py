@@ -145,24 +145,22 @@ def test_each_stage_trains_the_whole_population_with_its_values_then(searched):
         assert rates[c["member"]] == c["after"]["optimizer.learning_rate"]
 
 
-def test_a_second_run_and_a_run_killed_after_an_exploit_step_end_at_the_same_fingerprints(
-        searched, tmp_path):
-    again = tmp_path / "again"
-    assert main(sweep_args(again)) == 0
-    reference = [r["params_sha256"] for r in rows(searched[0])]
-    assert [r["params_sha256"] for r in rows(again)] == reference
-
+def test_a_run_killed_after_an_exploit_step_resumes_to_the_same_fingerprints(searched,
+                                                                             tmp_path):
     killed, log = tmp_path / "killed", tmp_path / "log"
     proc = start_training(sweep_args(killed), log)
     wait_until(lambda: (killed / "stage-2-program-1").exists(), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert main(sweep_args(killed)) == 0
-    assert [r["params_sha256"] for r in rows(killed)] == reference
+    assert [r["params_sha256"] for r in rows(killed)] == \
+        [r["params_sha256"] for r in rows(searched[0])]
 
 
 def test_verify_replays_the_whole_search_and_names_a_point_that_ends_elsewhere(searched,
                                                                                tmp_path):
+    """The replay, a second run of the search, ends where the first did; a recorded
+    fingerprint changed after the fact is named."""
     import shutil
 
     from digitsjax.apps.verify import summary_lines, verify_folder
@@ -175,9 +173,10 @@ def test_verify_replays_the_whole_search_and_names_a_point_that_ends_elsewhere(s
     recorded["result"]["model_params_sha256"][5] = "0" * 64  # as if point 5 had ended elsewhere
     manifest.write_text(json.dumps(recorded))
 
-    assert verify_folder(searched[0], echo=print).reproduced
     verification = verify_folder(copy, echo=print)
-    assert verification.differing == [5]
+    assert [(r["params_sha256"], r["copied_from"]) for r in verification.replayed] == \
+        [(r["params_sha256"], json.loads(r["copied_from"])) for r in rows(searched[0])]
+    assert verification.differing == [5] and not verification.reproduced
     assert summary_lines(verification)[1].startswith(
         f"point 5 ({rows(copy)[5]['variant']}): params_sha256 recorded {'0' * 64}, replayed ")
 
@@ -195,3 +194,14 @@ def test_a_population_split_into_programs_or_over_devices_ends_at_the_same_finge
     assert result.returncode == 0, result.stderr
     assert [(r["params_sha256"], r["copied_from"]) for r in rows(split)] == \
         [(r["params_sha256"], r["copied_from"]) for r in rows(searched[0])]
+
+
+def test_a_search_replayed_to_the_same_bits_and_decisions_is_reproduced():
+    from digitsjax.apps.verify import SweepVerification, summary_lines
+
+    recorded = [{"variant": "a", "params_sha256": "1", "stopped_at": None, "copied_from": []},
+                {"variant": "b", "params_sha256": "2", "stopped_at": 1, "copied_from": []}]
+    assert summary_lines(SweepVerification(recorded, [dict(r) for r in recorded])) == [
+        "reproduced: all 2 points' params_sha256 (and the search's decisions), bit for bit"]
+    moved = [dict(recorded[0]), dict(recorded[1], stopped_at=None)]
+    assert SweepVerification(recorded, moved).differing == [1]

@@ -169,3 +169,22 @@ def test_a_folder_process_0_refuses_stops_every_process_with_its_one_line(tmp_pa
     assert time.monotonic() - started < 60
     assert (sweep_dir / "thesis.tex").read_text() == "the user's"
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["thesis.tex"]
+
+
+def test_two_processes_search_by_successive_halving_to_the_one_device_search(tmp_path,
+                                                                            mnist_dir):
+    """Every process takes the rung's decision from the records process 0 wrote, and continues
+    the survivors' states from the checkpoint both read: the same points stop, at the same
+    bits, as on one device (where the 4 survivors then train one per device)."""
+    halving = ("--grid", "rungs=[1]", "--grid", "keep=0.5")
+    reference = tmp_path / "one-device"
+    result = run_cli(*sweep_command(reference, *halving)[3:], env=devices_env(1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir, logs = tmp_path / "two-processes", tmp_path / "logs"
+    finish(start_two(sweep_dir, free_port(), logs, *halving), logs)
+
+    def searched(folder: Path) -> list[tuple[str, str]]:
+        with open(folder / "sweep.csv") as f:
+            return [(row["params_sha256"], row["stopped_at"]) for row in csv.DictReader(f)]
+    assert searched(sweep_dir) == searched(reference)
+    assert sum(stopped == "" for _, stopped in searched(reference)) == POINTS // 2

@@ -100,7 +100,8 @@ RESULT_COLUMNS = ("parameters", "epochs", "train_loss", "train_accuracy", "val_a
                   "test_loss", "test_accuracy", "train_seconds", "diverged_at", "params_sha256")
 PROGRAM_DIR = "program-{}"
 STAGE_DIR = "stage-{}-"
-"""What starts the name of a successive-halving stage's workdirs (`stage-2-program-1`)."""
+"""What starts the name of a stage's workdirs (`stage-2-program-1`): successive halving and
+population-based training train in stages."""
 SWEEP_ENTRIES: dict[str, str] = {
     SWEEP_JSON: "the grid, and which workdir and model holds each point",
     SUMMARY_CSV: "one row per point", SUMMARY_MARKDOWN: "the same table to read",
@@ -323,7 +324,7 @@ def perturbed_bounds(grid: Grid) -> dict[str, tuple[float, float]]:
     return bounds
 
 
-def _check_population(variants: list[Variant], grid: Grid) -> None:
+def _check_population(grid: Grid) -> None:
     """A population trains as one program, and exploits by copying states: its points may
     differ only in per-model numbers, some of which it perturbs."""
     shapes = [key for key in grid if key not in SETTINGS and key not in PER_MODEL]
@@ -358,7 +359,7 @@ def make_variants(base: Pipeline, grid: Grid) -> list[Variant]:
                           "list each value once; a range that draws the same point twice "
                           f"(few whole numbers or choices) needs fewer {SAMPLES}, or lists")
     if isinstance(schedule, Population):
-        _check_population(variants, grid)
+        _check_population(grid)
     return variants
 
 
@@ -378,7 +379,7 @@ def plan_programs(variants: list[Variant], max_models: Callable[[Pipeline, int],
                   separate: bool = False, prefix: str = "") -> list[SweepProgram]:
     """Group the variants by program, in grid order, each group cut into runs of at most
     `max_models(pipeline, wanted)` models; `separate` trains every variant alone. `prefix`
-    starts each workdir's name (a successive-halving stage's, `stage-2-`)."""
+    starts each workdir's name (a stage's, `stage-2-`)."""
     groups: dict[str, list[Variant]] = {}
     for variant in variants:
         key = variant.name if separate else program_key(variant.pipeline)
@@ -436,8 +437,8 @@ def run_sweep(base: Pipeline, grid: Grid, sweep_dir: Path, *, mnist_dir: str | N
               max_models: Callable[[Pipeline, int], int] | None = None,
               separate: bool = False) -> list[Path]:
     """Train every variant, the variants of one program together (and, with successive
-    halving, stage by stage); write and return the summary files. `max_models(pipeline,
-    wanted)` caps the models per program (default: all).
+    halving or population-based training, stage by stage); write and return the summary
+    files. `max_models(pipeline, wanted)` caps the models per program (default: all).
 
     The sweep holds its folder's lock throughout (a sweep folder is locked as a whole, and its
     points' workdirs each by their own), and writes there only through the folder's ledger: a
@@ -560,7 +561,7 @@ def _exploit(search: _Search, sweep_dir: Path, entries: list[dict[str, Any]],
     function of the validation accuracies recorded at `epoch`, the seed and the epoch."""
     population, base = search.schedule, search.variants[0].pipeline
     bounds = population.bounds
-    accuracies = [_accuracy_at(sweep_dir, entries[p], epoch) for p in sorted(now)]
+    accuracies = _accuracies_at(sweep_dir, [entries[p] for p in sorted(now)], epoch)
     values = [{key: now[p].values[key] for key in bounds} for p in sorted(now)]
     copies = exploit(population, accuracies, values, base.seed, epoch)
     for taken in copies:
@@ -590,8 +591,8 @@ def _points_of(planned: SweepProgram, search: _Search) -> list[int]:
 
 def _place(entries: list[dict[str, Any]], programs: list[SweepProgram], staged: bool,
            epochs: tuple[int, int]) -> None:
-    """Record in each point's entry the workdir and model that train it now (with successive
-    halving, also as its latest stage)."""
+    """Record in each point's entry the workdir and model that train it now (`staged`: also as
+    its latest stage)."""
     entry_of = {entry["name"]: entry for entry in entries}
     for planned in programs:
         for k, variant in enumerate(planned.variants):
@@ -606,7 +607,7 @@ def _rung(sweep_dir: Path, halving: Halving, entries: list[dict[str, Any]], poin
           epoch: int, echo: Callable[[str], None]) -> list[int]:
     """The points that go on past the rung at `epoch`; the others' entries say they stopped
     there. A pure function of the validation accuracies the points recorded at the rung."""
-    accuracies = [_accuracy_at(sweep_dir, entries[p], epoch) for p in points]
+    accuracies = _accuracies_at(sweep_dir, [entries[p] for p in points], epoch)
     kept = survivors(accuracies, halving.kept(len(points)))
     for j, p in enumerate(points):
         if j not in kept:
@@ -617,15 +618,23 @@ def _rung(sweep_dir: Path, halving: Halving, entries: list[dict[str, Any]], poin
     return going
 
 
-def _accuracy_at(sweep_dir: Path, entry: dict[str, Any], epoch: int) -> float | None:
-    """A point's validation accuracy at `epoch`, None if it diverged or has none recorded."""
-    for record in read_metrics(_workdir_of(sweep_dir, entry)):
-        if record["epoch"] == epoch:
-            own = record if entry.get("model") is None else model_record(record, entry["model"])
-            if own.get("diverged_at", -1) >= 0:
-                return None
-            return own.get("val_accuracy")
-    return None
+def _accuracies_at(sweep_dir: Path, entries: list[dict[str, Any]],
+                   epoch: int) -> list[float | None]:
+    """Each point's validation accuracy at `epoch`, None for one that diverged or has none
+    recorded; each workdir's records read once (a program's K points share them)."""
+    at_epoch: dict[Path, dict[str, Any] | None] = {}
+    accuracies = []
+    for entry in entries:
+        workdir = _workdir_of(sweep_dir, entry)
+        if workdir not in at_epoch:
+            at_epoch[workdir] = next((r for r in read_metrics(workdir) if r["epoch"] == epoch),
+                                     None)
+        record = at_epoch[workdir]
+        own = record if record is None or entry.get("model") is None else \
+            model_record(record, entry["model"])
+        accuracies.append(None if own is None or own.get("diverged_at", -1) >= 0
+                          else own.get("val_accuracy"))
+    return accuracies
 
 
 def _continuing(sweep_dir: Path, sources: list[tuple[dict[str, Any], dict[str, Any]]] | None,
@@ -821,10 +830,17 @@ def summarize(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def _lineage_columns(entry: dict[str, Any]) -> dict[str, Any]:
     """A population member's values at the end, and whose state it took at which epoch."""
-    copies = entry.get(COPIED, [])
-    final = functools.reduce(lambda values, c: values | c["after"], copies, entry["values"])
+    final = _schedule(entry)[-1][1]
     return {f"final_{key}": value for key, value in final.items()} | {
-        COPIED_FROM: [[c["epoch"], c["parent"]] for c in copies]}
+        COPIED_FROM: [[c["epoch"], c["parent"]] for c in entry.get(COPIED, [])]}
+
+
+def _schedule(entry: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """A population member's values from epoch 0 and from each of its exploit steps on."""
+    steps = [(0, entry["values"])]
+    for c in entry.get(COPIED, []):
+        steps.append((c["epoch"], steps[-1][1] | c["after"]))
+    return steps
 
 
 def _read_sweep(sweep_dir: Path) -> dict[str, Any]:
@@ -1028,9 +1044,7 @@ def _population_charts(sweep: dict[str, Any], rows: list[dict[str, Any]]
 
     name, epochs = sweep["pipeline"]["name"], sweep["pipeline"]["train"]["epochs"]
     keys = sorted(sweep[POPULATION][BOUNDS])
-    schedules = {entry["name"]: [(0, entry["values"])] + [
-        (c["epoch"], entry["values"] | c["after"]) for c in entry.get(COPIED, [])]
-        for entry in sweep["variants"]}
+    schedules = {entry["name"]: _schedule(entry) for entry in sweep["variants"]}
     best = (best_point(rows) or {}).get("variant")
     return {"sweep-schedules.png": functools.partial(
                 plot_population_schedules, schedules, keys, epochs, best,

@@ -56,7 +56,8 @@ def verify_workdir(workdir: Workdir, *, mnist_dir: str | None = None,
 
     A successive-halving stage's workdir, which continued its points' states at a rung, is
     replayed from step 0 to its stop: each of its points ends at its single run's bits, so the
-    replay must reach the recorded fingerprint without the stages before."""
+    replay must reach the recorded fingerprint without the stages before. (A population's
+    later stages took other members' states: `verify_sweep` replays the whole search.)"""
     network = load_network(workdir, "latest")
     manifest, recorded_metrics = workdir.manifest, read_metrics(workdir.path)  # before a replay
     pipeline, stop_epoch = network.pipeline, workdir.epochs[1]

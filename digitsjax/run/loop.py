@@ -90,7 +90,8 @@ def train_program(program: Program, workdir: str | Path, *, mnist_dir: str | Non
     its epoch lines say the sweep's time left too.
 
     `stop_epoch` ends this run at that epoch (evaluated and checkpointed) rather than at
-    `train.epochs`, which still sets the schedule: a successive-halving stage (core/halving.py).
+    `train.epochs`, which still sets the schedule: a stage of successive halving or
+    population-based training (apps/sweep.py).
     `start(program)` gives the state a new workdir starts from, instead of step 0's: the state
     the stage's points reached in the stage before.
 
@@ -146,7 +147,7 @@ class _Run:
     after: float = 0.0
     """A sweep's work after this program, in this program's epochs (`train_program`)."""
     stop_epoch: int = 0
-    """Where this run ends: `train.epochs`, or a successive-halving rung before it."""
+    """Where this run ends: `train.epochs`, or the end of a sweep's stage before it."""
     primary: bool = field(default_factory=cluster.is_primary)
 
     @property
@@ -180,7 +181,7 @@ def _restore_or_init(run: _Run, data: MNIST, start: Callable[[Program], TrainSta
 
 
 def _stage(run: _Run, step: int) -> tuple[int, int] | None:
-    """The epochs a successive-halving stage trains, (after, to); None for a whole run."""
+    """The epochs a sweep's stage trains, (after, to); None for a whole run."""
     epochs = (step // run.pipeline.steps_per_epoch, run.stop_epoch)
     return None if epochs == (0, run.pipeline.train.epochs) else epochs
 

@@ -161,7 +161,7 @@ def _read(workdir: Path, program: Program, which: str,
 
 def trained_state(workdir: Workdir, step: int) -> TrainState:
     """The whole train state (every model's) that `workdir`'s checkpoint `step` holds: where a
-    successive-halving stage's points continue from (apps/sweep.py)."""
+    sweep's stage continues its points from (apps/sweep.py)."""
     manager = checkpoint.open_manager(workdir.path, workdir.pipeline.checkpoint, read_only=True)
     try:
         return checkpoint.restore(manager, step, init_state(workdir.program))[0]

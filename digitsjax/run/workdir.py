@@ -106,7 +106,7 @@ def build_manifest(program: Program, dataset_checksums: dict[str, Any],
                    epochs: tuple[int, int] | None = None) -> dict[str, Any]:
     """A new run's manifest: its program (the pipeline, and a sweep's per-model values) and
     where it runs (with `placement`, how its models were placed when it started). `epochs`:
-    a successive-halving stage's first and last epochs, when it trains only part of the run."""
+    a sweep's stage's first and last epochs, when it trains only part of the run."""
     pipeline = program.pipeline
     return {
         "pipeline": pipeline_to_dict(pipeline),
@@ -125,8 +125,9 @@ def build_manifest(program: Program, dataset_checksums: dict[str, Any],
 PER_MODEL = "per_model"
 """The manifest's record of a sweep program's per-model values (absent for other runs)."""
 STAGE = "stage"
-"""The manifest's record of a successive-halving stage: the epochs after which it starts (from
-the stage before's states) and at which it stops (absent for other runs)."""
+"""The manifest's record of a sweep's stage (successive halving, population-based training):
+the epochs after which it starts (from the stage before's states) and at which it stops
+(absent for other runs)."""
 
 
 def _not_a_manifest(manifest: Any) -> str:
@@ -194,8 +195,8 @@ class Workdir:
 
     @property
     def epochs(self) -> tuple[int, int]:
-        """The epochs this workdir trains: after which it starts (0 but for a successive-
-        halving stage's, which continues the last stage's states) and at which it stops."""
+        """The epochs this workdir trains: after which it starts (0 but for a sweep's stage,
+        which continues the last stage's states) and at which it stops."""
         default = [0, self.manifest["pipeline"]["train"]["epochs"]]
         start, stop = self.manifest.get(STAGE, {}).get("epochs", default)
         return start, stop

@@ -229,3 +229,14 @@ def test_a_search_cut_into_programs_by_the_memory_cap_stops_the_same_points_at_t
     assert result.returncode == 0, result.stderr
     assert [(r["params_sha256"], r["stopped_at"]) for r in rows(capped)] == \
         [(r["params_sha256"], r["stopped_at"]) for r in rows(halved[0])]
+
+
+def test_the_time_left_counts_the_later_stages_points_from_the_stage_now():
+    """lr_halving's 32 points: after stage 1, 8 points train epochs 2-4 and 2 points epochs
+    5-15 (24 + 22 model-epochs); after stage 2, only the 2 points' 22 are left."""
+    base = load_pipeline(REPO / "pipelines" / "lr_halving.toml", for_sweep=True)
+    grid = read_grid(REPO / "pipelines" / "lr_halving.toml", [])
+    found = sweep_module._Search(make_variants(base, grid), halving_of(grid, 15, "lr_halving"),
+                                 lambda _, wanted: wanted, separate=False)
+    assert [found.work_after(1, 32), found.work_after(2, 8), found.work_after(3, 2)] == \
+        [8 * 3 + 2 * 11, 2 * 11, 0]

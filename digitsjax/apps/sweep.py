@@ -423,11 +423,12 @@ class _Search:
         return plan_programs(variants, self.max_models, self.separate, prefix)
 
     def work_after(self, stage: int, points: int) -> float:
-        """The model-epochs of the stages after `stage`, when `points` start it."""
+        """The model-epochs of the stages after `stage` (from 1), when `points` start it: the
+        i-th stage after it trains `counts[i]` points, counted from this stage's."""
         counts = self.schedule.counts(points) if isinstance(self.schedule, Halving) else \
             [points] * len(self.stops)
         starts = (0, *self.stops)
-        return float(sum(counts[s] * (starts[s + 1] - starts[s])
+        return float(sum(counts[s - stage + 1] * (starts[s + 1] - starts[s])
                          for s in range(stage, len(self.stops))))
 
 
